@@ -1,0 +1,1 @@
+"""Sources stage: read every export into typed canonical staging tables."""
