@@ -1,0 +1,203 @@
+"""Evaluation metrics shared by the models: ranking, probability quality and the retargeting saving.
+
+Every function takes plain arrays of 0/1 labels ``y`` and predicted probabilities ``p`` (any model kind),
+so the conversion and repurchase backtests report the same numbers the same way. Figures use matplotlib's
+Agg backend and return a ``Figure`` ready for ``mlflow.log_figure``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score, roc_curve
+
+KEEP_LEVELS = (0.95, 0.99)  # shares of conversions kept when reporting the audience reduction
+
+
+def _arrays(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
+    y_arr = np.asarray(y, dtype=np.int8).ravel()
+    p_arr = np.asarray(p, dtype=np.float64).ravel()
+    if y_arr.shape != p_arr.shape:
+        raise ValueError(f"labels ({y_arr.size}) and probabilities ({p_arr.size}) differ in length")
+    return y_arr, p_arr
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return 0 < int(y.sum()) < y.size
+
+
+def roc_auc(y: Any, p: Any) -> float:
+    """Area under the ROC curve; NaN when only one class is present (undefined, not 0.5)."""
+    y, p = _arrays(y, p)
+    return float(roc_auc_score(y, p)) if _both_classes(y) else float("nan")
+
+
+def pr_auc(y: Any, p: Any) -> float:
+    """Average precision (area under the precision-recall curve): informative under class imbalance."""
+    y, p = _arrays(y, p)
+    return float(average_precision_score(y, p)) if _both_classes(y) else float("nan")
+
+
+def logloss(y: Any, p: Any) -> float:
+    y, p = _arrays(y, p)
+    return float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])) if y.size else float("nan")
+
+
+def brier(y: Any, p: Any) -> float:
+    y, p = _arrays(y, p)
+    return float(brier_score_loss(y, p)) if y.size else float("nan")
+
+
+def _ranked(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative positives and audience sizes at the end of each block of tied scores (highest first).
+
+    Ties are kept together: an audience cut-off cannot split people with the same score.
+    """
+    order = np.argsort(-p, kind="stable")
+    p_sorted, y_sorted = p[order], y[order]
+    cum_pos = np.cumsum(y_sorted)
+    last_of_tie = np.r_[p_sorted[1:] != p_sorted[:-1], True]
+    sizes = np.flatnonzero(last_of_tie) + 1
+    return sizes, cum_pos[last_of_tie]
+
+
+def audience_reduction(y: Any, p: Any, keep: float = 0.99) -> float:
+    """Share of the audience that can be dropped while the top-scored rest still holds ``keep`` of positives.
+
+    1 - (smallest top-scored share of the audience containing at least ``keep`` of all positives);
+    the retargeting saving when only the top of the ranking is targeted. NaN without positives.
+    """
+    y, p = _arrays(y, p)
+    total = int(y.sum())
+    if total == 0 or y.size == 0:
+        return float("nan")
+    sizes, cum_pos = _ranked(y, p)
+    needed = keep * total - 1e-9
+    idx = int(np.argmax(cum_pos >= needed))
+    return float(1.0 - sizes[idx] / y.size)
+
+
+def cumulative_gains(y: Any, p: Any, points: int = 20) -> pd.DataFrame:
+    """Share of positives captured by the top x% of the audience, at ``points`` evenly spaced shares."""
+    y, p = _arrays(y, p)
+    shares = np.linspace(0, 1, points + 1)
+    if y.size == 0:
+        return pd.DataFrame({"audience_share": shares, "positives_share": np.nan, "lift": np.nan})
+    sizes, cum_pos = _ranked(y, p)
+    total = max(int(y.sum()), 1)
+    sizes_all = np.r_[0, sizes]
+    pos_all = np.r_[0, cum_pos]
+    captured = np.interp(shares * y.size, sizes_all, pos_all) / total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = np.where(shares > 0, captured / shares, np.nan)
+    return pd.DataFrame({"audience_share": shares, "positives_share": captured, "lift": lift})
+
+
+def calibration_table(y: Any, p: Any, bins: int = 10) -> pd.DataFrame:
+    """Mean predicted vs observed rate per probability decile (quantile bins, so each holds enough rows)."""
+    y, p = _arrays(y, p)
+    frame = pd.DataFrame({"y": y, "p": p})
+    if frame.empty:
+        return pd.DataFrame(columns=["bin", "rows", "mean_predicted", "observed_rate", "p_min", "p_max"])
+    ranks = frame["p"].rank(method="first")
+    frame["bin"] = np.minimum((ranks - 1) * bins // len(frame), bins - 1).astype(int) + 1
+    out = frame.groupby("bin").agg(rows=("y", "size"), mean_predicted=("p", "mean"), observed_rate=("y", "mean"),
+                                   p_min=("p", "min"), p_max=("p", "max")).reset_index()
+    return out
+
+
+def expected_calibration_error(y: Any, p: Any, bins: int = 10) -> float:
+    table = calibration_table(y, p, bins)
+    if table.empty:
+        return float("nan")
+    return float((table["rows"] * (table["mean_predicted"] - table["observed_rate"]).abs()).sum() / table["rows"].sum())
+
+
+def summary(y: Any, p: Any, keep_levels: Sequence[float] = KEEP_LEVELS) -> dict[str, float]:
+    """All scalar metrics of one model on one window, with MLflow-friendly keys."""
+    y_arr, p_arr = _arrays(y, p)
+    out = {
+        "rows": float(y_arr.size),
+        "positives": float(y_arr.sum()),
+        "base_rate": float(y_arr.mean()) if y_arr.size else float("nan"),
+        "roc_auc": roc_auc(y_arr, p_arr),
+        "pr_auc": pr_auc(y_arr, p_arr),
+        "log_loss": logloss(y_arr, p_arr),
+        "brier": brier(y_arr, p_arr),
+        "ece": expected_calibration_error(y_arr, p_arr),
+    }
+    for keep in keep_levels:
+        out[f"audience_reduction_{round(keep * 100)}"] = audience_reduction(y_arr, p_arr, keep)
+    return out
+
+
+# --- figures ------------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def roc_figure(curves: Mapping[str, tuple[Any, Any]], title: str = "ROC"):
+    """ROC curves of several models (name -> (y, p)) on the same window."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, (y, p) in curves.items():
+        y_arr, p_arr = _arrays(y, p)
+        if not _both_classes(y_arr):
+            continue
+        fpr, tpr, _ = roc_curve(y_arr, p_arr)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(y_arr, p_arr):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def gains_figure(curves: Mapping[str, tuple[Any, Any]], title: str = "Cumulative gains",
+                 keep_levels: Sequence[float] = KEEP_LEVELS):
+    """Cumulative gains of several models; horizontal lines mark the kept shares of positives."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, (y, p) in curves.items():
+        gains = cumulative_gains(y, p, points=100)
+        ax.plot(gains["audience_share"], gains["positives_share"], label=name)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="random")
+    for keep in keep_levels:
+        ax.axhline(keep, color="grey", linewidth=0.6, linestyle="--")
+    ax.set(xlabel="share of audience targeted (top scored)", ylabel="share of positives captured", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def calibration_figure(y: Any, p: Any, title: str = "Calibration", bins: int = 10):
+    """Observed rate against mean predicted probability per decile."""
+    plt = _pyplot()
+    table = calibration_table(y, p, bins)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    top = float(max(table["mean_predicted"].max(), table["observed_rate"].max(), 0.01)) if len(table) else 1.0
+    ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
+    ax.plot(table["mean_predicted"], table["observed_rate"], marker="o")
+    ax.set(xlabel="mean predicted probability", ylabel="observed rate", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def importance_figure(importance: Mapping[str, float], title: str = "Feature importance (gain)", top: int = 25):
+    """Horizontal bar chart of the ``top`` most important features."""
+    plt = _pyplot()
+    items = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:top][::-1]
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.25 * len(items) + 1)))
+    ax.barh([k for k, _ in items], [v for _, v in items])
+    ax.set(xlabel="importance", title=title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,36 @@
+"""Shared evaluation metrics: the retargeting saving and gains on hand-checkable rankings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cdp_ml.models import metrics
+
+
+def test_audience_reduction_counts_the_dropped_bottom_of_the_ranking():
+    y = [1, 1, 0, 1, 0, 0, 0, 0, 0, 0]
+    p = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
+    # all three positives are inside the top 4 of 10 -> 60 % of the audience can be dropped
+    assert metrics.audience_reduction(y, p, keep=0.99) == pytest.approx(0.6)
+    # two of three (>= 0.66) are inside the top 2
+    assert metrics.audience_reduction(y, p, keep=0.66) == pytest.approx(0.8)
+
+
+def test_ties_are_never_split_and_constant_scores_save_nothing():
+    assert metrics.audience_reduction([1, 0, 0, 0], [0.5, 0.5, 0.5, 0.5], keep=0.5) == 0.0
+    assert np.isnan(metrics.audience_reduction([0, 0], [0.1, 0.2]))
+
+
+def test_summary_and_gains_agree_with_a_perfect_ranking():
+    rng = np.random.default_rng(3)
+    y = (rng.random(500) < 0.2).astype(int)
+    p = y * 0.5 + rng.random(500) * 0.4
+    s = metrics.summary(y, p)
+    assert s["roc_auc"] == pytest.approx(1.0)
+    assert s["audience_reduction_99"] == pytest.approx(1 - y.mean())
+    gains = metrics.cumulative_gains(y, p, points=10)
+    assert gains["positives_share"].iloc[-1] == pytest.approx(1.0)
+    assert (gains["positives_share"].diff().dropna() >= -1e-12).all()
+    table = metrics.calibration_table(y, p, bins=5)
+    assert table["rows"].sum() == 500 and len(table) == 5
