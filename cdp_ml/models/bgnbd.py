@@ -1,0 +1,125 @@
+"""BG/NBD (Fader, Hardie & Lee 2005): the classic "buy till you die" baseline for repurchase timing.
+
+A small own implementation because no maintained library installs with our stack (pymc-marketing needs
+Python >= 3.12, lifetimes is archived). Time unit is weeks. Per customer (or person x category track):
+``x`` repeat purchases after the first, ``t_x`` time of the last purchase and ``T`` time of the cutoff,
+both measured from the first purchase. The fit maximises the vectorised log-likelihood with scipy on the
+unique (x, t_x, T) triples, so a million customers fit in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import betaln, gammaln
+
+from cdp_ml.errors import CdpError
+
+
+@dataclass(frozen=True)
+class BgNbdParams:
+    """Gamma(r, alpha) purchase rates and Beta(a, b) dropout probabilities of the population."""
+
+    r: float
+    alpha: float
+    a: float
+    b: float
+
+    def __str__(self) -> str:
+        return f"BG/NBD(r={self.r:.3f}, alpha={self.alpha:.3f}, a={self.a:.3f}, b={self.b:.3f})"
+
+
+def log_likelihood(params: BgNbdParams, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Per-customer log-likelihood of (x, t_x, T) under the BG/NBD model."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    x = np.asarray(x, dtype=float)
+    t_x = np.asarray(t_x, dtype=float)
+    T = np.asarray(T, dtype=float)
+    common = gammaln(r + x) - gammaln(r) + r * np.log(alpha) + betaln(a, b + x) - betaln(a, b)
+    alive = -(r + x) * np.log(alpha + T)
+    repeat = x > 0
+    dead = np.full_like(x, -np.inf)
+    xr = x[repeat]
+    dead[repeat] = np.log(a) - np.log(b + xr - 1) - (r + xr) * np.log(alpha + t_x[repeat])
+    return common + np.logaddexp(alive, dead)
+
+
+def fit(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> BgNbdParams:
+    """Maximum-likelihood parameters; identical customers are collapsed into weighted triples first."""
+    x = np.asarray(x, dtype=float)
+    t_x = np.asarray(t_x, dtype=float)
+    T = np.asarray(T, dtype=float)
+    if len(x) < 10:
+        raise CdpError(f"BG/NBD baseline: {len(x)} customers with purchases is too few to fit (need 10)")
+    if np.any(t_x > T + 1e-9) or np.any(x < 0) or np.any((x == 0) & (t_x > 0)):
+        raise ValueError("BG/NBD data must satisfy 0 <= t_x <= T, and t_x = 0 when x = 0")
+    triples, counts = np.unique(np.column_stack([x, np.round(t_x, 4), np.round(T, 4)]), axis=0, return_counts=True)
+    ux, ut, uT = triples[:, 0], triples[:, 1], triples[:, 2]
+    total = counts.sum()
+
+    def objective(log_params: np.ndarray) -> float:
+        p = BgNbdParams(*np.exp(log_params))
+        ll = log_likelihood(p, ux, ut, uT)
+        value = -float(np.dot(counts, ll)) / total
+        return value if np.isfinite(value) else 1e10
+
+    best = None
+    for start in ([0.0, np.log(max(float(np.mean(T)), 1.0)), 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]):
+        res = minimize(objective, np.array(start), method="L-BFGS-B", bounds=[(-9.0, 9.0)] * 4)
+        if best is None or res.fun < best.fun:
+            best = res
+    return BgNbdParams(*(float(v) for v in np.exp(best.x)))
+
+
+def p_alive(params: BgNbdParams, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Probability each customer is still active at T."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    x = np.asarray(x, dtype=float)
+    t_x = np.asarray(t_x, dtype=float)
+    T = np.asarray(T, dtype=float)
+    log_ratio = np.full_like(x, -np.inf)
+    repeat = x > 0
+    xr = x[repeat]
+    log_ratio[repeat] = (np.log(a) - np.log(b + xr - 1)
+                         + (r + xr) * (np.log(alpha + T[repeat]) - np.log(alpha + t_x[repeat])))
+    return 1.0 / (1.0 + np.exp(log_ratio))
+
+
+def prob_no_purchase(params: BgNbdParams, x: np.ndarray, t_x: np.ndarray, T: np.ndarray,
+                     t: np.ndarray | float) -> np.ndarray:
+    """P(no purchase in (T, T + t]) given the history: dead, or alive with no Poisson event in t.
+
+    A customer can only drop out right after a purchase, so the first purchase after T happens iff the
+    customer is alive and its Poisson clock ticks; given alive, lambda ~ Gamma(r + x, alpha + T).
+    ``t`` broadcasts: pass shape (1, H) with x of shape (n, 1) for a whole horizon at once.
+    """
+    x = np.asarray(x, dtype=float)
+    T = np.asarray(T, dtype=float)
+    alive = p_alive(params, x, t_x, T)
+    stay = np.exp((params.r + x) * (np.log(params.alpha + T) - np.log(params.alpha + T + np.asarray(t, dtype=float))))
+    return 1.0 - alive + alive * stay
+
+
+def simulate(params: BgNbdParams, n: int, T: np.ndarray | float, seed: int = 0
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw (x, t_x, T) for ``n`` customers from the BG/NBD process (used to test the fit)."""
+    rng = np.random.default_rng(seed)
+    T = np.broadcast_to(np.asarray(T, dtype=float), (n,)).copy()
+    lam = rng.gamma(params.r, 1.0 / params.alpha, n)
+    p = rng.beta(params.a, params.b, n)
+    x = np.zeros(n)
+    t_x = np.zeros(n)
+    now = np.zeros(n)
+    active = np.ones(n, dtype=bool)
+    while active.any():
+        idx = np.flatnonzero(active)
+        now[idx] += rng.exponential(1.0 / lam[idx])
+        bought = now[idx] <= T[idx]
+        got = idx[bought]
+        x[got] += 1
+        t_x[got] = now[got]
+        active[idx[~bought]] = False
+        active[got[rng.random(len(got)) < p[got]]] = False  # drop out right after a purchase
+    return x, t_x, T
