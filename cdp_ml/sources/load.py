@@ -1,0 +1,391 @@
+"""Ingestion: every source file -> typed, normalised canonical staging tables; nothing silently lost.
+
+Per file: read as text (readers), type and normalise in SQL (normalise), split rows into loaded and
+quarantined-with-a-reason, and commit staging rows, quarantine rows and the ``loads`` record in one
+transaction. Re-ingesting an unchanged file (and unchanged mapping) is a no-op; a changed file replaces
+its own rows and, for customers, earlier versions of the same record ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+
+from cdp_ml.errors import CdpError
+from cdp_ml.sources import normalise as nz
+from cdp_ml.sources.kinds import KINDS, LINEAGE_COLUMNS, REFERENCING_KINDS
+from cdp_ml.sources.readers import RAW, RawRead, read_raw
+
+if TYPE_CHECKING:
+    from cdp_ml.workspace import SourceConfig, Workspace
+
+EARLIEST = "1990-01-01"  # behavioural timestamps before this are treated as broken (e.g. year 1900 defaults)
+_SQL_TYPES = {"varchar": "VARCHAR", "timestamp": "TIMESTAMP", "date": "DATE", "double": "DOUBLE", "boolean": "BOOLEAN"}
+
+
+@dataclass(frozen=True)
+class FileLoad:
+    source: str
+    kind: str
+    file: str
+    status: str  # loaded | unchanged
+    rows_read: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    files: tuple[FileLoad, ...]
+    removed_files: tuple[str, ...] = ()
+    table_rows: dict[str, int] = field(default_factory=dict)
+    warehouse: str = ""
+
+    @property
+    def rows_read(self) -> int:
+        return sum(f.rows_read for f in self.files)
+
+    @property
+    def rows_loaded(self) -> int:
+        return sum(f.rows_loaded for f in self.files)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(f.rows_quarantined for f in self.files)
+
+    def __str__(self) -> str:
+        lines = [f"ingest -> {self.warehouse}"]
+        for f in self.files:
+            if f.status == "unchanged":
+                lines.append(f"  {f.source:<14} {f.file}: unchanged, skipped")
+                continue
+            lines.append(f"  {f.source:<14} {f.file}: {f.rows_read:,} read = {f.rows_loaded:,} loaded + "
+                         f"{f.rows_quarantined:,} quarantined")
+            lines += [f"  {'':<14}   note: {n}" for n in f.notes]
+        for r in self.removed_files:
+            lines.append(f"  removed since last ingest (rows kept): {r}")
+        lines.append(f"  total: {self.rows_read:,} read = {self.rows_loaded:,} loaded + "
+                     f"{self.rows_quarantined:,} quarantined")
+        if self.table_rows:
+            lines.append("  staging tables: " + ", ".join(f"{k} {v:,}" for k, v in self.table_rows.items()))
+        return "\n".join(lines)
+
+
+def ingest(ws: Workspace, source: str | None = None) -> IngestResult:
+    """Load every source (or one) into the warehouse; returns per-file counts that reconcile."""
+    sources = [ws.source(source)] if source else list(ws.config.sources)
+    if not sources:
+        raise CdpError(f"{ws.root / 'cdp_ml.yaml'} lists no sources")
+    plan = [(src, ws.source_files(src)) for src in sources]  # fail fast on missing files before loading
+    loads: list[FileLoad] = []
+    removed: list[str] = []
+    with ws.connect() as con:
+        ensure_tables(con)
+        for src, files in plan:
+            rel_files = [ws.relative(p) for p in files]
+            for path, rel in zip(files, rel_files, strict=True):
+                loads.append(_load_file(con, ws, src, path, rel))
+            previous = {r[0] for r in con.execute(
+                "select distinct file from loads where source = ? and status = 'loaded'", [src.name]).fetchall()}
+            removed += [f"{src.name}: {f}" for f in sorted(previous - set(rel_files))]
+        _purge_erased(con)
+        table_rows = {k: con.execute(f'select count(*) from "{k}"').fetchall()[0][0] for k in KINDS}
+    return IngestResult(tuple(loads), tuple(removed), table_rows, str(ws.warehouse_path))
+
+
+def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the staging, quarantine and bookkeeping tables if they do not exist."""
+    for kind, fields in KINDS.items():
+        cols = [f'"{f.name}" {_SQL_TYPES[f.type]}' for f in fields]
+        lineage = [(n, t) for n, t in LINEAGE_COLUMNS if not (kind == "sessions" and n == "attributes")]
+        cols = [f"{lineage[0][0]} VARCHAR"] + cols
+        if kind in REFERENCING_KINDS:
+            cols += ["ref_source VARCHAR", "ref_key VARCHAR"]
+        cols += [f"{n} {t.upper()}" for n, t in lineage[1:]]
+        con.execute(f'create table if not exists "{kind}" ({", ".join(cols)})')
+    con.execute("""create table if not exists quarantine (source VARCHAR, kind VARCHAR, file VARCHAR, "row" BIGINT,
+                   line BIGINT, raw VARCHAR, reason VARCHAR, load_id VARCHAR, quarantined_at TIMESTAMP)""")
+    con.execute("""create table if not exists load_issues (source VARCHAR, file VARCHAR, "row" BIGINT,
+                   field VARCHAR, reason VARCHAR, load_id VARCHAR)""")
+    con.execute("""create table if not exists loads (load_id VARCHAR, source VARCHAR, kind VARCHAR, file VARCHAR,
+                   file_hash VARCHAR, rows_read BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT,
+                   status VARCHAR, notes VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP)""")
+
+
+def _file_hash(path: Path, src: SourceConfig) -> str:
+    """Content hash plus the source's mapping, so a changed mapping reloads an unchanged file."""
+    digest = hashlib.sha1()
+    digest.update(json.dumps([src.kind, src.columns, src.options, src.customer_source, src.customer_key,
+                              src.timezone], sort_keys=True, default=str).encode())
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_file(con: duckdb.DuckDBPyConnection, ws: Workspace, src: SourceConfig, path: Path, rel: str) -> FileLoad:
+    file_hash = _file_hash(path, src)
+    last = con.execute("select file_hash from loads where source = ? and file = ? and status = 'loaded' "
+                       "order by finished_at desc limit 1", [src.name, rel]).fetchall()
+    if last and last[0][0] == file_hash:
+        return FileLoad(src.name, src.kind, rel, "unchanged")
+    started = datetime.now()
+    load_id = uuid.uuid4().hex[:12]
+    raw = read_raw(con, src, path)
+    _check_mapping(src, raw, path)
+    typed_sql, notes_sql = _typed_select(ws, src, raw)
+    con.execute(f"create or replace temp table _typed as {typed_sql}")
+    _mark_duplicates(con, src, rel)
+    notes = [n for n in (con.execute(q).fetchall()[0][0] for q in notes_sql) if n]
+    canonical = [f.name for f in KINDS[src.kind]]
+    extra = _extra_columns(con, src, raw) if src.kind == "sessions" else []
+    target_cols = ["source", *canonical, *(["ref_source", "ref_key"] if src.kind in REFERENCING_KINDS else []),
+                   *extra, *(["attributes"] if src.kind != "sessions" else []), "_file", "_row", "_load_id"]
+    select_cols = [("?" if c in ("source", "_file", "_load_id") else f'"{c}"') for c in target_cols]
+    con.execute("begin transaction")
+    try:
+        con.execute(f'delete from "{src.kind}" where source = ? and _file = ?', [src.name, rel])
+        con.execute("delete from quarantine where source = ? and file = ?", [src.name, rel])
+        con.execute("delete from load_issues where source = ? and file = ?", [src.name, rel])
+        if src.kind == "customers":  # a changed export updates records by id, wherever they came from
+            con.execute("delete from customers where source = ? and record_id in "
+                        "(select record_id from _typed where _reason is null)", [src.name])
+        params = []
+        for c in target_cols:
+            if c == "source":
+                params.append(src.name)
+            elif c == "_file":
+                params.append(rel)
+            elif c == "_load_id":
+                params.append(load_id)
+        con.execute(f'insert into "{src.kind}" ({", ".join(chr(34) + c + chr(34) for c in target_cols)}) '
+                    f"select {', '.join(select_cols)} from _typed where _reason is null", params)
+        raw_json = "json_object(" + ", ".join(f"{nz.lit(c)}, r.{_q(c)}" for c in raw.columns) + ")"
+        con.execute(f"""insert into quarantine select ?, ?, ?, t._row, null, cast({raw_json} as varchar), t._reason,
+                        ?, now()::timestamp from _typed t join {RAW} r on r._row = t._row where t._reason is not null""",
+                    [src.name, src.kind, rel, load_id])
+        if raw.rejects:
+            con.executemany("insert into quarantine values (?, ?, ?, null, ?, ?, ?, ?, now()::timestamp)",
+                            [[src.name, src.kind, rel, line, text[:100000], reason, load_id]
+                             for line, text, reason in raw.rejects])
+        _record_field_issues(con, src, rel, load_id)
+        loaded = con.execute("select count(*) from _typed where _reason is null").fetchall()[0][0]
+        quarantined = con.execute("select count(*) from _typed where _reason is not null").fetchall()[0][0] \
+            + len(raw.rejects)
+        rows_read = raw.rows + len(raw.rejects)
+        con.execute("insert into loads values (?, ?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, now()::timestamp)",
+                    [load_id, src.name, src.kind, rel, file_hash, rows_read, loaded, quarantined,
+                     "; ".join(notes) or None, started])
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+    finally:
+        con.execute(f"drop table if exists {RAW}; drop table if exists _typed")
+    return FileLoad(src.name, src.kind, rel, "loaded", rows_read, loaded, quarantined, tuple(notes))
+
+
+def _check_mapping(src: SourceConfig, raw: RawRead, path: Path) -> None:
+    present = set(raw.columns)
+    for canonical, column in src.columns.items():
+        if column not in present:
+            shown = ", ".join(raw.columns[:12]) + (", ..." if len(raw.columns) > 12 else "")
+            hint = ""
+            if len(raw.columns) == 1 and any(ch in raw.columns[0] for ch in ";,\t|"):
+                hint = " - wrong delimiter? set options: {delim: ';'} (or ',', '\\t', '|')"
+            raise CdpError(f"source '{src.name}': column {column!r} mapped to {canonical} is not in {path.name} "
+                           f"(columns: {shown}){hint}")
+
+
+def _q(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
+
+
+def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, list[str]]:
+    """SQL selecting typed canonical fields, a quarantine reason per row, and note queries."""
+    tz = src.timezone or ws.config.timezone
+    ts_fmt = src.options.get("timestampformat")
+    date_fmt = src.options.get("dateformat")
+    country = ws.config.default_country
+    exprs: list[str] = []
+    reasons: list[str] = []
+    latest = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
+    for f in KINDS[src.kind]:
+        column = src.columns.get(f.name)
+        if column is None:
+            default = "'completed'" if (src.kind, f.name) == ("orders", "status") else \
+                "1.0" if (src.kind, f.name) == ("orders", "quantity") else "null"
+            exprs.append(f"cast({default} as {_SQL_TYPES[f.type]}) as \"{f.name}\"")
+            continue
+        r = nz.blank_to_null(_q(column))
+        typed = _typed_expr(src.kind, f.name, f.type, r, tz, ts_fmt, date_fmt, country)
+        if src.kind == "orders" and f.name == "quantity":
+            typed = f"abs({typed})"
+        if src.kind == "orders" and f.name == "status":
+            qty = src.columns.get("quantity")
+            neg = f"coalesce({nz.number(nz.blank_to_null(_q(qty)))} < 0, false)" if qty else "false"
+            typed = f"(case when {neg} and coalesce({typed}, 'completed') = 'completed' then 'returned' else {typed} end)"
+            reasons.append(f"case when {r} is not null and {_typed_expr('orders', 'status', 'varchar', r, tz, ts_fmt, date_fmt, country)} is null "
+                           f"then 'unknown order status in column {_esc(column)} (use completed/returned/cancelled)' end")
+        exprs.append(f"{typed} as \"{f.name}\"")
+        if f.required:
+            reasons.append(f"case when {r} is null then 'missing required field {f.name} (column {_esc(column)})' end")
+        if src.kind == "customers":
+            continue  # optional customer fields never quarantine a record (see _record_field_issues)
+        if f.type == "timestamp":
+            reasons.append(f"case when {r} is not null and {typed} is null then "
+                           f"'unparseable timestamp in column {_esc(column)}' "
+                           f"when {typed} < TIMESTAMP '{EARLIEST}' or {typed} > TIMESTAMP '{latest}' then "
+                           f"'timestamp out of range (before {EARLIEST} or in the future) in column {_esc(column)}' end")
+        elif f.type in ("double", "boolean", "date") or f.name == "purpose":
+            what = {"double": "not a number", "boolean": "not true/false", "date": "not a date"}.get(f.type, "unknown consent purpose")
+            reasons.append(f"case when {r} is not null and {typed} is null then '{what} in column {_esc(column)}' end")
+    if src.kind in REFERENCING_KINDS:
+        exprs.append(f"cast({nz.lit(src.customer_source) if src.customer_source else 'null'} as varchar) as ref_source")
+        exprs.append(f"{nz.lit(src.customer_key)} as ref_key")
+    mapped = set(src.columns.values())
+    unmapped = [c for c in raw.columns if c not in mapped]
+    if src.kind == "sessions":
+        exprs += [f"{_q(c)} as {_q('attr_' + c if c in _reserved(src) else c)}" for c in unmapped]
+    elif unmapped:
+        exprs.append("json_object(" + ", ".join(f"{nz.lit(c)}, {_q(c)}" for c in unmapped) + ") as attributes")
+    else:
+        exprs.append("cast(null as json) as attributes")
+    reason = f"nullif(concat_ws('; ', {', '.join(reasons)}), '')" if reasons else "cast(null as varchar)"
+    sql = f"select {', '.join(exprs)}, {reason} as _reason, _row from {RAW}"
+    notes = []
+    if src.kind == "orders" and "quantity" in src.columns:
+        qty = nz.number(nz.blank_to_null(_q(src.columns["quantity"])))
+        notes.append(f"select case when count(*) > 0 then count(*) || ' order lines with negative quantity loaded as returns' end "
+                     f"from {RAW} where {qty} < 0")
+    if src.kind == "events":
+        notes.append("select case when count(*) > 0 then 'event types: ' || string_agg(event_type || ' ' || n, ', ' order by n desc) end "
+                     "from (select event_type, count(*) n from _typed where _reason is null group by all order by n desc limit 12)")
+    return sql, notes
+
+
+def _esc(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _reserved(src: SourceConfig) -> set[str]:
+    return {f.name for f in KINDS[src.kind]} | {n for n, _ in LINEAGE_COLUMNS} | {"ref_source", "ref_key", "_reason"}
+
+
+def _typed_expr(kind: str, name: str, type_: str, r: str, tz: str, ts_fmt, date_fmt, country: str) -> str:
+    if type_ == "timestamp":
+        return nz.timestamp(r, tz, ts_fmt)
+    if type_ == "date":
+        d = nz.date_value(r, date_fmt)
+        return f"(case when {d} between DATE '1900-01-01' and current_date then {d} end)"
+    if type_ == "double":
+        return nz.number(r)
+    if type_ == "boolean":
+        return nz.boolean(r)
+    if name == "email":
+        return nz.email(r)
+    if name == "phone":
+        return nz.phone(r, country)
+    if name in ("first_name", "last_name", "street", "city"):
+        return nz.name(r)
+    if name == "postcode":
+        return nz.postcode(r)
+    if name == "country":
+        return f"upper({r})"
+    if name in ("event_type", "gender", "type", "channel"):
+        return nz.lower_token(r)
+    if name == "purpose":
+        return nz.purpose(r)
+    if name == "status" and kind == "orders":
+        return nz.status(r)
+    return r
+
+
+def _mark_duplicates(con: duckdb.DuckDBPyConnection, src: SourceConfig, rel: str) -> None:
+    """Exact duplicate rows (or repeated event ids / record ids) are quarantined, keeping the first."""
+    if src.kind == "customers":
+        key, order = "record_id", "updated_at desc nulls last, _row desc"
+        reason = "'duplicate record_id in this file (a later version of the record was loaded)'"
+    elif src.kind == "events" and "event_id" in src.columns:
+        key, order, reason = "event_id", "_row", "'duplicate event_id'"
+    else:
+        cols = [c for c in _typed_columns(con) if c not in ("_row", "_reason")]
+        key = "md5(cast(to_json(struct_pack(" + ", ".join(f"{_q(c)} := {_q(c)}" for c in cols) + ")) as varchar))"
+        order, reason = "_row", "'duplicate row'"
+    con.execute(f"""create or replace temp table _typed as
+        select * replace (case when _reason is null and {key} is not null
+                                and row_number() over (partition by _reason is null, {key} order by {order}) > 1
+                               then {reason} else _reason end as _reason)
+        from _typed""")
+    if src.kind == "events" and "event_id" in src.columns:  # an event already loaded from another file
+        con.execute("""update _typed set _reason = 'duplicate event_id (already loaded from another file)'
+                       where _reason is null and event_id in
+                       (select event_id from events where source = ? and _file <> ?)""", [src.name, rel])
+
+
+def _typed_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute("describe _typed").fetchall()]
+
+
+def _extra_columns(con: duckdb.DuckDBPyConnection, src: SourceConfig, raw: RawRead) -> list[str]:
+    """Sessions keep every unmapped column as a typed feature column (double, boolean or text)."""
+    mapped = set(src.columns.values())
+    reserved = _reserved(src)
+    extra = []
+    for c in raw.columns:
+        if c in mapped:
+            continue
+        name = "attr_" + c if c in reserved else c
+        has_text = con.execute(f"select count(*) from _typed where {_q(name)} is not null and "
+                               f"try_cast({_q(name)} as double) is null").fetchall()[0][0]
+        has_non_bool = con.execute(f"select count(*) from _typed where {_q(name)} is not null and "
+                                   f"{nz.boolean(_q(name))} is null").fetchall()[0][0]
+        if not has_text:
+            type_, expr = "DOUBLE", f"try_cast({_q(name)} as double)"
+        elif not has_non_bool:
+            type_, expr = "BOOLEAN", nz.boolean(_q(name))
+        else:
+            type_, expr = "VARCHAR", _q(name)
+        existing = dict(con.execute("select column_name, data_type from duckdb_columns() "
+                                    "where table_name = 'sessions'").fetchall())
+        if name not in existing:
+            con.execute(f"alter table sessions add column {_q(name)} {type_}")
+        elif existing[name] != type_:
+            expr = f"try_cast({_q(name)} as {existing[name]})"
+        con.execute(f"create or replace temp table _typed as select * replace ({expr} as {_q(name)}) from _typed")
+        extra.append(name)
+    return extra
+
+
+def _record_field_issues(con: duckdb.DuckDBPyConnection, src: SourceConfig, rel: str, load_id: str) -> None:
+    """Customer fields that did not parse are loaded empty; the problem is recorded per row and field."""
+    if src.kind != "customers":
+        return
+    checks = {"email": "not an e-mail address", "phone": "not a phone number", "date_of_birth": "not a plausible date",
+              "created_at": "unparseable timestamp", "updated_at": "unparseable timestamp"}
+    for fname, why in checks.items():
+        column = src.columns.get(fname)
+        if not column:
+            continue
+        con.execute(f"""insert into load_issues select ?, ?, t._row, ?, ?, ? from _typed t join {RAW} r on r._row = t._row
+                        where t._reason is null and t."{fname}" is null and {nz.blank_to_null('r.' + _q(column))} is not null""",
+                    [src.name, rel, fname, f"{why} (column {column}); loaded empty", load_id])
+
+
+def _purge_erased(con: duckdb.DuckDBPyConnection) -> None:
+    """Re-ingesting raw files must not bring back erased persons (tombstones kept by the privacy stage)."""
+    import importlib.util
+
+    if importlib.util.find_spec("cdp_ml.privacy.tombstone") is None:  # privacy stage not installed yet
+        return
+    from cdp_ml.privacy.tombstone import purge_tombstoned
+
+    purge_tombstoned(con)

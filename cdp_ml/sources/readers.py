@@ -1,0 +1,152 @@
+"""Readers: one export file -> a temporary all-text table with a row number, plus the lines the reader rejected.
+
+Reading everything as text first means a bad value becomes a quarantined row with a reason, never a
+failed load. CSV uses DuckDB's reader with ``store_rejects``; JSONL is read line by line (so a broken
+line is one rejected row with its line number); Parquet is read and cast to text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+
+from cdp_ml.errors import CdpError
+from cdp_ml.sources.normalise import lit
+
+if TYPE_CHECKING:
+    from cdp_ml.workspace import SourceConfig
+
+RAW = "_raw_in"
+# read_csv options a user may set (DuckDB names); date/time formats are applied by the normaliser instead.
+CSV_OPTIONS = {"delim", "sep", "header", "quote", "escape", "encoding", "skip", "comment", "new_line",
+               "null_padding", "strict_mode", "max_line_size", "nullstr", "auto_detect", "compression",
+               "allow_quoted_nulls", "ignore_errors"}
+FORMAT_OPTIONS = {"dateformat", "timestampformat"}
+REJECTS = "store_rejects=true, rejects_table='_rejects', rejects_scan='_reject_scans'"
+
+
+@dataclass
+class RawRead:
+    columns: list[str]  # source columns (text), in file order
+    rows: int  # rows in the raw table
+    rejects: list[tuple[int | None, str, str]] = field(default_factory=list)  # (line, raw text, reason)
+
+
+def _sql_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return lit(str(value))
+
+
+def _check_options(src: SourceConfig) -> dict:
+    opts = dict(src.options)
+    unknown = sorted(set(opts) - CSV_OPTIONS - FORMAT_OPTIONS)
+    if unknown:
+        raise CdpError(f"source '{src.name}': unknown reader option {unknown[0]!r} "
+                       f"(options: {', '.join(sorted(CSV_OPTIONS | FORMAT_OPTIONS))})")
+    return {k: v for k, v in opts.items() if k in CSV_OPTIONS}
+
+
+def read_raw(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> RawRead:
+    fmt = src.file_format()
+    if path.stat().st_size == 0:
+        raise CdpError(f"source '{src.name}': file {path.name} is empty")
+    if fmt == "csv":
+        return _read_csv(con, src, path)
+    if fmt == "jsonl":
+        return _read_jsonl(con, src, path)
+    return _read_parquet(con, src, path)
+
+
+def _read_csv(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> RawRead:
+    opts = _check_options(src)
+    opts.setdefault("header", True)
+    encoding = str(opts.get("encoding", "utf-8")).lower().replace("_", "-")
+    args = ", ".join(f"{k}={_sql_value(v)}" for k, v in opts.items() if k != "encoding")
+    if encoding not in ("utf-8", "utf8"):
+        if encoding not in ("utf-16", "latin-1", "latin1", "iso-8859-1"):
+            raise CdpError(f"source '{src.name}': encoding {encoding!r} not supported (utf-8, utf-16, latin-1)")
+        args += f", encoding={lit('latin-1' if encoding in ('latin1', 'iso-8859-1') else encoding)}"
+    try:
+        con.execute(
+            f"create or replace temp table {RAW} as select *, row_number() over () as _row from read_csv("
+            f"{lit(str(path))}, all_varchar=true, {REJECTS}, {args})"
+        )
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CdpError(f"source '{src.name}': cannot read {path.name} as CSV: {first}") from None
+    cols = [c for c in _columns(con, RAW) if c != "_row"]
+    if bool(opts.get("header", True)) and con.execute(f"select count(*) from {RAW}").fetchall()[0][0] == 0 \
+            and not cols:
+        raise CdpError(f"source '{src.name}': file {path.name} has no columns")
+    rows = con.execute(f"select count(*) from {RAW}").fetchall()[0][0]
+    return RawRead(cols, rows, _take_rejects(con))
+
+
+def _read_jsonl(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> RawRead:
+    _check_options(src)
+    try:
+        con.execute(
+            f"create or replace temp table _lines as select line, row_number() over () as _row from read_csv("
+            f"{lit(str(path))}, columns={{'line': 'VARCHAR'}}, delim='\\x01', quote='', escape='', "
+            f"header=false, auto_detect=false, {REJECTS}, max_line_size=67108864)"
+        )
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CdpError(f"source '{src.name}': cannot read {path.name} as JSON lines: {first}") from None
+    rejects = _take_rejects(con)
+    con.execute("delete from _lines where line is null or trim(line) = ''")
+    bad = con.execute("select _row, line from _lines where not coalesce(json_valid(line), false) "
+                      "or json_type(line) <> 'OBJECT'").fetchall()
+    rejects += [(row, line[:10000], "malformed JSON line") for row, line in bad]
+    con.execute("delete from _lines where not coalesce(json_valid(line), false) or json_type(line) <> 'OBJECT'")
+    keys = [k for (k,) in con.execute(
+        "select k from (select unnest(json_keys(line)) as k, min(_row) as first from _lines group by k) "
+        "order by first").fetchall()]
+    if not keys and not bad and not rejects:
+        raise CdpError(f"source '{src.name}': file {path.name} has no JSON objects")
+    select = ", ".join(
+        f"json_extract_string(line, {lit('$.' + _json_key(k))}) as \"{_ident(k)}\"" for k in keys)
+    con.execute(f"create or replace temp table {RAW} as select {select + ', ' if select else ''}_row from _lines")
+    con.execute("drop table _lines")
+    rows = con.execute(f"select count(*) from {RAW}").fetchall()[0][0]
+    return RawRead(keys, rows, rejects)
+
+
+def _read_parquet(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> RawRead:
+    _check_options(src)
+    try:
+        cols = [r[0] for r in con.execute(f"describe select * from read_parquet({lit(str(path))})").fetchall()]
+        casts = ", ".join(f"cast(\"{_ident(c)}\" as varchar) as \"{_ident(c)}\"" for c in cols)
+        con.execute(f"create or replace temp table {RAW} as select {casts}, row_number() over () as _row "
+                    f"from read_parquet({lit(str(path))})")
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CdpError(f"source '{src.name}': cannot read {path.name} as Parquet: {first}") from None
+    rows = con.execute(f"select count(*) from {RAW}").fetchall()[0][0]
+    return RawRead(cols, rows, [])
+
+
+def _take_rejects(con: duckdb.DuckDBPyConnection) -> list[tuple[int | None, str, str]]:
+    """Lines DuckDB's reader rejected (one entry per line, however many errors it had); clears the tables."""
+    rows = con.execute("select line, any_value(csv_line), string_agg(distinct lower(error_type), ', '), "
+                       "any_value(error_message) from _rejects group by line order by line").fetchall()
+    con.execute("drop table if exists _rejects; drop table if exists _reject_scans")
+    return [(line, raw or "", f"malformed line ({etype}): {msg}") for line, raw, etype, msg in rows]
+
+
+def _json_key(key: str) -> str:
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _ident(name: str) -> str:
+    return name.replace('"', '""')
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    return [r[0] for r in con.execute(f"describe {table}").fetchall()]
