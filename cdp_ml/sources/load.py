@@ -220,8 +220,11 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, 
     latest = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
     for f in KINDS[src.kind]:
         column = src.columns.get(f.name)
+        qty = src.columns.get("quantity")
+        negative = f"coalesce({nz.number(nz.blank_to_null(_q(qty)))} < 0, false)" if qty else "false"
         if column is None:
-            default = "'completed'" if (src.kind, f.name) == ("orders", "status") else \
+            default = f"case when {negative} then 'returned' else 'completed' end" \
+                if (src.kind, f.name) == ("orders", "status") else \
                 "1.0" if (src.kind, f.name) == ("orders", "quantity") else "null"
             exprs.append(f"cast({default} as {_SQL_TYPES[f.type]}) as \"{f.name}\"")
             continue
@@ -230,9 +233,7 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, 
         if src.kind == "orders" and f.name == "quantity":
             typed = f"abs({typed})"
         if src.kind == "orders" and f.name == "status":
-            qty = src.columns.get("quantity")
-            neg = f"coalesce({nz.number(nz.blank_to_null(_q(qty)))} < 0, false)" if qty else "false"
-            typed = f"(case when {neg} and coalesce({typed}, 'completed') = 'completed' then 'returned' else {typed} end)"
+            typed = f"(case when {negative} and coalesce({typed}, 'completed') = 'completed' then 'returned' else {typed} end)"
             reasons.append(f"case when {r} is not null and {_typed_expr('orders', 'status', 'varchar', r, tz, ts_fmt, date_fmt, country)} is null "
                            f"then 'unknown order status in column {_esc(column)} (use completed/returned/cancelled)' end")
         exprs.append(f"{typed} as \"{f.name}\"")
@@ -382,10 +383,6 @@ def _record_field_issues(con: duckdb.DuckDBPyConnection, src: SourceConfig, rel:
 
 def _purge_erased(con: duckdb.DuckDBPyConnection) -> None:
     """Re-ingesting raw files must not bring back erased persons (tombstones kept by the privacy stage)."""
-    import importlib.util
-
-    if importlib.util.find_spec("cdp_ml.privacy.tombstone") is None:  # privacy stage not installed yet
-        return
     from cdp_ml.privacy.tombstone import purge_tombstoned
 
     purge_tombstoned(con)

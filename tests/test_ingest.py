@@ -1,0 +1,198 @@
+"""Ingestion contract: normalisation, mapping validation, quarantine with reasons, reconciling counts, idempotency."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+import yaml
+
+from cdp_ml import CdpError, Workspace
+from cdp_ml.cli import main
+from cdp_ml.sources import ingest
+from cdp_ml.sources.normalise import email, phone, timestamp
+from cdp_ml.workspace import parse_config
+
+CRM = textwrap.dedent("""\
+    klantnummer;voornaam;achternaam;emailadres;telefoon;geboortedatum;postcode;klantsegment
+    K1;Sophia ;de  Vries; Sofietje@Provider.NL ;06-12345678;01-02-1990;1234 ab;gold
+    K2;Jan;Jansen;jan@x.nl;+31 6 1234 5679;31-02-1980;;silver
+    K3;Mien;Bakker;geen-email;0031612345670;05-06-1970;1000AA;bronze
+    ;Leeg;Record;;;;;
+    K4;Kort
+    """)
+EVENTS = "\n".join([
+    '{"ts":"2026-01-01T10:00:00Z","type":"page_view","cookie":"c1","utm":"mail"}',
+    '{"ts":"2026-01-01T10:00:00Z","type":"page_view","cookie":"c1","utm":"mail"}',
+    '{"ts":"not a time","type":"login","cookie":"c1","klant":"K1"}',
+    '{"ts":"2026-01-02 10:00:00","type":"LOGIN","cookie":"c1","klant":"K1"}',
+    '{broken json',
+    '{"ts":"1900-01-01 00:00:00","type":"page_view","cookie":"c2"}',
+]) + "\n"
+
+
+def _workspace(root: Path, crm: str = CRM, events: str = EVENTS, extra_sources: list | None = None) -> Workspace:
+    (root / "raw").mkdir(parents=True, exist_ok=True)
+    (root / "raw" / "crm.csv").write_text(crm, encoding="utf-8")
+    (root / "raw" / "web-1.jsonl").write_text(events, encoding="utf-8")
+    config = {
+        "timezone": "Europe/Amsterdam",
+        "sources": [
+            {"name": "crm", "kind": "customers", "path": "raw/crm.csv", "options": {"delim": ";"},
+             "columns": {"record_id": "klantnummer", "first_name": "voornaam", "last_name": "achternaam",
+                         "email": "emailadres", "phone": "telefoon", "date_of_birth": "geboortedatum",
+                         "postcode": "postcode"}},
+            {"name": "web", "kind": "events", "path": "raw/web-*.jsonl", "customer_source": "crm",
+             "columns": {"timestamp": "ts", "event_type": "type", "anonymous_id": "cookie", "customer_ref": "klant"}},
+            *(extra_sources or []),
+        ],
+    }
+    (root / "cdp_ml.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return Workspace.open(root)
+
+
+def _rows(ws: Workspace, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(ws.warehouse_path), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_normalisation_rules_in_sql():
+    con = duckdb.connect()
+    phones = ["06-12345678", "+31 6 1234 5678", "0031612345678", "0612345678", "612345678", "12", "0000000000"]
+    got = [con.execute(f"select {phone('$1', 'NL')}", [p]).fetchall()[0][0] for p in phones]
+    assert got[:5] == ["+31612345678"] * 4 + ["+31612345678"]
+    assert got[5] is None  # too short to be a phone number
+    emails = [" Sofietje@Provider.NL ", "mailto:a@b.nl", "geen-email", "a@b"]
+    assert [con.execute(f"select {email('$1')}", [e]).fetchall()[0][0] for e in emails] == \
+        ["sofietje@provider.nl", "a@b.nl", None, None]
+    ts = timestamp("$1", "Europe/Amsterdam")
+    assert str(con.execute(f"select {ts}", ["2026-07-01 12:00:00"]).fetchall()[0][0]) == "2026-07-01 10:00:00"
+    assert str(con.execute(f"select {ts}", ["2026-07-01T12:00:00+02:00"]).fetchall()[0][0]) == "2026-07-01 10:00:00"
+    assert str(con.execute(f"select {ts}", ["01-07-2026 12:00"]).fetchall()[0][0]) == "2026-07-01 10:00:00"
+    assert str(con.execute(f"select {ts}", ["1782900000"]).fetchall()[0][0]).startswith("2026-07-01")
+
+
+def test_ingest_quarantines_with_reasons_and_counts_reconcile(tmp_path):
+    ws = _workspace(tmp_path)
+    result = ingest(ws)
+    by_source = {f.source: f for f in result.files}
+    assert by_source["crm"].rows_read == 5  # 4 parsed rows + 1 malformed line
+    assert by_source["crm"].rows_loaded == 3
+    assert by_source["web"].rows_read == 6
+    assert by_source["web"].rows_loaded == 2
+    for f in result.files:
+        assert f.rows_read == f.rows_loaded + f.rows_quarantined
+    reasons = {r[0] for r in _rows(ws, "select reason from quarantine")}
+    assert any(r.startswith("missing required field record_id") for r in reasons)
+    assert any(r.startswith("malformed line") for r in reasons)
+    assert "duplicate row" in reasons
+    assert any(r.startswith("unparseable timestamp") for r in reasons)
+    assert "malformed JSON line" in reasons
+    assert any(r.startswith("timestamp out of range") for r in reasons)
+    loads = _rows(ws, "select sum(rows_read), sum(rows_loaded) + sum(rows_quarantined) from loads")
+    assert loads[0][0] == loads[0][1]
+    assert _rows(ws, "select count(*) from quarantine")[0][0] == result.rows_quarantined
+
+
+def test_ingest_normalises_and_keeps_unmapped_columns(tmp_path):
+    ws = _workspace(tmp_path)
+    ingest(ws)
+    rows = dict((r[0], r[1:]) for r in _rows(
+        ws, "select record_id, email, phone, first_name, last_name, postcode, date_of_birth, "
+            "attributes->>'klantsegment' from customers"))
+    assert rows["K1"][:5] == ("sofietje@provider.nl", "+31612345678", "Sophia", "de Vries", "1234AB")
+    assert rows["K1"][6] == "gold"
+    # bad optional fields are loaded empty and recorded, never lose the identity record
+    assert rows["K2"][5] is None and rows["K3"][0] is None
+    issues = {(r[0], r[1]) for r in _rows(ws, "select field, split_part(reason, ' ', 1) from load_issues")}
+    assert ("date_of_birth", "not") in issues and ("email", "not") in issues
+    events = _rows(ws, "select event_type, timestamp, ref_source, attributes->>'utm' from events order by timestamp")
+    assert events[0] == ("page_view", pd.Timestamp("2026-01-01 10:00:00").to_pydatetime(), "crm", "mail")
+    assert events[1][0] == "login"  # lower-cased
+    assert str(events[1][1]) == "2026-01-02 09:00:00"  # Amsterdam local time -> UTC
+
+
+def test_ingest_is_idempotent_and_updates_changed_files(tmp_path):
+    ws = _workspace(tmp_path)
+    ingest(ws)
+    before = _rows(ws, "select count(*) from customers")[0][0], _rows(ws, "select count(*) from quarantine")[0][0]
+    again = ingest(ws)
+    assert all(f.status == "unchanged" for f in again.files)
+    assert (_rows(ws, "select count(*) from customers")[0][0], _rows(ws, "select count(*) from quarantine")[0][0]) == before
+    (tmp_path / "raw" / "crm.csv").write_text(CRM.replace("jan@x.nl", "jan.jansen@x.nl"), encoding="utf-8")
+    changed = ingest(ws, source="crm")
+    assert changed.files[0].status == "loaded"
+    assert _rows(ws, "select email from customers where record_id = 'K2'") == [("jan.jansen@x.nl",)]
+    assert _rows(ws, "select count(*) from customers")[0][0] == before[0]
+    assert _rows(ws, "select count(*) from quarantine")[0][0] == before[1]
+    (tmp_path / "raw" / "web-2.jsonl").write_text(EVENTS.splitlines()[3] + "\n", encoding="utf-8")
+    (tmp_path / "raw" / "web-1.jsonl").unlink()
+    res = ingest(ws, source="web")
+    assert res.removed_files == ("web: raw/web-1.jsonl",)
+
+
+def test_mapping_validation_messages(tmp_path):
+    base = {"name": "crm", "kind": "customers", "path": "x.csv", "columns": {"record_id": "id"}}
+    with pytest.raises(CdpError, match=r"sources\[0\].kind: unknown kind 'klanten'"):
+        parse_config({"sources": [{**base, "kind": "klanten"}]})
+    with pytest.raises(CdpError, match=r"sources\[0\].columns.record_id: required field"):
+        parse_config({"sources": [{**base, "columns": {"email": "mail"}}]})
+    with pytest.raises(CdpError, match=r"'voornaam' is not a field of kind customers"):
+        parse_config({"sources": [{**base, "columns": {"record_id": "id", "voornaam": "x"}}]})
+    with pytest.raises(CdpError, match="customer_source: 'nope' is not a customers source"):
+        parse_config({"sources": [base, {"name": "o", "kind": "orders", "path": "o.csv", "customer_source": "nope",
+                                         "columns": {"order_id": "a", "customer_ref": "b", "ordered_at": "c"}}]})
+    ws = _workspace(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "cdp_ml.yaml").read_text())
+    cfg["sources"][0]["columns"]["city"] = "woonplaats"
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CdpError, match=r"column 'woonplaats' mapped to city is not in crm.csv \(columns: klantnummer"):
+        ingest(Workspace.open(tmp_path))
+    del ws
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("missing", "does not exist"),
+    ("empty", "is empty"),
+    ("delimiter", "wrong delimiter?"),
+    ("glob", "matches no file"),
+])
+def test_bad_files_give_one_line_errors_and_exit_2(tmp_path, capsys, case, expected):
+    _workspace(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "cdp_ml.yaml").read_text())
+    if case == "missing":
+        (tmp_path / "raw" / "crm.csv").unlink()
+    elif case == "empty":
+        (tmp_path / "raw" / "crm.csv").write_text("")
+    elif case == "delimiter":
+        cfg["sources"][0]["options"] = {"delim": ","}
+    elif case == "glob":
+        cfg["sources"][1]["path"] = "raw/nothing-*.jsonl"
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump(cfg))
+    code = main(["--workspace", str(tmp_path), "ingest"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_orders_parquet_negative_quantity_is_a_return(tmp_path):
+    (tmp_path / "raw").mkdir()
+    pd.DataFrame({"invoice": ["1", "2", "2", "3"], "cust": ["A", "A", "A", None],
+                  "date": ["2025-01-03 10:00", "2025-02-03 11:00", "2025-02-03 11:00", "2025-02-04 11:00"],
+                  "qty": [2, -1, -1, 1], "price": ["3,50", "3.5", "3.5", "1"]}).to_parquet(tmp_path / "raw" / "o.parquet")
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [
+        {"name": "orders", "kind": "orders", "path": "raw/o.parquet",
+         "columns": {"order_id": "invoice", "customer_ref": "cust", "ordered_at": "date", "quantity": "qty",
+                     "amount": "price"}}]}))
+    ws = Workspace.open(tmp_path)
+    res = ingest(ws)
+    assert (res.rows_read, res.rows_loaded, res.rows_quarantined) == (4, 2, 2)
+    assert _rows(ws, "select order_id, quantity, amount, status from orders order by order_id") == [
+        ("1", 2.0, 3.5, "completed"), ("2", 1.0, 3.5, "returned")]
+    assert any("negative quantity" in n for n in res.files[0].notes)
