@@ -109,8 +109,8 @@ def cmd_report(args) -> object:
 def cmd_refresh(args) -> object:
     from cdp_ml.refresh import refresh
 
-    return refresh(_ws(args), as_of=None if args.as_of in (None, "latest") else _date(args.as_of),
-                   retrain=args.retrain, from_step=args.from_step, resume=args.resume)
+    as_of = "latest" if (args.as_of or "").strip().lower() == "latest" else _date(args.as_of)
+    return refresh(_ws(args), as_of=as_of, retrain=args.retrain, from_step=args.from_step, resume=args.resume)
 
 
 def cmd_forget(args) -> object:

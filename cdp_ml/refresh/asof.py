@@ -1,0 +1,82 @@
+"""Which as-of date a refresh runs for: a given date, the last completed week, or ``latest`` data."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import duckdb
+
+from cdp_ml import engine
+from cdp_ml.errors import CdpError
+from cdp_ml.workspace import Workspace, last_completed_week_end, parse_date
+
+# canonical timestamp column per referencing kind
+TIME_FIELDS = {"events": "timestamp", "orders": "ordered_at", "sessions": "timestamp",
+               "interactions": "timestamp", "consents": "timestamp"}
+
+
+def resolve_as_of(ws: Workspace, as_of: date | str | None) -> date:
+    """None: the Monday starting the current ISO week; 'latest': the Monday after the newest data."""
+    if as_of is None:
+        return last_completed_week_end()
+    if isinstance(as_of, str) and as_of.strip().lower() == "latest":
+        newest = latest_data_time(ws)
+        if newest is None:
+            raise CdpError("--as-of latest: no timestamped data in the sources or the warehouse; give --as-of DATE")
+        day = newest.date()
+        return day + timedelta(days=7 - day.weekday())
+    parsed = parse_date(as_of, "--as-of")
+    assert parsed is not None
+    return parsed
+
+
+def latest_data_time(ws: Workspace) -> datetime | None:
+    """Newest timestamp in the raw source files and the warehouse (whichever is later)."""
+    found = [t for t in (_raw_latest(ws), _warehouse_latest(ws)) if t is not None]
+    return max(found) if found else None
+
+
+def _raw_latest(ws: Workspace) -> datetime | None:
+    con = duckdb.connect()
+    con.execute("set TimeZone='UTC'")
+    newest: datetime | None = None
+    try:
+        for src in ws.config.sources:
+            column = src.columns.get(TIME_FIELDS.get(src.kind, ""))
+            if not column:
+                continue
+            files = [str(p) for p in ws.source_files(src)]
+            reader = {"csv": "read_csv", "parquet": "read_parquet", "jsonl": "read_json"}[src.file_format()]
+            options = ", union_by_name=true" if reader != "read_json" else ""
+            if reader == "read_csv":
+                options += ", all_varchar=true"
+                for key, value in src.options.items():
+                    if isinstance(value, (str, int, float, bool)) and key.isidentifier():
+                        options += f", {key}=${key}"
+            params = {k: v for k, v in src.options.items() if reader == "read_csv" and f"${k}" in options}
+            params["files"] = files
+            quoted = '"' + column.replace('"', '""') + '"'
+            value = con.execute(
+                f"select max(coalesce(try_cast({quoted} as timestamp), "
+                f"try_cast(try_cast({quoted} as timestamptz) as timestamp))) from {reader}($files{options})",
+                params).fetchall()[0][0]
+            if isinstance(value, datetime) and (newest is None or value > newest):
+                newest = value
+    except duckdb.Error:
+        return newest
+    finally:
+        con.close()
+    return newest
+
+
+def _warehouse_latest(ws: Workspace) -> datetime | None:
+    if not ws.warehouse_path.exists():
+        return None
+    newest = None
+    with ws.connect() as con:
+        for table, column in TIME_FIELDS.items():
+            if engine.table_exists(con, table) and column in engine.columns(con, table):
+                value = con.execute(f'select max("{column}") from "{table}"').fetchall()[0][0]
+                if isinstance(value, datetime) and (newest is None or value > newest):
+                    newest = value
+    return newest
