@@ -89,7 +89,7 @@ def purge_tombstoned(con: duckdb.DuckDBPyConnection, ws: Workspace | None = None
         if predicate:
             deleted += _delete_count(con, f'delete from "{table}" where {predicate}')
     if table_exists(con, "quarantine"):
-        _quarantine_candidates(con, ws)
+        quarantine_candidates(con, ws)
         deleted += _delete_count(con, f"""delete from quarantine where rowid in (
             select c.rid from _quarantine_candidates c join {TOMBSTONES} t on t.hash = c.hash)""")
         con.execute("drop table if exists _quarantine_candidates")
@@ -101,7 +101,7 @@ def _delete_count(con: duckdb.DuckDBPyConnection, sql: str, params: list | None 
     return int(rows[0][0]) if rows else 0
 
 
-def _quarantine_candidates(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
+def quarantine_candidates(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
     """Temp table (rid, hash): every identifier reading of every token of every quarantined row.
 
     A token is tried as an email, a phone, an anonymous id, a bare customer key, and a record / customer
