@@ -1,0 +1,387 @@
+"""What persons do: repurchase cycles per category, browsing that foreshadows orders, service contacts,
+consent changes. Every table of a block is built with vector operations (no loop per event or order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from cdp_ml.demo import vocabulary as voc
+from cdp_ml.demo.people import DAY, WEEK, PersonBlock, format_phones, local_time, messy_email
+from cdp_ml.demo.records import CustomerKeys, phone_at
+
+CAT_NAMES = np.array([c for c, _, _, _ in voc.CATEGORIES], dtype=object)
+CAT_CYCLE = np.array([w for _, w, _, _ in voc.CATEGORIES])
+CAT_PRICE = np.array([p for _, _, p, _ in voc.CATEGORIES])
+CAT_SHARE = np.array([s for _, _, _, s in voc.CATEGORIES])
+GIFT = int(np.flatnonzero(CAT_NAMES == "gift_sets")[0])
+CYCLED = np.array([i for i in range(len(CAT_NAMES)) if i != GIFT])
+CAT_CODE = np.array(["SF", "HS", "BC", "CA", "FR", "GS"], dtype=object)
+
+
+@dataclass
+class Behaviour:
+    """Per-person latent behaviour (truth): category cycles in weeks (NaN = does not buy), churn time."""
+
+    cycle_weeks: np.ndarray  # persons x categories
+    churn_at: np.ndarray  # epoch s after which the person stops buying (end = never)
+    browse_rate: np.ndarray  # sessions per week
+
+
+def _season_windows(start: int, end: int, month: int, day_from: int, day_to: int) -> list[tuple[int, int]]:
+    out = []
+    for year in range(datetime.fromtimestamp(start, UTC).year - 1, datetime.fromtimestamp(end, UTC).year + 1):
+        lo = int(datetime(year, month, day_from, tzinfo=UTC).timestamp())
+        hi = int(datetime(year, month, day_to, tzinfo=UTC).timestamp())
+        if hi > start and lo < end:
+            out.append((max(lo, start), min(hi, end)))
+    return out
+
+
+def behaviour(p: PersonBlock, rng: np.random.Generator, end: int) -> Behaviour:
+    n = len(p)
+    buys = rng.random((n, len(CAT_NAMES))) < CAT_SHARE * (0.45 + 1.1 * p.intent[:, None])
+    spread = np.exp(rng.normal(0, 0.3, (n, len(CAT_NAMES)))).clip(0.5, 2.0)
+    cycle = np.where(buys, CAT_CYCLE * spread, np.nan)
+    cycle[:, GIFT] = np.where(buys[:, GIFT], 52.0, np.nan)
+    churn = rng.random(n) < 0.25 * (1 - p.intent)
+    churn_at = np.where(churn, rng.integers(p.joined_at.clip(min=0), end + 1), end + 1)
+    browse_rate = (0.03 + 0.25 * rng.gamma(1.5, 1.0, n) / 1.5 * (0.4 + p.intent)).clip(max=1.5)
+    return Behaviour(cycle, churn_at, browse_rate)
+
+
+def purchases(p: PersonBlock, b: Behaviour, rng: np.random.Generator, start: int, end: int) -> pd.DataFrame:
+    """Purchase occasions (person row, time, category): a renewal process per (person, category) plus
+    seasonal gifts in the run-up to Sinterklaas/Christmas and Mother's Day."""
+    parts = []
+    keep_p = 0.15 + 0.55 * p.intent
+    for c in CYCLED:
+        rows = np.flatnonzero(~np.isnan(b.cycle_weeks[:, c]))
+        if len(rows) == 0:
+            continue
+        cyc = b.cycle_weeks[rows, c] * WEEK
+        m = int(np.ceil((end - start) / (0.35 * CAT_CYCLE[c] * WEEK))) + 2
+        gaps = cyc[:, None] * rng.gamma(8.0, 1 / 8.0, (len(rows), m))
+        t0 = np.maximum(p.joined_at[rows], start - 2 * cyc)
+        times = t0[:, None] + rng.random(len(rows))[:, None] * cyc[:, None] + np.cumsum(gaps, axis=1) - gaps[:, :1]
+        times = times.astype(np.int64)
+        keep = (times >= start) & (times < np.minimum(end, b.churn_at[rows])[:, None])
+        keep &= rng.random(times.shape) < keep_p[rows, None]
+        r, k = np.nonzero(keep)
+        parts.append(pd.DataFrame({"row": rows[r], "ts": times[r, k], "cat": c}))
+    for month, d0, d1, base, per_intent, cats in (
+            (11, 20, 30, 0.15, 0.7, (GIFT, 3, 4)), (12, 1, 24, 0.25, 1.2, (GIFT, 3, 4, 2)),
+            (5, 1, 12, 0.05, 0.3, (GIFT,))):
+        for lo, hi in _season_windows(start, end, month, d0, d1):
+            count = rng.poisson(base + per_intent * p.intent)
+            rows = np.repeat(np.arange(len(p)), count)
+            ts = rng.integers(lo, hi, len(rows))
+            ok = (ts >= p.joined_at[rows]) & (ts < b.churn_at[rows])
+            cat = np.array(cats)[rng.integers(0, len(cats), len(rows))]
+            parts.append(pd.DataFrame({"row": rows[ok], "ts": ts[ok], "cat": cat[ok]}))
+    occ = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"row": [], "ts": [], "cat": []})
+    # daytime: shift to a plausible hour (09:00-23:00 local-ish)
+    occ["ts"] = (occ["ts"] // DAY) * DAY + rng.integers(7 * 3600, 22 * 3600, len(occ))
+    occ = occ[(occ["ts"] >= start) & (occ["ts"] < end)]
+    return occ.sort_values(["row", "ts"], kind="stable").reset_index(drop=True)
+
+
+def orders(p: PersonBlock, keys: CustomerKeys, occ: pd.DataFrame, rng: np.random.Generator,
+           counters: dict[str, int]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Route each occasion to the webshop (CRM account) or a store (loyalty card); unknown buyers vanish.
+    Returns (occasions with channel/ref/amount, web order lines, store receipts)."""
+    rows, ts, cat = occ["row"].to_numpy(), occ["ts"].to_numpy(), occ["cat"].to_numpy()
+    n = len(rows)
+    web_ok = (keys.crm_id[rows] != None) & (ts >= keys.crm_created[rows])  # noqa: E711
+    store_ok = (keys.card[rows] != None) & (ts >= keys.card_at[rows])  # noqa: E711
+    prefer_web = rng.random(n) < 0.6
+    channel = np.where(web_ok & (prefer_web | ~store_ok), "web", np.where(store_ok, "store", ""))
+    use_dup = (keys.crm_dup_id[rows] != None) & (ts >= keys.crm_dup_at[rows]) & (rng.random(n) < 0.6)  # noqa: E711
+    ref = np.where(channel == "web", np.where(use_dup, keys.crm_dup_id[rows], keys.crm_id[rows]),
+                   np.where(channel == "store", keys.card[rows], None))
+    product = rng.integers(0, voc.PRODUCTS_PER_CATEGORY, n)
+    qty = 1 + (rng.random(n) < 0.15) + (rng.random(n) < 0.03)
+    price = np.round(CAT_PRICE[cat] * (0.7 + 0.6 * product / (voc.PRODUCTS_PER_CATEGORY - 1)), 1) - 0.05
+    r = rng.random(n)
+    status = np.where(r < 0.05, "returned", np.where(r < 0.07, "cancelled", "completed"))
+    occ = pd.DataFrame({"row": rows, "ts": ts, "cat": cat, "channel": channel, "ref": ref, "product": product,
+                        "qty": qty, "amount": np.round(price * qty, 2), "status": status})
+    occ = occ[occ["channel"] != ""].reset_index(drop=True)
+    occ["sku"] = CAT_CODE[occ["cat"].to_numpy()] + "-" + pd.Series(occ["product"] + 1).astype(str).str.zfill(3)
+
+    web = occ[occ["channel"] == "web"]
+    k = counters["web_order"]
+    web_ids = "W" + pd.Series(np.arange(k, k + len(web)) + 100_000).astype(str)
+    counters["web_order"] = k + len(web)
+    occ.loc[web.index, "order_id"] = web_ids.to_numpy()
+    web_lines = pd.DataFrame({
+        "order_id": web_ids.to_numpy(),
+        "line_no": 1,
+        "customer_id": web["ref"].to_numpy(),
+        "ordered_at": pd.to_datetime(web["ts"].to_numpy(), unit="s"),  # UTC; the Parquet type says so
+        "product_id": web["sku"].to_numpy(),
+        "category": CAT_NAMES[web["cat"].to_numpy()],
+        "quantity": web["qty"].to_numpy().astype(np.int32),
+        "amount": web["amount"].to_numpy(),
+        "status": web["status"].to_numpy(),
+        "currency": "EUR",
+        "payment_method": np.array(["ideal", "creditcard", "paypal", "klarna"], dtype=object)[
+            rng.integers(0, 4, len(web))],
+    })
+    store = occ[occ["channel"] == "store"]
+    k = counters["store_order"]
+    store_ids = "R" + pd.Series(np.arange(k, k + len(store)) + 5_000_000).astype(str)
+    counters["store_order"] = k + len(store)
+    occ.loc[store.index, "order_id"] = store_ids.to_numpy()
+    store_lines = pd.DataFrame({
+        "receipt_id": store_ids.to_numpy(),
+        "card_number": store["ref"].to_numpy(),
+        "purchased_at": pd.to_datetime(store["ts"].to_numpy(), unit="s", utc=True)
+        .tz_convert("Europe/Amsterdam").tz_localize(None),
+        "sku": store["sku"].to_numpy(),
+        "category": CAT_NAMES[store["cat"].to_numpy()],
+        "qty": store["qty"].to_numpy().astype(np.int32),
+        "amount_eur": store["amount"].to_numpy(),
+        "status": np.where(store["status"].to_numpy() == "cancelled", "completed", store["status"].to_numpy()),
+    })
+    return occ, web_lines, store_lines
+
+
+def _mix(number: np.ndarray, seed: int) -> np.ndarray:
+    """splitmix64 finaliser: distinct counters give distinct random-looking 64-bit ids."""
+    x = number.astype(np.uint64) + np.uint64(seed * 0x9E3779B97F4A7C15 % (1 << 64))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def devices(p: PersonBlock, rng: np.random.Generator, counters: dict[str, int], seed: int) -> tuple[np.ndarray, np.ndarray, pd.Series, np.ndarray]:
+    """Cookies and app installs: (owner row, is_app, anonymous_id, first device offset per person)."""
+    count = 1 + np.minimum(rng.poisson(0.7, len(p)), 3)
+    owner = np.repeat(np.arange(len(p)), count)
+    offset = np.concatenate([[0], np.cumsum(count)[:-1]])
+    k = counters["device"]
+    number = np.arange(k, k + len(owner), dtype=np.uint64)
+    counters["device"] = k + len(owner)
+    is_app = (rng.random(len(owner)) < 0.25) & (np.arange(len(owner)) != offset[owner])
+    hi = pd.Series(_mix(number, seed)).map("{:016x}".format)
+    lo = pd.Series(_mix(number, seed + 1_000_003)).map("{:016x}".format)
+    anon = pd.Series(np.where(is_app, "app-" + hi.str[:12],
+                              hi.str[:8] + "-" + hi.str[8:12] + "-4" + hi.str[13:16] + "-" + lo.str[:4] + "-" + lo.str[4:16]))
+    return owner, is_app, anon, offset
+
+
+def sessions(p: PersonBlock, b: Behaviour, keys: CustomerKeys, occ: pd.DataFrame, rng: np.random.Generator,
+             start: int, end: int, device_count: np.ndarray, device_offset: np.ndarray,
+             device_is_app: np.ndarray) -> pd.DataFrame:
+    """Sessions: checkout sessions for web orders, research visits in the days before any order (the
+    signal the intent model learns), and plain browsing (mostly never converting)."""
+    n = len(p)
+    # A. checkout sessions
+    web = occ[occ["channel"] == "web"]
+    a = pd.DataFrame({"row": web["row"].to_numpy(), "ts": web["ts"].to_numpy() - rng.integers(120, 1500, len(web)),
+                      "cat": web["cat"].to_numpy(), "kind": 2, "order": web.index.to_numpy()})
+    # B. research visits before orders (web and store)
+    k = rng.poisson(0.4 + 1.2 * p.intent[occ["row"].to_numpy()])
+    src = np.repeat(np.arange(len(occ)), k)
+    lead = (rng.exponential(3.0, len(src)) * DAY).astype(np.int64) + 3600
+    bb = pd.DataFrame({"row": occ["row"].to_numpy()[src], "ts": occ["ts"].to_numpy()[src] - lead,
+                       "cat": occ["cat"].to_numpy()[src], "kind": 1, "order": -1})
+    # C. browsing, thinned so late Nov-Dec gets twice the traffic
+    active_from = np.maximum(p.joined_at - 8 * WEEK, start)
+    weeks = np.maximum(end - active_from, 0) / WEEK
+    count = rng.poisson(b.browse_rate * weeks * 2.0)
+    rows = np.repeat(np.arange(n), count)
+    ts = active_from[rows] + (rng.random(len(rows)) * (end - active_from[rows])).astype(np.int64)
+    doy = pd.to_datetime(ts, unit="s").day_of_year.to_numpy()
+    accept = np.where((doy >= 324) & (doy <= 358), 1.0, 0.5)
+    keep = rng.random(len(rows)) < accept
+    rows, ts = rows[keep], ts[keep]
+    liked = np.where(np.isnan(b.cycle_weeks[rows]), 0.2, 1.0)
+    pick = (liked * rng.random(liked.shape)).argmax(axis=1)
+    c = pd.DataFrame({"row": rows, "ts": ts, "cat": pick, "kind": 0, "order": -1})
+    s = pd.concat([a, bb, c], ignore_index=True)
+    s = s[(s["ts"] >= start) & (s["ts"] < end)].reset_index(drop=True)
+    rows = s["row"].to_numpy()
+    # device: a random one of the person's; household partners sometimes use the head's first device
+    dev = device_offset[rows] + (rng.random(len(s)) * device_count[rows]).astype(np.int64)
+    partner = p.partner_of[rows]
+    shared = (partner >= 0) & (rng.random(len(s)) < 0.3)
+    dev = np.where(shared, device_offset[np.maximum(partner, 0)], dev)
+    s["device"] = dev
+    s["app"] = device_is_app[dev]
+    # logged in: always for checkout, sometimes otherwise; needs a webshop account at that time
+    has_acct = (keys.crm_id[rows] != None) & (s["ts"].to_numpy() >= keys.crm_created[rows])  # noqa: E711
+    s["logged_in"] = has_acct & ((s["kind"].to_numpy() == 2) | (rng.random(len(s)) < 0.12))
+    return s.sort_values(["row", "ts"], kind="stable").reset_index(drop=True)
+
+
+_PAGES = np.array(["/", "/nl-nl/home", "/nl-nl/nieuw", "/nl-nl/cadeaus", "/nl-nl/sale"], dtype=object)
+
+
+def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Series,
+           rng: np.random.Generator, counters: dict[str, int]) -> pd.DataFrame:
+    """Expand sessions into clickstream events: page_view, [login], [search], product_view*, [add_to_cart,
+    checkout_start, purchase]; one vectorised pass over all sessions of the block."""
+    m = len(s)
+    kind = s["kind"].to_numpy()
+    login = s["logged_in"].to_numpy() & ~s["app"].to_numpy()
+    search = rng.random(m) < np.where(kind == 0, 0.3, 0.15)
+    views = np.where(kind == 0, rng.poisson(1.2, m), 1 + rng.poisson(1.5, m))
+    cart = np.where(kind == 2, True, rng.random(m) < np.where(kind == 1, 0.35, 0.06))
+    checkout = (kind == 2) | (cart & (rng.random(m) < 0.1))
+    purchase = kind == 2
+    b1 = 1 + login
+    b2 = b1 + search
+    b3 = b2 + views
+    b4 = b3 + cart
+    b5 = b4 + checkout
+    total = b5 + purchase
+    sess = np.repeat(np.arange(m), total)
+    first = np.concatenate([[0], np.cumsum(total)[:-1]])
+    pos = np.arange(len(sess)) - first[sess]
+    etype = np.select([pos < 1, pos < b1[sess], pos < b2[sess], pos < b3[sess], pos < b4[sess], pos < b5[sess]],
+                      ["page_view", "login", "search", "product_view", "add_to_cart", "checkout_start"], "purchase")
+    gap = (rng.exponential(40.0, len(sess)) + 3).astype(np.int64)
+    gap[first] = 0
+    csum = np.cumsum(gap)
+    ts = s["ts"].to_numpy()[sess] + csum - csum[first][sess]
+    rows = s["row"].to_numpy()[sess]
+    order = s["order"].to_numpy()[sess]
+    # who: customer_ref from the login on (app sessions are logged in throughout)
+    ref_session = np.where(s["order"].to_numpy() >= 0,
+                           occ["ref"].to_numpy()[np.maximum(s["order"].to_numpy(), 0)],
+                           keys.crm_id[s["row"].to_numpy()])
+    ref = np.where(s["logged_in"].to_numpy()[sess] & ((pos >= 1) | s["app"].to_numpy()[sess]),
+                   ref_session[sess], None)
+    cat = s["cat"].to_numpy()[sess]
+    product_no = np.where(order >= 0, occ["product"].to_numpy()[np.maximum(order, 0)],
+                          rng.integers(0, voc.PRODUCTS_PER_CATEGORY, len(sess)))
+    sku = pd.Series(CAT_CODE[cat]) + "-" + pd.Series(product_no + 1).astype(str).str.zfill(3)
+    has_product = np.isin(etype, ["product_view", "add_to_cart"])
+    price = np.round(CAT_PRICE[cat] * (0.7 + 0.6 * product_no / (voc.PRODUCTS_PER_CATEGORY - 1)), 1) - 0.05
+    value = np.where(etype == "purchase", occ["amount"].to_numpy()[np.maximum(order, 0)],
+                     np.where(has_product, price, np.nan))
+    url = np.select(
+        [etype == "page_view", etype == "search", has_product, etype == "login"],
+        [_PAGES[rng.integers(0, len(_PAGES), len(sess))], "/nl-nl/zoeken?q=" +
+         np.array(voc.SEARCH_TERMS, dtype=object)[rng.integers(0, len(voc.SEARCH_TERMS), len(sess))],
+         ("/nl-nl/p/" + sku).to_numpy(dtype=object), "/nl-nl/account/login"],
+        "/nl-nl/checkout")
+    entry = pos == 0
+    referrer = np.where(entry, np.array(voc.REFERRERS, dtype=object)[rng.integers(0, len(voc.REFERRERS), len(sess))], None)
+    referrer = np.where(referrer == "", None, referrer)
+    utm = np.where(entry & (rng.random(len(sess)) < 0.35),
+                   np.array(voc.UTM_SOURCES, dtype=object)[rng.integers(0, len(voc.UTM_SOURCES), len(sess))], None)
+    k = counters["session"]
+    sid = pd.Series(np.arange(k, k + m) * 40_503 % (1 << 36) + (1 << 36)).map("{:x}".format).to_numpy(dtype=object)
+    counters["session"] = k + m
+    k = counters["event"]
+    eid = pd.Series(np.arange(k, k + len(sess)) * 2_246_822_519 % (1 << 44) + (1 << 44)).map("{:x}".format)
+    counters["event"] = k + len(sess)
+    dev = s["device"].to_numpy()[sess]
+    return pd.DataFrame({
+        "event_id": eid.to_numpy(dtype=object),
+        "ts": ts,
+        "type": etype,
+        "anonymous_id": anon.to_numpy(dtype=object)[dev],
+        "user_id": ref,
+        "session_id": sid[sess],
+        "product_id": np.where(has_product | (etype == "purchase"), sku.to_numpy(dtype=object), None),
+        "category": np.where(has_product | (etype == "purchase"), CAT_NAMES[cat], None),
+        "value": value,
+        "channel": np.where(s["app"].to_numpy()[sess], "app", "web"),
+        "page_url": url,
+        "referrer": referrer,
+        "utm_source": utm,
+        "_row": rows,
+    })
+
+
+def interactions(p: PersonBlock, occ: pd.DataFrame, keys: CustomerKeys, rng: np.random.Generator,
+                 start: int, end: int, counters: dict[str, int]) -> pd.DataFrame:
+    """Service contacts: return requests after returns, complaints (mostly resolved later), questions."""
+    ret = occ[occ["status"] == "returned"]
+    ret = ret[rng.random(len(ret)) < 0.5]
+    comp = occ[(occ["status"] == "completed") & (rng.random(len(occ)) < 0.025)]
+    resolved = comp[rng.random(len(comp)) < 0.75]
+    asks = np.repeat(np.arange(len(p)), rng.poisson(0.12, len(p)))
+    parts = [
+        pd.DataFrame({"row": ret["row"].to_numpy(), "ts": ret["ts"].to_numpy() + rng.integers(DAY, 8 * DAY, len(ret)),
+                      "type": "return_request", "cat": ret["cat"].to_numpy()}),
+        pd.DataFrame({"row": comp["row"].to_numpy(), "ts": comp["ts"].to_numpy() + rng.integers(DAY, 14 * DAY, len(comp)),
+                      "type": "complaint", "cat": comp["cat"].to_numpy()}),
+        pd.DataFrame({"row": resolved["row"].to_numpy(),
+                      "ts": resolved["ts"].to_numpy() + rng.integers(15 * DAY, 30 * DAY, len(resolved)),
+                      "type": "complaint_resolved", "cat": resolved["cat"].to_numpy()}),
+        pd.DataFrame({"row": asks, "ts": rng.integers(start, end, len(asks)), "type": "question",
+                      "cat": rng.integers(0, len(CAT_NAMES), len(asks))}),
+    ]
+    it = pd.concat(parts, ignore_index=True)
+    it = it[(it["ts"] >= start) & (it["ts"] < end)].reset_index(drop=True)
+    if 0 in set(p.index.tolist()[:1]) and not (it["row"] == 0).any():  # Sophia always asks once on WhatsApp
+        it = pd.concat([it, pd.DataFrame({"row": [0], "ts": [end - 20 * DAY], "type": ["question"], "cat": [0]})],
+                       ignore_index=True)
+    n = len(it)
+    rows, ts = it["row"].to_numpy(), it["ts"].to_numpy()
+    channel = np.array(voc.SERVICE_CHANNELS, dtype=object)[np.searchsorted([0.5, 0.75], rng.random(n), side="right")]
+    channel[(rows == 0) & (p.index[0] == 0)] = "whatsapp"
+    style = np.where(channel == "whatsapp", np.where(rng.random(n) < 0.5, 4, 0), rng.integers(0, 6, n))
+    style[(rows == 0) & (p.index[0] == 0)] = 0  # 06xxxxxxxx, local format
+    phone = format_phones(phone_at(p, rows, ts), style).to_numpy(dtype=object)
+    use_alt = rng.random(n) < 0.4
+    email = np.where(use_alt, p.alt_email.to_numpy(dtype=object)[rows], p.email.to_numpy(dtype=object)[rows])
+    email = messy_email(pd.Series(email), rng).to_numpy(dtype=object)
+    k = counters["interaction"]
+    ids = "SC-" + pd.Series(np.arange(k, k + n) + 700_000).astype(str)
+    counters["interaction"] = k + n
+    return pd.DataFrame({
+        "contact_id": ids.to_numpy(dtype=object),
+        "created": local_time(ts, "%Y-%m-%dT%H:%M:%S%z").str.replace(r"(\d\d)(\d\d)$", r"\1:\2", regex=True),
+        "channel": channel,
+        "customer_phone": np.where(channel == "email", None, phone),
+        "customer_email": np.where(channel == "email", email, None),
+        "contact_type": it["type"].to_numpy(),
+        "product_category": CAT_NAMES[it["cat"].to_numpy()],
+        "team": np.where(channel == "email", "backoffice", "klantenservice"),
+        "_row": rows,
+        "_ts": ts,
+    })
+
+
+def consents(p: PersonBlock, keys: CustomerKeys, rng: np.random.Generator, end: int) -> pd.DataFrame:
+    """Consent log: choices at account creation (by klantnummer), newsletter opt-ins and opt-outs (by
+    e-mail), and later changes of mind."""
+    parts = []
+    crm_rows = np.flatnonzero(keys.crm_id != None)  # noqa: E711
+    purposes = ("email_marketing", "ad_targeting", "profiling")
+    base = {"email_marketing": 0.55, "ad_targeting": 0.35, "profiling": 0.45}
+    for purpose in purposes:
+        n = len(crm_rows)
+        at = keys.crm_created[crm_rows]
+        granted = rng.random(n) < base[purpose] + 0.3 * p.intent[crm_rows]
+        parts.append(pd.DataFrame({"row": crm_rows, "ts": at, "purpose": purpose, "granted": granted,
+                                   "customer_id": keys.crm_id[crm_rows], "email": None}))
+        change = rng.random(n) < 0.15
+        later = at[change] + (rng.random(change.sum()) * (end - DAY - at[change])).astype(np.int64)
+        parts.append(pd.DataFrame({"row": crm_rows[change], "ts": later, "purpose": purpose,
+                                   "granted": ~granted[change], "customer_id": keys.crm_id[crm_rows[change]],
+                                   "email": None}))
+    nl_rows = np.flatnonzero(keys.newsletter_email != None)  # noqa: E711
+    at = keys.newsletter_at[nl_rows]
+    parts.append(pd.DataFrame({"row": nl_rows, "ts": at, "purpose": "email_marketing", "granted": True,
+                               "customer_id": None, "email": keys.newsletter_email[nl_rows]}))
+    out = rng.random(len(nl_rows)) < 0.12
+    later = at[out] + (rng.random(out.sum()) * (end - DAY - at[out])).astype(np.int64)
+    parts.append(pd.DataFrame({"row": nl_rows[out], "ts": later, "purpose": "email_marketing", "granted": False,
+                               "customer_id": None, "email": keys.newsletter_email[nl_rows[out]]}))
+    c = pd.concat(parts, ignore_index=True)
+    c = c[c["ts"] < end].sort_values(["ts", "row"], kind="stable").reset_index(drop=True)
+    c["changed_at"] = local_time(c["ts"].to_numpy(), "%Y-%m-%d %H:%M:%S").to_numpy()
+    c["granted"] = np.where(c["granted"].to_numpy(), "true", "false")
+    c["channel"] = np.where(c["customer_id"].isna(), "newsletter", "webshop")
+    return c
