@@ -67,7 +67,8 @@ class ForgetResult:
                 lines.append("raw files still holding the identifiers (clean them at the source):")
                 for f, nums in self.raw:
                     shown = ", ".join(map(str, nums[:50])) + (f", ... ({len(nums)} lines)" if len(nums) > 50 else "")
-                    lines.append(f"  {f}: lines {shown}")
+                    unit = "rows" if f.endswith((".parquet", ".pq")) else "lines"
+                    lines.append(f"  {f}: {unit} {shown}")
         lines.append(f"audit: {self.audit_file} and table {ERASURE_LOG} (hashed identifiers and counts only)")
         return "\n".join(lines)
 

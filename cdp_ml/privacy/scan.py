@@ -7,6 +7,7 @@ Searches report places and counts only, never the values found.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import hashlib
 import re
@@ -24,6 +25,7 @@ from cdp_ml.workspace import Workspace
 
 _TEXT_TYPES = ("VARCHAR", "JSON")
 _PHONE_SEP = r"[\s\-.()/]*"
+_PHONE_SEPARATORS = str.maketrans("", "", " \t-.()/")
 _FIELD_START = r"(?:^|[,;\t|\"'=\s])"
 _FIELD_END = r"(?=$|[,;\t|\"'\s\r\n])"
 
@@ -142,23 +144,33 @@ def raw_locations(ws: Workspace, subject: Subject) -> list[tuple[str, tuple[int,
             files = ws.source_files(src)
         except CdpError:
             continue
-        rx = _raw_pattern(subject, src)
-        if rx is None:
+        matcher = _raw_matcher(subject, src)
+        if matcher is None:
             continue
+        rx, anchors, phone_anchors = matcher
         for path in files:
-            lines = tuple(_parquet_rows(path, rx) if src.file_format() == "parquet" else _text_lines(path, rx))
+            lines = tuple(_parquet_rows(path, rx) if src.file_format() == "parquet"
+                          else _text_lines(path, rx, anchors, phone_anchors))
             if lines:
                 out.append((ws.relative(path), lines))
     return out
 
 
-def _raw_pattern(subject: Subject, src) -> re.Pattern[str] | None:
+def _raw_matcher(subject: Subject, src) -> tuple[re.Pattern[str], list[str], list[str]] | None:
+    """The exact pattern, plus plain-text anchors that preselect candidate lines quickly.
+
+    Anchors: the e-mails and keys themselves (lower-cased), and each phone's national number, looked for
+    in the text with phone separators removed; the pattern then confirms the candidate lines.
+    """
+    anchors = [e.lower() for e in subject.values("email")]
+    phone_anchors = []
     parts = [rf"(?<![A-Za-z0-9._%+-]){re.escape(e)}(?![A-Za-z0-9-]|\.[A-Za-z0-9])" for e in subject.values("email")]
     for phone in subject.values("phone"):
         try:
             num = phonenumbers.parse(phone)
         except phonenumbers.NumberParseException:
             continue
+        phone_anchors.append(str(num.national_number))
         nsn = _PHONE_SEP.join(re.escape(d) for d in str(num.national_number))
         prefix = rf"(?:(?:\+|00)?\s*{num.country_code}{_PHONE_SEP}(?:\(0\){_PHONE_SEP})?|0{_PHONE_SEP})?"
         parts.append(rf"(?<![0-9]){prefix}{nsn}(?![0-9])")
@@ -175,16 +187,39 @@ def _raw_pattern(subject: Subject, src) -> re.Pattern[str] | None:
     if src.kind in ("events", "sessions"):
         keys |= set(subject.values("anonymous_id"))
     if keys:
+        anchors += [k.lower() for k in keys]
         parts.append(rf"{_FIELD_START}\s*(?:{pattern(keys)})\s*{_FIELD_END}")
-    return re.compile("|".join(parts), re.IGNORECASE) if parts else None
+    if not parts:
+        return None
+    return re.compile("|".join(parts), re.IGNORECASE), anchors, phone_anchors
 
 
-def _text_lines(path: Path, rx: re.Pattern[str]) -> Iterator[int]:
+def _text_lines(path: Path, rx: re.Pattern[str], anchors: list[str], phone_anchors: list[str]) -> Iterator[int]:
+    """Line numbers holding an identifier: anchors preselect lines (C-speed find), the pattern confirms."""
     opener = gzip.open if path.suffix == ".gz" else open
+    first = 1
     with opener(path, "rb") as fh:
-        for i, line in enumerate(fh, 1):
-            if rx.search(line.decode("utf-8", errors="replace")):
-                yield i
+        while block := fh.readlines(1 << 25):
+            text = b"".join(block).decode("utf-8", errors="replace")
+            lower = text.lower()
+            candidates: set[int] = set()
+            _lines_containing(lower, anchors, candidates)
+            if phone_anchors:
+                _lines_containing(lower.translate(_PHONE_SEPARATORS), phone_anchors, candidates)
+            lines = text.split("\n")
+            for i in sorted(candidates):
+                if rx.search(lines[i]):
+                    yield first + i
+            first += len(block)
+
+
+def _lines_containing(text: str, needles: list[str], out: set[int]) -> None:
+    newlines = [m.start() for m in re.finditer("\n", text)]
+    for needle in needles:
+        pos = text.find(needle)
+        while pos >= 0:
+            out.add(bisect.bisect_left(newlines, pos))
+            pos = text.find(needle, pos + 1)
 
 
 def _parquet_rows(path: Path, rx: re.Pattern[str]) -> Iterator[int]:
