@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 DEFAULT_BLOCKLIST = (
     "test@test.com", "test@example.com", "noreply@", "no-reply@", "info@", "geen@", "none@",
-    "0000000000", "+310000000000", "1234567890", "onbekend", "unknown", "n/a", "na", "none", "null",
-    "test", "xxx", "-",
+    "0000000000", "+310000000000", "1234567890", "0612345678", "+31612345678", "onbekend", "unknown",
+    "n/a", "na", "none", "null", "test", "xxx", "-", "1900-01-01",
 )
 
 
@@ -18,6 +18,7 @@ class MatchField:
 
     column: str  # canonical name or an unmapped source column (kept in attributes)
     comparison: Literal["exact", "levenshtein", "jaro_winkler", "date"] = "exact"
+    block: bool | None = None  # also a blocking key (default: true for exact and levenshtein)
 
 
 @dataclass(frozen=True)
@@ -29,3 +30,10 @@ class IdentitySettings:
     extra_match_fields: tuple[MatchField, ...] = ()
     reuse_model: bool = False  # reuse the saved Splink model instead of training each run
     max_pairs_u: float = 2e6  # random pairs sampled to estimate u
+    link_type: Literal["link_and_dedupe", "link_only"] = "link_and_dedupe"  # link_only: never pair two records of one source
+    probabilistic: bool = True  # false: deterministic stitching only (no Splink)
+    review_threshold: float = 0.5  # pairs above this (but below match_threshold) are kept in identity_edges for review
+    min_field_coverage: float = 0.01  # a match field filled in fewer records than this share is left out
+    max_rule_comparisons_per_record: float = 200.0  # a blocking rule yielding more pairs than this x records is skipped
+    seed: int = 42  # random sampling of u and of the prior
+    nicknames: str | None = None  # extra nickname file (CSV: nickname,canonical), relative to the workspace

@@ -1,0 +1,130 @@
+"""Connected components in SQL and stable, random person ids.
+
+Components come from iterative min-label propagation with pointer jumping (a handful of passes even at
+millions of nodes, because hubs keep the graph shallow). Person ids are random (``P`` + 12 hex digits),
+never derived from personal data, and survive re-runs: a new cluster keeps the id of the previous
+person whose identifiers it mostly holds; on a merge the oldest id survives and the others get a
+``merge`` redirect; on a split the largest part keeps the id and the other parts get new ids with a
+``split`` redirect.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+import duckdb
+import pyarrow as pa
+
+from cdp_ml.engine import table_exists
+
+MAX_PASSES = 200
+
+
+def connected_components(con: duckdb.DuckDBPyConnection, nodes: str, edges: str, out: str) -> int:
+    """Write ``out(node, component)`` (component = smallest node in it); returns the number of passes."""
+    con.execute(f"""create or replace temp table _cc_edges as
+        select a, b from {edges} where a <> b union select b, a from {edges} where a <> b""")
+    con.execute(f"""create or replace temp table _cc_label as
+        select n.node, least(n.node, coalesce(min(e.b), n.node)) as label
+        from {nodes} n left join _cc_edges e on e.a = n.node group by n.node""")
+    passes = 1
+    while passes < MAX_PASSES:
+        passes += 1
+        # pull the smallest label of any neighbour, then jump: label := label of label
+        con.execute("""create or replace temp table _cc_next as
+            with pulled as (
+              select l.node, least(l.label, coalesce(min(nl.label), l.label)) as label
+              from _cc_label l left join _cc_edges e on e.a = l.node left join _cc_label nl on nl.node = e.b
+              group by l.node, l.label),
+            jumped as (
+              select p.node, least(p.label, coalesce(q.label, p.label)) as label
+              from pulled p left join pulled q on q.node = p.label)
+            select * from jumped""")
+        changed = con.execute("""select count(*) from _cc_next n join _cc_label l using (node)
+                                 where n.label <> l.label""").fetchall()[0][0]
+        con.execute("drop table _cc_label")
+        con.execute("alter table _cc_next rename to _cc_label")
+        if changed == 0:
+            break
+    con.execute(f"create or replace temp table {out} as select node, label as component from _cc_label")
+    con.execute("drop table _cc_label")
+    con.execute("drop table _cc_edges")
+    return passes
+
+
+def new_ids(con: duckdb.DuckDBPyConnection, n: int) -> list[str]:
+    """``n`` fresh random person ids not used before in this warehouse."""
+    out: set[str] = set()
+    while len(out) < n:
+        out.update("P" + secrets.token_hex(6) for _ in range(n - len(out)))
+        if table_exists(con, "person_ids"):
+            tab = pa.table({"person_id": sorted(out)})  # noqa: F841 - referenced by the query below
+            clash = {r[0] for r in con.execute(
+                "select t.person_id from tab t join person_ids p using (person_id)").fetchall()}
+            out -= clash
+    return sorted(out)
+
+
+def assign_person_ids(con: duckdb.DuckDBPyConnection, clusters: str, now: datetime) -> dict[str, int]:
+    """Give each cluster a stable person id; writes ``_id_assigned(cluster, person_id)``.
+
+    ``clusters(source, id_type, record_id, cluster)`` holds the identifiers of every person this run.
+    Previous ids come from ``person_map``; ``person_ids`` (person_id, created_at, seq, status) is the
+    id registry and ``person_redirects`` gets merge/split rows. Returns counts of kept/new/merged/split.
+    """
+    if not table_exists(con, "person_ids"):
+        con.execute("""create table person_ids(person_id varchar primary key, created_at timestamp,
+                       seq bigint, status varchar)""")
+    if not table_exists(con, "person_redirects"):
+        con.execute("""create table person_redirects(old_person_id varchar, new_person_id varchar,
+                       kind varchar, "at" timestamp)""")
+    has_map = table_exists(con, "person_map")
+    old = ("select source, id_type, record_id, person_id from person_map where person_id is not null"
+           if has_map else
+           "select null::varchar source, null::varchar id_type, null::varchar record_id, null::varchar person_id where false")
+    con.execute(f"""create or replace temp table _id_overlap as
+        select c.cluster, o.person_id, count(*) as k
+        from {clusters} c join ({old}) o using (source, id_type, record_id) group by all""")
+    # each previous person is claimed by the new cluster holding most of its identifiers
+    con.execute("""create or replace temp table _id_claim as
+        select person_id, arg_max(cluster, k * 1e12 - cluster) as cluster, max(k) as k
+        from _id_overlap group by person_id""")
+    # a cluster claimed by several previous persons keeps the oldest id; the others merge into it
+    con.execute("""create or replace temp table _id_keep as
+        select c.cluster, arg_min(c.person_id, coalesce(p.seq, 9223372036854775807)) as person_id
+        from _id_claim c left join person_ids p using (person_id) group by c.cluster""")
+    con.execute("""create or replace temp table _id_merged as
+        select c.person_id as old_person_id, k.person_id as new_person_id
+        from _id_claim c join _id_keep k using (cluster) where c.person_id <> k.person_id""")
+    # clusters without a claim: new ids; a split when they hold identifiers of a previous person
+    con.execute(f"""create or replace temp table _id_fresh as
+        select d.cluster, (select arg_max(o.person_id, o.k) from _id_overlap o where o.cluster = d.cluster) as split_from
+        from (select distinct cluster from {clusters}) d
+        where d.cluster not in (select cluster from _id_keep)
+        order by d.cluster""")
+    n_fresh = con.execute("select count(*) from _id_fresh").fetchall()[0][0]
+    fresh_ids = pa.table({"rn": pa.array(range(n_fresh), pa.int64()), "person_id": new_ids(con, n_fresh)})  # noqa: F841
+    con.execute("""create or replace temp table _id_fresh_ids as
+        select f.cluster, i.person_id, f.split_from
+        from (select *, row_number() over (order by cluster) - 1 as rn from _id_fresh) f
+        join fresh_ids i using (rn)""")
+    con.execute("""create or replace temp table _id_assigned as
+        select cluster, person_id from _id_keep union all select cluster, person_id from _id_fresh_ids""")
+    seq0 = con.execute("select coalesce(max(seq), 0) from person_ids").fetchall()[0][0]
+    con.execute("""insert into person_ids
+        select person_id, ?, ? + row_number() over (order by cluster), 'active' from _id_fresh_ids""", [now, seq0])
+    con.execute("""insert into person_redirects
+        select old_person_id, new_person_id, 'merge', ? from _id_merged
+        union all select split_from, person_id, 'split', ? from _id_fresh_ids where split_from is not null""",
+                [now, now])
+    con.execute("update person_ids set status = 'merged' where person_id in (select old_person_id from _id_merged)")
+    if has_map:  # previous persons whose identifiers all disappeared (erased or out of the as-of window)
+        con.execute("""update person_ids set status = 'inactive' where status = 'active'
+                       and person_id not in (select person_id from _id_assigned)""")
+        con.execute("""update person_ids set status = 'active'
+                       where person_id in (select person_id from _id_assigned)""")
+    counts = con.execute("""select
+        (select count(*) from _id_keep), (select count(*) from _id_fresh_ids where split_from is null),
+        (select count(*) from _id_merged), (select count(*) from _id_fresh_ids where split_from is not null)""").fetchall()[0]
+    return dict(zip(("kept", "new", "merged", "split"), map(int, counts), strict=True))

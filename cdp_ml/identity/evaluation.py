@@ -1,0 +1,124 @@
+"""``cdp-ml evaluate identity``: pairwise and B-cubed accuracy of person_map against labelled truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdp_ml.engine import table_exists
+from cdp_ml.errors import CdpError
+from cdp_ml.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    truth_rows: int
+    entities: int
+    found: int  # truth identifiers present in person_map with a person
+    persons: int
+    true_pairs: int
+    predicted_pairs: int
+    correct_pairs: int
+    precision: float
+    recall: float
+    f1: float
+    bcubed_precision: float
+    bcubed_recall: float
+    bcubed_f1: float
+    over_merged: int  # persons holding identifiers of more than one true entity
+    split_entities: int  # true entities spread over more than one person
+
+    def __str__(self) -> str:
+        return "\n".join([
+            f"identity evaluated on {self.truth_rows:,} labelled identifiers ({self.entities:,} entities, "
+            f"{self.found:,} resolved into {self.persons:,} persons)",
+            f"  pairwise   precision {self.precision:.4f}  recall {self.recall:.4f}  F1 {self.f1:.4f}  "
+            f"({self.correct_pairs:,} of {self.predicted_pairs:,} predicted pairs correct, {self.true_pairs:,} true pairs)",
+            f"  B-cubed    precision {self.bcubed_precision:.4f}  recall {self.bcubed_recall:.4f}  F1 {self.bcubed_f1:.4f}",
+            f"  over-merged persons {self.over_merged:,}; entities split over several persons {self.split_entities:,}",
+        ])
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _f1(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def truth_files(ws: Workspace, truth: Path | None, demo: bool) -> list[Path]:
+    if truth is not None:
+        path = truth if truth.is_absolute() else Path.cwd() / truth
+        if not path.is_file():
+            raise CdpError(f"evaluate identity: truth file {truth} does not exist")
+        return [path]
+    if demo:
+        base = ws.root / "ground_truth"
+        files = [p for p in (base / "identity.csv", base / "identifiers.csv") if p.is_file()]
+        if not (base / "identity.csv").is_file():
+            raise CdpError(f"evaluate identity --demo: no ground_truth/identity.csv in {ws.root} "
+                           "(this workspace was not made by cdp-ml demo)")
+        return files
+    raise CdpError("evaluate identity: give --truth FILE or --demo")
+
+
+def evaluate(ws: Workspace, truth: Path | None = None, demo: bool = False) -> EvaluationResult:
+    """Compare person_map with a truth CSV of (source, record_id, entity[, id_type]); logs aggregates to MLflow."""
+    files = truth_files(ws, truth, demo)
+    with ws.connect() as con:
+        if not table_exists(con, "person_map"):
+            raise CdpError("evaluate identity: no person_map in the warehouse yet (run: cdp-ml resolve)")
+        parts = []
+        for f in files:
+            rel = con.read_csv(str(f), all_varchar=True, header=True)
+            cols = {c.lower(): c for c in rel.columns}
+            if "record_id" not in cols and "identifier" in cols:
+                cols["record_id"] = cols["identifier"]
+            missing = [c for c in ("source", "record_id", "entity") if c not in cols]
+            if missing:
+                raise CdpError(f"evaluate identity: {f.name} lacks column(s) {', '.join(missing)} "
+                               f"(columns: {', '.join(rel.columns)})")
+            id_type = f'"{cols["id_type"]}"' if "id_type" in cols else "'record'"
+            con.register(f"_truth_{len(parts)}", rel)
+            # identifiers marked shared (a household device) belong to several entities: not scored
+            shared = f'where coalesce(lower("{cols["shared"]}"), \'false\') not in (\'true\', \'1\')' if "shared" in cols else ""
+            parts.append(f'select "{cols["source"]}" as source, {id_type} as id_type, "{cols["record_id"]}" as record_id, '
+                         f'"{cols["entity"]}" as entity from _truth_{len(parts)} {shared}')
+        con.execute("create or replace temp table _truth as select distinct * from (" + " union all ".join(parts)
+                    + ") where entity is not null and record_id is not null")
+        row = con.execute("""
+            with t as (
+              select t.entity, coalesce(m.person_id, '~' || t.source || '/' || t.id_type || '/' || t.record_id) as person,
+                     m.person_id is not null as found
+              from _truth t left join person_map m using (source, id_type, record_id)),
+            cell as (select entity, person, count(*) as n from t group by all),
+            ent as (select entity, count(*) as n from t group by entity),
+            per as (select person, count(*) as n from t group by person),
+            b3 as (select sum(c.n * c.n / p.n) as bp, sum(c.n * c.n / e.n) as br
+                   from cell c join per p using (person) join ent e using (entity))
+            select (select count(*) from t), (select count(*) from ent), (select count(*) filter (where found) from t),
+              (select count(distinct person) filter (where found) from t),
+              (select sum(n * (n - 1) / 2) from ent), (select sum(n * (n - 1) / 2) from per),
+              (select sum(n * (n - 1) / 2) from cell), (select bp from b3), (select br from b3),
+              (select count(*) from (select person from cell group by person having count(*) > 1)),
+              (select count(*) from (select entity from cell group by entity having count(*) > 1))""").fetchall()[0]
+    n, entities, found, persons, tp_all, pp_all, correct, bp, br, over, split = row
+    if not n:
+        raise CdpError("evaluate identity: the truth file has no rows with source, record_id and entity")
+    precision = correct / pp_all if pp_all else 1.0
+    recall = correct / tp_all if tp_all else 1.0
+    bcp, bcr = bp / n, br / n
+    result = EvaluationResult(int(n), int(entities), int(found), int(persons), int(tp_all or 0), int(pp_all or 0),
+                              int(correct or 0), precision, recall, _f1(precision, recall), bcp, bcr, _f1(bcp, bcr),
+                              int(over), int(split))
+    _log(ws, result)
+    return result
+
+
+def _log(ws: Workspace, result: EvaluationResult) -> None:
+    from cdp_ml import tracking
+
+    with tracking.run(ws, "identity", "evaluate"):
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in result.as_dict().items()})

@@ -1,0 +1,330 @@
+"""Identity inputs: match-ready customer records, the identifier graph's nodes and deterministic edges.
+
+Everything here is SQL over the staging tables (temp tables on one connection), so it scales with the
+engine rather than with Python. Identifier values are linked through *hub* nodes (one per distinct
+email, phone or customer id) instead of record pairs: a value shared by n records costs n edges, not n².
+A hub only links when its value is trustworthy: not a placeholder, used by at most
+``max_records_per_identifier`` records, and not shared by records of clearly different people.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from importlib import resources
+
+import duckdb
+
+from cdp_ml.engine import columns, table_exists
+from cdp_ml.errors import CdpError
+from cdp_ml.identity.settings import IdentitySettings, MatchField
+from cdp_ml.workspace import Workspace
+
+# Kinds whose rows carry identifiers, with the identifier columns they may hold.
+REFERENCE_COLUMNS = {
+    "events": ("customer_ref", "anonymous_id"),
+    "orders": ("customer_ref",),
+    "sessions": ("customer_ref", "anonymous_id"),
+    "interactions": ("customer_ref", "email", "phone"),
+    "consents": ("customer_ref", "email", "phone"),
+}
+HUB_KINDS = ("email", "phone", "customer_id")
+# A first name and date of birth this different mean two people, whatever they share.
+NAME_CONFLICT_JW = 0.8
+DOB_CONFLICT_DAYS = 366
+
+
+@dataclass(frozen=True)
+class MatchColumn:
+    """A column of the match table and how Splink compares it."""
+
+    name: str
+    comparison: str  # first_name, last_name, dob, address, postcode, city, email, phone, exact, levenshtein, jaro_winkler, date
+    person_level: bool  # evidence about the individual (not shared by a household)
+    block: bool = False
+
+
+def load_nicknames(ws: Workspace, settings: IdentitySettings) -> list[tuple[str, str]]:
+    """Built-in Dutch/English nickname table plus the workspace's own file; first mapping of a name wins."""
+    text = resources.files("cdp_ml.identity").joinpath("nicknames.txt").read_text(encoding="utf-8")
+    if settings.nicknames:
+        path = ws.path(settings.nicknames)
+        if not path.is_file():
+            raise CdpError(f"identity.nicknames: file {settings.nicknames!r} does not exist in {ws.root}")
+        text = path.read_text(encoding="utf-8") + "\n" + text  # the workspace's own mappings win
+    pairs: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "," not in line:
+            continue
+        nick, canonical = (p.strip().lower() for p in line.split(",", 1))
+        if nick and canonical:
+            pairs.setdefault(nick, canonical)
+    return sorted(pairs.items())
+
+
+def _col(available: set[str], name: str, sql_type: str = "varchar") -> str:
+    return f'"{name}"' if name in available else f"cast(null as {sql_type})"
+
+
+def _text(expr: str) -> str:
+    """Lower-case ASCII letters and digits only: robust to accents, spaces and punctuation."""
+    return f"nullif(regexp_replace(lower(strip_accents(trim(cast({expr} as varchar)))), '[^a-z0-9]', '', 'g'), '')"
+
+
+def _not_blocked(expr: str) -> str:
+    return f"case when lower(cast({expr} as varchar)) in (select value from _id_blocklist) then null else {expr} end"
+
+
+def _extra_expr(field: MatchField, available: set[str]) -> str:
+    if field.column in available:
+        raw = f'cast("{field.column}" as varchar)'
+    elif "attributes" in available:
+        path = "$." + '"' + field.column.replace('"', '') + '"'
+        raw = "json_extract_string(attributes, '" + path.replace("'", "''") + "')"
+    else:
+        raw = "cast(null as varchar)"
+    raw = _not_blocked(f"nullif(trim({raw}), '')")
+    if field.comparison == "date":
+        return (f"coalesce(try_cast({raw} as date), try_strptime({raw}, '%Y%m%d')::date, "
+                f"try_strptime({raw}, '%d-%m-%Y')::date, try_strptime({raw}, '%d/%m/%Y')::date)")
+    if field.comparison == "exact":
+        return f"regexp_replace(lower({raw}), '\\s', '', 'g')"
+    return f"lower(strip_accents({raw}))"
+
+
+def extra_column_name(field: MatchField) -> str:
+    clean = "".join(ch if ch.isalnum() else "_" for ch in field.column.lower())
+    return f"x_{clean}"
+
+
+def prepare(con: duckdb.DuckDBPyConnection, ws: Workspace, settings: IdentitySettings,
+            as_of: date | None) -> list[MatchColumn]:
+    """Create the temp tables ``_id_records``, ``_id_nodes``, ``_id_edges`` and ``_id_values``.
+
+    Returns the match columns present in enough records to compare (missing fields are left out).
+    """
+    con.execute("create or replace temp table _id_blocklist(value varchar)")
+    con.executemany("insert into _id_blocklist values (?)", [[v.strip().lower()] for v in settings.blocklist])
+    con.execute("create or replace temp table _id_nicknames(nick varchar, canonical varchar)")
+    con.executemany("insert into _id_nicknames values (?, ?)", [list(p) for p in load_nicknames(ws, settings)])
+    con.execute("""create or replace temp table _id_blocklist_digits as
+        select distinct ltrim(regexp_replace(value, '[^0-9]', '', 'g'), '0') as digits from _id_blocklist
+        where length(ltrim(regexp_replace(value, '[^0-9]', '', 'g'), '0')) >= 6""")
+    _records(con, settings, as_of)
+    _references(con, as_of)
+    _values(con, settings)
+    _nodes_and_edges(con)
+    return _match_columns(con, settings)
+
+
+def _records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, as_of: date | None) -> None:
+    if not table_exists(con, "customers"):
+        con.execute("""create or replace temp table _id_records(source varchar, record_id varchar,
+            customer_id varchar, email varchar, phone varchar, first_name varchar, first_canon varchar,
+            last_name varchar, dob date, street varchar, house_number varchar, address varchar,
+            postcode varchar, city varchar, created_at timestamp, updated_at timestamp)""")
+        return
+    have = set(columns(con, "customers"))
+    extras = ", ".join(f"{_extra_expr(f, have)} as {extra_column_name(f)}" for f in settings.extra_match_fields)
+    when = ""
+    params: list = []
+    if as_of is not None and ({"created_at", "updated_at"} & have):
+        when = (f"where coalesce({_col(have, 'created_at', 'timestamp')}, {_col(have, 'updated_at', 'timestamp')}) "
+                "is null or coalesce(" + _col(have, "created_at", "timestamp") + ", "
+                + _col(have, "updated_at", "timestamp") + ") < ?")
+        params = [as_of]
+    first = _not_blocked(f"nullif(trim(lower(strip_accents({_col(have, 'first_name')}))), '')")
+    con.execute(f"""create or replace temp table _id_raw as
+        select source, cast(record_id as varchar) as record_id,
+          {_not_blocked(f"nullif(trim(cast({_col(have, 'customer_id')} as varchar)), '')")} as customer_id,
+          {_not_blocked(f"nullif(lower(trim({_col(have, 'email')})), '')")} as email,
+          {_not_blocked(f"nullif(trim({_col(have, 'phone')}), '')")} as phone,
+          {first} as first_full,
+          {_not_blocked(_text(_col(have, 'last_name')))} as last_name,
+          {_not_blocked(_col(have, 'date_of_birth', 'date'))} as dob,
+          {_text(_col(have, 'street'))} as street,
+          {_text(_col(have, 'house_number'))} as house_number,
+          {_not_blocked(_text(_col(have, 'postcode')))} as postcode,
+          {_not_blocked(_text(_col(have, 'city')))} as city,
+          {_col(have, 'created_at', 'timestamp')} as created_at,
+          {_col(have, 'updated_at', 'timestamp')} as updated_at
+          {', ' + extras if extras else ''}
+        from customers {when}""", params)
+    extra_cols = "".join(f", r.{extra_column_name(f)}" for f in settings.extra_match_fields)
+    con.execute(f"""create or replace temp table _id_records as
+        with named as (
+          select *, nullif(regexp_replace(split_part(regexp_replace(first_full, '[-.]', ' ', 'g'), ' ', 1),
+                 '[^a-z]', '', 'g'), '') as first_token
+          from _id_raw)
+        select r.source, r.record_id, r.customer_id,
+          case when r.email like '%@%' and split_part(r.email, '@', 1) || '@' not in (select value from _id_blocklist)
+               then r.email end as email,
+          case when r.phone is null then null
+               when len(list_distinct(string_split(right(regexp_replace(r.phone, '[^0-9]', '', 'g'), 8), ''))) <= 1 then null
+               when exists (select 1 from _id_blocklist_digits b
+                            where ends_with(regexp_replace(r.phone, '[^0-9]', '', 'g'), b.digits)) then null
+               else r.phone end as phone,
+          r.first_token as first_name,
+          coalesce(n.canonical, r.first_token) as first_canon,
+          r.last_name, r.dob, r.street, r.house_number,
+          case when r.street is not null and r.house_number is not null then r.street || ' ' || r.house_number end
+            as address,
+          r.postcode, r.city, r.created_at, r.updated_at {extra_cols}
+        from named r left join _id_nicknames n on n.nick = r.first_token""")
+    con.execute("drop table _id_raw")
+
+
+def _ref_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, set[str]]]:
+    return [(kind, set(columns(con, kind))) for kind in REFERENCE_COLUMNS if table_exists(con, kind)]
+
+
+def _time_column(kind: str) -> str:
+    return "ordered_at" if kind == "orders" else "timestamp"
+
+
+def _references(con: duckdb.DuckDBPyConnection, as_of: date | None) -> None:
+    """``_id_refs``: one row per distinct identifier combination seen on a referencing row."""
+    parts = []
+    params: list = []
+    for kind, have in _ref_tables(con):
+        ts = _time_column(kind)
+        where = f'where "{ts}" < ?' if as_of is not None and ts in have else ""
+        if where:
+            params.append(as_of)
+        parts.append(f"""select distinct source, '{kind}' as kind,
+            nullif(trim(cast({_col(have, 'customer_ref')} as varchar)), '') as customer_ref,
+            {_col(have, 'ref_source')} as ref_source, coalesce({_col(have, 'ref_key')}, 'record_id') as ref_key,
+            nullif(trim(cast({_col(have, 'anonymous_id')} as varchar)), '') as anonymous_id,
+            nullif(lower(trim({_col(have, 'email')})), '') as email,
+            nullif(trim({_col(have, 'phone')}), '') as phone
+            from "{kind}" {where}""")
+    if not parts:
+        con.execute("""create or replace temp table _id_refs(source varchar, kind varchar, customer_ref varchar,
+            ref_source varchar, ref_key varchar, anonymous_id varchar, email varchar, phone varchar)""")
+        return
+    con.execute("create or replace temp table _id_refs as " + " union all ".join(parts), params)
+
+
+def _values(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> None:
+    """``_id_values(kind, value, n_records, status)``: may this email/phone/customer id link records?"""
+    con.execute("""create or replace temp table _id_value_records as
+        select 'email' as kind, email as value, source, record_id, first_canon, first_name, dob from _id_records where email is not null
+        union all select 'phone', phone, source, record_id, first_canon, first_name, dob from _id_records where phone is not null
+        union all select 'customer_id', customer_id, source, record_id, first_canon, first_name, dob
+          from _id_records where customer_id is not null""")
+    con.execute(f"""create or replace temp table _id_values as
+        with counts as (
+          select kind, value, count(*) as n_records from _id_value_records group by all),
+        shared as (  -- two records under one value whose first names or birth dates say: different people
+          select distinct a.kind, a.value from _id_value_records a
+          join counts c on c.kind = a.kind and c.value = a.value and c.n_records between 2 and ?
+          join _id_value_records b on b.kind = a.kind and b.value = a.value
+            and b.source || chr(31) || b.record_id > a.source || chr(31) || a.record_id
+          where (a.first_canon <> b.first_canon and jaro_winkler_similarity(a.first_name, b.first_name) < {NAME_CONFLICT_JW}
+                 and not (least(length(a.first_name), length(b.first_name)) <= 1 and a.first_name[1] = b.first_name[1]))
+             or abs(datediff('day', a.dob, b.dob)) > {DOB_CONFLICT_DAYS}),
+        ref_values as (
+          select 'email' as kind, email as value from _id_refs where email is not null
+          union select 'phone', phone from _id_refs where phone is not null
+          union select 'customer_id', customer_ref from _id_refs where customer_ref is not null and ref_key = 'customer_id'),
+        all_values as (select kind, value from counts union select kind, value from ref_values)
+        select v.kind, v.value, coalesce(c.n_records, 0) as n_records,
+          case when lower(v.value) in (select value from _id_blocklist)
+                 or (v.kind = 'email' and (v.value not like '%@%'
+                     or split_part(v.value, '@', 1) || '@' in (select value from _id_blocklist)))
+                 or (v.kind = 'phone' and (
+                     len(list_distinct(string_split(right(regexp_replace(v.value, '[^0-9]', '', 'g'), 8), ''))) <= 1
+                     or exists (select 1 from _id_blocklist_digits b
+                                where ends_with(regexp_replace(v.value, '[^0-9]', '', 'g'), b.digits))))
+                 then 'blocked'
+               when coalesce(c.n_records, 0) > ? then 'over_cap'
+               when s.value is not null then 'shared'
+               else 'ok' end as status
+        from all_values v
+        left join counts c on c.kind = v.kind and c.value = v.value
+        left join shared s on s.kind = v.kind and s.value = v.value""",
+                [settings.max_records_per_identifier, settings.max_records_per_identifier])
+
+
+def _nodes_and_edges(con: duckdb.DuckDBPyConnection) -> None:
+    """Nodes: customer records, referencing identifiers, and hubs of linkable values; deterministic edges."""
+    con.execute("""create or replace temp table _id_nodes as
+        with ids as (
+          select source, 'record' as id_type, record_id from _id_records
+          union select source, 'customer_ref', customer_ref from _id_refs where customer_ref is not null
+          union select source, 'anonymous_id', anonymous_id from _id_refs where anonymous_id is not null
+          union select source, 'email', email from _id_refs where email is not null
+          union select source, 'phone', phone from _id_refs where phone is not null
+          union select '', 'hub_' || kind, value from _id_values where status = 'ok'
+          union select '', 'hub_customer_key', customer_ref from _id_refs
+            where customer_ref is not null and ref_source is null)
+        select row_number() over (order by id_type, source, record_id) as node, source, id_type, record_id from ids""")
+    con.execute("""create or replace temp table _id_edges as
+        with n as (select * from _id_nodes),
+        rec_hub as (
+          select r.node as a, h.node as b, k.kind as method from _id_records x
+          join n r on r.id_type = 'record' and r.source = x.source and r.record_id = x.record_id
+          cross join (values ('email'), ('phone'), ('customer_id')) k(kind)
+          join n h on h.id_type = 'hub_' || k.kind and h.source = ''
+            and h.record_id = case k.kind when 'email' then x.email when 'phone' then x.phone else x.customer_id end),
+        ref_rows as (select distinct source, customer_ref, ref_source, ref_key from _id_refs where customer_ref is not null),
+        ref_record as (  -- customer_ref -> the record it names
+          select r.node as a, t.node as b, 'customer_ref' as method from ref_rows x
+          join n r on r.id_type = 'customer_ref' and r.source = x.source and r.record_id = x.customer_ref
+          join n t on x.ref_key = 'record_id' and t.id_type = 'record' and t.source = x.ref_source
+            and t.record_id = x.customer_ref),
+        ref_account as (  -- customer_ref by customer id -> that id's hub
+          select r.node as a, h.node as b, 'customer_ref' as method from ref_rows x
+          join n r on r.id_type = 'customer_ref' and r.source = x.source and r.record_id = x.customer_ref
+          join n h on x.ref_key = 'customer_id' and x.ref_source is not null and h.id_type = 'hub_customer_id'
+            and h.record_id = x.customer_ref),
+        ref_key as (  -- no customers source: the key itself is the customer
+          select r.node as a, h.node as b, 'customer_key' as method from ref_rows x
+          join n r on r.id_type = 'customer_ref' and r.source = x.source and r.record_id = x.customer_ref
+          join n h on x.ref_source is null and h.id_type = 'hub_customer_key' and h.record_id = x.customer_ref),
+        contact_hub as (  -- an email/phone on an interaction or consent -> its value's hub
+          select e.node as a, h.node as b, e.id_type as method from n e
+          join n h on e.id_type in ('email', 'phone') and h.id_type = 'hub_' || e.id_type and h.record_id = e.record_id),
+        same_row as (  -- a row naming both a customer and an email/phone ties them, unless the contact is shared
+          select source, customer_ref, 'email' as id_type, email as value from _id_refs
+          where customer_ref is not null and email is not null
+          union all select source, customer_ref, 'phone', phone from _id_refs
+          where customer_ref is not null and phone is not null),
+        same_row_ok as (
+          select source, id_type, value, min(customer_ref) as customer_ref from same_row
+          group by all having count(distinct customer_ref) = 1),
+        same_row_edges as (
+          select r.node as a, c.node as b, 'same_row' as method from same_row_ok s
+          join _id_values v on v.kind = s.id_type and v.value = s.value and v.status <> 'blocked'
+          join n r on r.id_type = 'customer_ref' and r.source = s.source and r.record_id = s.customer_ref
+          join n c on c.id_type = s.id_type and c.source = s.source and c.record_id = s.value)
+        select a, b, method, 1.0::double as match_probability from rec_hub
+        union all select * , 1.0 from ref_record
+        union all select *, 1.0 from ref_account
+        union all select *, 1.0 from ref_key
+        union all select *, 1.0 from contact_hub
+        union all select *, 1.0 from same_row_edges""")
+
+
+def _match_columns(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> list[MatchColumn]:
+    """The comparisons this workspace's data supports: fields filled in enough records, others left out."""
+    total = con.execute("select count(*) from _id_records").fetchall()[0][0]
+    if total == 0:
+        return []
+    candidates = [
+        MatchColumn("first_name", "first_name", True),
+        MatchColumn("last_name", "last_name", False),
+        MatchColumn("dob", "dob", True),
+        MatchColumn("address", "address", False),
+        MatchColumn("postcode", "postcode", False),
+        MatchColumn("city", "city", False),
+        MatchColumn("email", "email", True),
+        MatchColumn("phone", "phone", False),
+    ]
+    for f in settings.extra_match_fields:
+        block = f.block if f.block is not None else f.comparison in ("exact", "levenshtein")
+        candidates.append(MatchColumn(extra_column_name(f), f.comparison, True, block))
+    names = [c.name for c in candidates]
+    counts = con.execute("select " + ", ".join(f"count({n})" for n in names) + " from _id_records").fetchall()[0]
+    return [c for c, k in zip(candidates, counts, strict=True) if k / total >= settings.min_field_coverage and k >= 2]

@@ -1,0 +1,260 @@
+"""Probabilistic matching of customer records with Splink 5 on DuckDB.
+
+Comparisons are built from whatever match columns the workspace fills (missing fields are left out), so
+the same code serves a rich CRM and a bare FEBRL-like file. u is trained by random sampling and m by EM
+every run (or a saved model is reused). Blocking rules are pre-counted in SQL and a rule that would
+produce more than ``max_rule_comparisons_per_record`` pairs per record is dropped, which keeps the
+comparison count far from cartesian at millions of records.
+
+Guardrail after scoring: a pair is only accepted when it has evidence about the *individual* (first
+name, date of birth, email or an extra id field agrees) and the first names do not flatly disagree;
+people sharing a surname, address or household phone are therefore never joined on that alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import splink.comparison_level_library as cll
+import splink.comparison_library as cl
+from splink import DuckDBAPI, Linker, SettingsCreator
+
+from cdp_ml.errors import CdpError
+from cdp_ml.identity.inputs import MatchColumn
+from cdp_ml.identity.settings import IdentitySettings
+
+MODEL_FILE = "identity_splink_model.json"
+EM_MAX_PAIRS = 2e6
+# Blocking rules in order of preference; a rule is used when all its columns are compared.
+PREDICTION_RULES: tuple[tuple[str, ...], ...] = (
+    ("email",), ("phone",), ("first_canon", "last_name"), ("last_name", "dob"), ("first_canon", "dob"),
+    ("postcode", "house_number"), ("last_name", "postcode"), ("dob", "city"), ("first_canon", "postcode"),
+)
+# EM sessions: each trains the comparisons not in its blocking columns; stop when all are trained.
+EM_RULES: tuple[tuple[str, ...], ...] = (
+    ("dob",), ("first_canon", "last_name"), ("postcode",), ("email",), ("phone",), ("last_name",), ("city",),
+)
+# Deterministic rules for the prior (probability two random records match).
+PRIOR_RULES: tuple[tuple[str, ...], ...] = (
+    ("email",), ("phone",), ("first_canon", "last_name", "dob"), ("first_canon", "last_name", "postcode"),
+)
+# Which match column a blocking column belongs to.
+BLOCK_COLUMN_OWNER = {"first_canon": "first_name", "house_number": "address"}
+
+
+@dataclass(frozen=True)
+class MatchOutcome:
+    comparisons: int
+    pairs_scored: int
+    accepted: int
+    rules: tuple[str, ...]
+    trained: bool
+    comparison_names: tuple[str, ...]
+
+
+def _comparison(col: MatchColumn):
+    n = col.name
+    if col.comparison == "first_name":
+        return cl.CustomComparison(
+            output_column_name="first_name",
+            comparison_levels=[
+                cll.NullLevel("first_name"),
+                cll.ExactMatchLevel("first_name", term_frequency_adjustments=True),
+                cll.ExactMatchLevel("first_canon").configure(label_for_charts="Nickname of the same name"),
+                cll.JaroWinklerLevel("first_name", 0.92),
+                cll.JaroWinklerLevel("first_name", 0.8),
+                cll.CustomLevel("(length(first_name_l) = 1 or length(first_name_r) = 1) "
+                                "and first_name_l[1] = first_name_r[1]", label_for_charts="Initial matches"),
+                cll.ElseLevel(),
+            ],
+        )
+    if col.comparison == "last_name":
+        return cl.NameComparison("last_name", jaro_winkler_thresholds=[0.92, 0.8])
+    if col.comparison in ("dob", "date"):
+        return cl.DateOfBirthComparison(n, input_is_string=False)
+    if col.comparison == "address":
+        return cl.CustomComparison(
+            output_column_name="address",
+            comparison_levels=[
+                cll.NullLevel("address"),
+                cll.ExactMatchLevel("address", term_frequency_adjustments=True),
+                cll.And(cll.ExactMatchLevel("house_number"), cll.JaroWinklerLevel("street", 0.88)),
+                cll.ExactMatchLevel("street"),
+                cll.ElseLevel(),
+            ],
+        )
+    if col.comparison == "postcode":
+        return cl.LevenshteinAtThresholds("postcode", [1]).configure(term_frequency_adjustments=True)
+    if col.comparison == "city":
+        return cl.JaroWinklerAtThresholds("city", [0.9]).configure(term_frequency_adjustments=True)
+    if col.comparison == "email":
+        return cl.EmailComparison("email")
+    if col.comparison == "phone":
+        return cl.LevenshteinAtThresholds("phone", [1, 2])
+    if col.comparison == "exact":
+        return cl.ExactMatch(n)
+    if col.comparison == "levenshtein":
+        return cl.LevenshteinAtThresholds(n, [1, 2])
+    if col.comparison == "jaro_winkler":
+        return cl.JaroWinklerAtThresholds(n, [0.92, 0.8])
+    raise CdpError(f"identity: unknown comparison {col.comparison!r} for {n}")
+
+
+def _rule_columns(cols: list[MatchColumn]) -> set[str]:
+    names = {c.name for c in cols}
+    out = set(names)
+    if "first_name" in names:
+        out.add("first_canon")
+    if "address" in names:
+        out |= {"street", "house_number"}
+    return out
+
+
+def _count_rule(con: duckdb.DuckDBPyConnection, rule: tuple[str, ...], link_only: bool) -> int:
+    """Pairs a blocking rule generates (link_only: minus the pairs within one source)."""
+    keys = ", ".join(f'"{c}"' for c in rule)
+    not_null = " and ".join(f'"{c}" is not null' for c in rule)
+    total = con.execute(f"""select coalesce(sum(n * (n - 1) / 2), 0) from (
+        select count(*) as n from _id_match where {not_null} group by {keys}) t""").fetchall()[0][0]
+    if link_only:
+        total -= con.execute(f"""select coalesce(sum(n * (n - 1) / 2), 0) from (
+            select count(*) as n from _id_match where {not_null} group by {keys}, source_name) t""").fetchall()[0][0]
+    return int(total)
+
+
+def _rule(rule: tuple[str, ...], link_only: bool) -> str:
+    """Blocking rule SQL (equal, non-null columns; across sources only for link_only)."""
+    cond = " and ".join(f'l."{c}" = r."{c}"' for c in rule)
+    return cond + (" and l.source_name <> r.source_name" if link_only else "")
+
+
+def _trained_by(rule: tuple[str, ...]) -> set[str]:
+    return {BLOCK_COLUMN_OWNER.get(c, c) for c in rule}
+
+
+def match(con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], settings: IdentitySettings,
+          model_dir: Path, log: list[str]) -> MatchOutcome:
+    """Score record pairs; writes temp table ``_id_pairs(node_l, node_r, match_probability, match_weight,
+    field_weights, accepted, reason)`` and returns counts."""
+    logging.getLogger("splink").setLevel(logging.ERROR)  # untrained-level chatter is expected on sparse fields
+    link_only = settings.link_type == "link_only"
+    extra = [c.name for c in cols if c.comparison not in
+             ("first_name", "last_name", "dob", "address", "postcode", "city", "email", "phone")]
+    select = ["n.node as unique_id", "r.source as source_name"]
+    for c in ("first_name", "first_canon", "last_name", "dob", "street", "house_number", "address", "postcode",
+              "city", "email", "phone"):
+        select.append(f"r.{c}")
+    select += [f'r."{e}"' for e in extra]
+    con.execute(f"""create or replace temp table _id_match as
+        select {', '.join(select)} from _id_records r join _id_nodes n
+          on n.id_type = 'record' and n.source = r.source and n.record_id = r.record_id""")
+    n_records = con.execute("select count(*) from _id_match").fetchall()[0][0]
+    usable = _rule_columns(cols)
+    candidates = [r for r in PREDICTION_RULES if set(r) <= usable]
+    candidates += [(c.name,) for c in cols if c.block]
+    budget = settings.max_rule_comparisons_per_record * max(n_records, 1)
+    rules: list[tuple[str, ...]] = []
+    comparisons = 0
+    for rule in candidates:
+        k = _count_rule(con, rule, link_only)
+        if k > budget:
+            log.append(f"blocking rule {'+'.join(rule)} skipped: {k:,} pairs exceed the budget of {int(budget):,}")
+            continue
+        if k > 0:
+            rules.append(rule)
+            comparisons += k
+    if not rules or n_records < 2:
+        _empty_pairs(con)
+        return MatchOutcome(0, 0, 0, (), False, tuple(c.name for c in cols))
+
+    db_api = DuckDBAPI(connection=con)
+    sdf = db_api.register("_id_match")
+    model_path = model_dir / MODEL_FILE
+    trained = True
+    if settings.reuse_model and model_path.is_file():
+        model = json.loads(model_path.read_text(encoding="utf-8"))
+        model["blocking_rules_to_generate_predictions"] = [
+            {"blocking_rule": _rule(r, link_only), "sql_dialect": "duckdb"} for r in rules]
+        saved_cols = {c.get("output_column_name") for c in model.get("comparisons", [])}
+        if saved_cols != {c.name for c in cols}:
+            raise CdpError(f"identity.reuse_model: the saved model {MODEL_FILE} compares other fields than this "
+                           "workspace now has; set reuse_model: false to retrain")
+        linker = Linker(sdf, model, log_level=logging.ERROR)
+        tf_columns = {level["tf_adjustment_column"] for comp in model.get("comparisons", [])
+                      for level in comp.get("comparison_levels", []) if level.get("tf_adjustment_column")}
+        for column in sorted(tf_columns):
+            linker.table_management.compute_tf_table(column)
+        trained = False
+    else:
+        creator = SettingsCreator(
+            link_type="dedupe_only", unique_id_column_name="unique_id",
+            comparisons=[_comparison(c) for c in cols],
+            blocking_rules_to_generate_predictions=[_rule(r, link_only) for r in rules],
+            retain_matching_columns=True, retain_intermediate_calculation_columns=True,
+        )
+        linker = Linker(sdf, creator, log_level=logging.ERROR)
+        _train(linker, con, cols, usable, settings, link_only, log)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        linker.misc.save_model_to_json(str(model_path), overwrite=True)
+
+    threshold = min(settings.review_threshold, settings.match_threshold)
+    pairs = linker.inference.predict(threshold_match_probability=threshold)
+    rel = pairs.as_duckdbpyrelation()  # noqa: F841 - used by name in the SQL below
+    gammas = {c.name: f'"gamma_{c.name}"' for c in cols}
+    person_level = [c.name for c in cols if c.person_level]
+    evidence = " or ".join(f"{gammas[n]} > 0" for n in person_level) or "false"
+    first_conflict = f"{gammas['first_name']} = 0" if "first_name" in gammas else "false"
+    con.execute(f"""create or replace temp table _id_pairs as
+        select least(unique_id_l, unique_id_r) as node_l, greatest(unique_id_l, unique_id_r) as node_r,
+          match_probability, match_weight, map([{', '.join(repr(c.name) for c in cols)}],
+            [{', '.join(f'"mw_{c.name}"' for c in cols)}]) as field_weights,
+          case when match_probability < ? then 'below threshold'
+               when {first_conflict} then 'first names disagree'
+               when not ({evidence}) then 'no individual evidence (household fields only)'
+          end as reason
+        from rel""", [settings.match_threshold])
+    con.execute("alter table _id_pairs add column accepted boolean")
+    con.execute("update _id_pairs set accepted = reason is null")
+    scored, accepted = con.execute("select count(*), count(*) filter (where accepted) from _id_pairs").fetchall()[0]
+    pairs.drop_table_from_database_and_remove_from_cache()
+    return MatchOutcome(comparisons, int(scored), int(accepted), tuple("+".join(r) for r in rules), trained,
+                        tuple(c.name for c in cols))
+
+
+def _train(linker: Linker, con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], usable: set[str],
+           settings: IdentitySettings, link_only: bool, log: list[str]) -> None:
+    prior = [_rule(r, link_only) for r in PRIOR_RULES if set(r) <= usable]
+    if prior:
+        try:
+            linker.training.estimate_probability_two_random_records_match(prior, recall=0.7)
+        except Exception as exc:  # noqa: BLE001 - no deterministic matches: keep Splink's default prior
+            log.append(f"prior left at default: {str(exc).splitlines()[0][:120]}")
+    linker.training.estimate_u_using_random_sampling(max_pairs=settings.max_pairs_u, seed=settings.seed)
+    untrained = {c.name for c in cols}
+    for rule in EM_RULES + tuple((c.name,) for c in cols if c.block):
+        if not untrained:
+            break
+        if not set(rule) <= usable or not (untrained - _trained_by(rule)):
+            continue
+        if _count_rule(con, rule, link_only) == 0:
+            continue
+        saved = linker._settings_obj.core_model_settings.copy()  # a failed session leaves comparisons removed
+        try:
+            linker.training.estimate_parameters_using_expectation_maximisation(
+                _rule(rule, link_only), max_pairs=EM_MAX_PAIRS)
+        except Exception as exc:  # noqa: BLE001 - a session that cannot converge is skipped, u stays trained
+            linker._settings_obj.core_model_settings = saved
+            log.append(f"EM on {'+'.join(rule)} skipped: {str(exc).splitlines()[0][:120]}")
+            continue
+        untrained -= set(c.name for c in cols) - _trained_by(rule)
+    if untrained:
+        log.append(f"m not trained by EM for: {', '.join(sorted(untrained))} (defaults used)")
+
+
+def _empty_pairs(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""create or replace temp table _id_pairs(node_l bigint, node_r bigint, match_probability double,
+        match_weight double, field_weights map(varchar, double), reason varchar, accepted boolean)""")

@@ -1,0 +1,128 @@
+"""The identity tables other stages read: person_map, identity_edges, profiles and the person_* views."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+
+from cdp_ml.engine import columns, table_exists
+from cdp_ml.sources.kinds import KINDS, LINEAGE_COLUMNS
+from cdp_ml.workspace import Workspace
+
+VIEW_KEYS = {  # view -> (staging table, identifiers tried in order)
+    "person_events": ("events", ("customer_ref", "anonymous_id")),
+    "person_orders": ("orders", ("customer_ref",)),
+    "person_sessions": ("sessions", ("customer_ref", "anonymous_id")),
+    "person_interactions": ("interactions", ("customer_ref", "email", "phone")),
+    "person_consents": ("consents", ("customer_ref", "email", "phone")),
+}
+_SQL_TYPES = {"varchar": "varchar", "timestamp": "timestamp", "date": "date", "double": "double", "boolean": "boolean"}
+
+
+def create_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Views joining each staging table to its person (NULL when the identifier is unresolved)."""
+    for view, (table, keys) in VIEW_KEYS.items():
+        if table_exists(con, table):
+            source = f'"{table}"'
+            have = set(columns(con, table))
+        else:  # an empty, typed stand-in so later stages can always query the view
+            cols = [f"cast(null as {_SQL_TYPES[f.type]}) as \"{f.name}\"" for f in KINDS[table]]
+            cols += [f"cast(null as {t}) as \"{n}\"" for n, t in LINEAGE_COLUMNS]
+            cols += ["cast(null as varchar) as ref_source", "cast(null as varchar) as ref_key"]
+            source = f"(select {', '.join(cols)} where false)"
+            have = {f.name for f in KINDS[table]}
+        joins, picks = [], []
+        for i, key in enumerate(k for k in keys if k in have):
+            joins.append(f"""left join person_map m{i} on m{i}.source = t.source and m{i}.id_type = '{key}'
+                             and m{i}.record_id = cast(t."{key}" as varchar)""")
+            picks.append(f"m{i}.person_id")
+        person = f"coalesce({', '.join(picks)})" if len(picks) > 1 else (picks[0] if picks else "cast(null as varchar)")
+        con.execute(f"create or replace view {view} as select t.*, {person} as person_id "
+                    f"from {source} t {' '.join(joins)}")
+
+
+def write_priority(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
+    """``_id_priority(source, rank)``: survivorship order (identity.source_priority, then trust, then file order)."""
+    explicit = list(ws.config.identity.source_priority)
+    ranked = []
+    for i, src in enumerate(ws.config.sources):
+        if src.name in explicit:
+            rank = explicit.index(src.name)
+        elif src.trust is not None:
+            rank = 1000 + src.trust
+        else:
+            rank = 100000 + i
+        ranked.append([src.name, rank])
+    con.execute("create or replace temp table _id_priority(source varchar, rank bigint)")
+    if ranked:
+        con.executemany("insert into _id_priority values (?, ?)", ranked)
+
+
+def write_profiles(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date | None) -> int:
+    """One golden record per person: most trusted source first, then the most recent value."""
+    write_priority(con, ws)
+    have = set(columns(con, "customers")) if table_exists(con, "customers") else set()
+
+    def c(name: str, typ: str = "varchar") -> str:
+        return f'c."{name}"' if name in have else f"cast(null as {typ})"
+
+    fields = [("email", "varchar"), ("phone", "varchar"), ("first_name", "varchar"), ("last_name", "varchar"),
+              ("date_of_birth", "date"), ("street", "varchar"), ("house_number", "varchar"), ("postcode", "varchar"),
+              ("city", "varchar"), ("country", "varchar"), ("gender", "varchar")]
+    if have:
+        recent = f"coalesce({c('updated_at', 'timestamp')}, {c('created_at', 'timestamp')})"
+        select = ", ".join(f"{c(f, t)} as {f}" for f, t in fields)
+        records = f"""select m.person_id, c.source, coalesce(p.rank, 999999) as rank, {recent} as recent,
+            {c('created_at', 'timestamp')} as created_at, {select}
+            from customers c join person_map m on m.id_type = 'record' and m.source = c.source
+              and m.record_id = cast(c.record_id as varchar)
+            left join _id_priority p on p.source = c.source where m.person_id is not null"""
+    else:
+        nulls = ", ".join(f"cast(null as {t}) as {f}" for f, t in fields)
+        records = (f"select null::varchar person_id, null::varchar source, 0 rank, null::timestamp recent, "
+                   f"null::timestamp created_at, {nulls} where false")
+    golden = ", ".join(f"first({f} order by rank, recent desc nulls last) filter (where {f} is not null) as {f}"
+                       for f, _ in fields)
+    cutoff = "where ts < ?" if as_of is not None else ""
+    con.execute(_profiles_sql(records, golden, fields, cutoff), [as_of] if as_of is not None else [])
+    return con.execute("select count(*) from profiles").fetchall()[0][0]
+
+
+def _profiles_sql(records: str, golden: str, fields: list[tuple[str, str]], cutoff: str) -> str:
+    return f"""create or replace table profiles as
+        with rec as ({records}),
+        g as (
+          select person_id, {golden}, count(*) as n_records, min(least(created_at, recent)) as rec_first,
+            max(recent) as rec_last,
+            list(distinct case when street is not null or postcode is not null then
+              concat_ws(' ', street, house_number) || ', ' || concat_ws(' ', postcode, city) end) as addresses
+          from rec group by person_id),
+        contacts as (
+          select person_id, list(distinct email) filter (where email is not null) as emails,
+            list(distinct phone) filter (where phone is not null) as phones
+          from (select person_id, email, phone from rec
+                union all select person_id, case when id_type = 'email' then record_id end,
+                  case when id_type = 'phone' then record_id end from person_map
+                where id_type in ('email', 'phone') and person_id is not null)
+          group by person_id),
+        activity as (
+          select person_id, min(ts) as first_seen, max(ts) as last_seen,
+            count(*) filter (where what = 'event') as n_events
+          from (select person_id, "timestamp" as ts, 'event' as what from person_events where person_id is not null
+                union all select person_id, ordered_at, 'order' from person_orders where person_id is not null
+                union all select person_id, "timestamp", 'interaction' from person_interactions where person_id is not null
+                union all select person_id, "timestamp", 'consent' from person_consents where person_id is not null) x
+          {cutoff}
+          group by person_id),
+        srcs as (
+          select person_id, list(distinct source order by source) as sources from person_map
+          where person_id is not null group by person_id)
+        select s.person_id, {', '.join(f'g.{f}' for f, _ in fields)},
+          coalesce(ct.emails, []) as emails, coalesce(ct.phones, []) as phones,
+          coalesce(list_filter(g.addresses, lambda a: a is not null), []) as addresses,
+          least(g.rec_first, a.first_seen) as first_seen, greatest(g.rec_last, a.last_seen) as last_seen,
+          s.sources, coalesce(g.n_records, 0) as n_records, coalesce(a.n_events, 0) as n_events
+        from srcs s left join g using (person_id) left join contacts ct using (person_id)
+        left join activity a using (person_id)
+        order by s.person_id"""
