@@ -119,15 +119,18 @@ def expected_calibration_error(y: Any, p: Any, bins: int = 10) -> float:
 def summary(y: Any, p: Any, keep_levels: Sequence[float] = KEEP_LEVELS) -> dict[str, float]:
     """All scalar metrics of one model on one window, with MLflow-friendly keys."""
     y_arr, p_arr = _arrays(y, p)
+    is_probability = bool(p_arr.size) and float(p_arr.min()) >= 0.0 and float(p_arr.max()) <= 1.0
+    nan = float("nan")
     out = {
         "rows": float(y_arr.size),
         "positives": float(y_arr.sum()),
-        "base_rate": float(y_arr.mean()) if y_arr.size else float("nan"),
+        "base_rate": float(y_arr.mean()) if y_arr.size else nan,
         "roc_auc": roc_auc(y_arr, p_arr),
         "pr_auc": pr_auc(y_arr, p_arr),
-        "log_loss": logloss(y_arr, p_arr),
-        "brier": brier(y_arr, p_arr),
-        "ece": expected_calibration_error(y_arr, p_arr),
+        # scores that are not probabilities (rankings, heuristics) get ranking metrics only
+        "log_loss": logloss(y_arr, p_arr) if is_probability else nan,
+        "brier": brier(y_arr, p_arr) if is_probability else nan,
+        "ece": expected_calibration_error(y_arr, p_arr) if is_probability else nan,
     }
     for keep in keep_levels:
         out[f"audience_reduction_{round(keep * 100)}"] = audience_reduction(y_arr, p_arr, keep)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -13,6 +14,16 @@ class ConversionSettings:
     min_negatives: int = 200
     backtest_weeks: int = 4  # evaluation window after the cutoff
     training_weeks: int = 26  # history used for training before the cutoff
+    input: Literal["auto", "events", "sessions"] = "auto"  # auto: a sessions source when it has rows, else events
+    purchase_event_types: tuple[str, ...] = ("purchase",)  # checkout-complete events: label side, never features
+    n_estimators: int = 1000  # LightGBM boosting rounds at most (early stopping on a later time slice)
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 50
+    validation_share: float = 0.15  # latest training share before calibration: early stopping
+    calibration_share: float = 0.15  # latest training share: Platt calibration of the probabilities
+    max_training_rows: int = 3_000_000  # larger training slices keep every positive and a hash sample of negatives
+    gate_tolerance: float = 0.005  # champion moves unless backtest ROC-AUC is this much worse
 
 
 @dataclass(frozen=True)

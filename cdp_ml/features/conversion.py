@@ -1,0 +1,299 @@
+"""Point-in-time conversion-intent features: one row per scoring point, built in SQL.
+
+Two inputs train the same model family:
+
+* ``events`` (default when the warehouse has events): scoring points are session ends (see
+  :mod:`cdp_ml.features.sessions`); features are the session's aggregates plus the visitor's history
+  *before the session started* (window frames ending at the previous session, ASOF joins on order
+  history with a strict ``<``). The label is a purchase (purchase event or order, by the same device or
+  person) in ``(scored_at, scored_at + horizon_days]``; it is only used when that window lies in the data.
+* ``sessions``: a pre-aggregated sessions source (staging table ``sessions``): every column besides ids,
+  timestamp and lineage is a feature (numbers and booleans numeric, text categorical); ``converted`` is
+  the label and ``timestamp`` the scoring point.
+
+Everything is computed from data strictly before ``until``; the rows of a window are fetched afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+import duckdb
+import pandas as pd
+
+from cdp_ml.engine import columns, table_exists
+from cdp_ml.errors import CdpError
+from cdp_ml.features import sessions as sess
+from cdp_ml.features.settings import FeatureSettings
+from cdp_ml.models.settings import ConversionSettings
+
+EVENT_NUMERIC = (
+    "n_events", *sess.COUNTED_TYPES.values(), "n_other_events", "n_products", "n_categories", "duration_s",
+    "mean_gap_s", "bounce", "cart_value", "mean_viewed_value", "hour", "weekday", "days_to_peak", "known",
+    "prev_sessions", "sessions_30d", "days_since_prev_session", "prev_product_views", "prev_cart_adds",
+    "prev_checkout_starts", "prev_purchases", "visitor_sessions_1d", "visitor_sessions_7d",
+    "visitor_product_views_7d", "visitor_cart_adds_7d", "person_orders", "person_returns", "person_order_amount",
+    "person_mean_order_gap_days", "days_since_last_purchase", "purchase_cycle_ratio",
+)
+EVENT_CATEGORICAL = ("channel", "traffic_source", "first_category", "last_category", "exit_event_type")
+
+# Columns of a sessions source that are never features.
+SESSION_NON_FEATURES = {"session_id", "timestamp", "anonymous_id", "customer_ref", "converted", "person_id",
+                        "source", "_file", "_row", "_load_id", "ref_source", "ref_key", "attributes"}
+_NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                  "UBIGINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "BOOLEAN")
+_TEXT_TYPES = ("VARCHAR",)
+
+POINTS_TABLE = "conv_points"
+
+
+@dataclass(frozen=True)
+class PointsSpec:
+    """What ``build_points`` produced: the input kind and the feature columns of ``conv_points``."""
+
+    kind: Literal["events", "sessions"]
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    label_lag_days: int  # days after a scoring point until its label is known
+    rows: int
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.numeric + self.categorical
+
+
+def input_kind(con: duckdb.DuckDBPyConnection, settings: ConversionSettings) -> Literal["events", "sessions"]:
+    """Which input trains the model: the configured one, else a sessions source when it has rows, else events."""
+    has_sessions = table_exists(con, "sessions") and con.execute("select count(*) from sessions").fetchall()[0][0] > 0
+    has_events = table_exists(con, "events") or table_exists(con, "person_events")
+    if settings.input == "sessions" or (settings.input == "auto" and has_sessions):
+        if not has_sessions:
+            raise CdpError("conversion.input is 'sessions' but the warehouse has no sessions: add a sessions "
+                           "source and run `cdp-ml ingest`")
+        return "sessions"
+    if not has_events:
+        raise CdpError("conversion intent needs events or a sessions source in the warehouse: run `cdp-ml ingest`")
+    return "events"
+
+
+def build_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings, features: FeatureSettings,
+                 until: datetime) -> PointsSpec:
+    """Create temp table ``conv_points`` from data strictly before ``until``."""
+    kind = input_kind(con, conversion)
+    if kind == "sessions":
+        return _session_source_points(con, until)
+    return _event_points(con, conversion, features, until)
+
+
+def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings, features: FeatureSettings,
+                  until: datetime) -> PointsSpec:
+    sess.build_sessions(con, until, features.session_gap_minutes, conversion.purchase_event_types)
+    orders = sess.order_relation(con)
+    if orders is not None:
+        status = '"status"' if "status" in _relation_columns(con, orders) else "null::varchar"
+        amount = '"amount"' if "amount" in _relation_columns(con, orders) else "null::double"
+        con.execute(f"""
+            create or replace temp table conv_orders as
+            select person_id::varchar as person_id, order_id, min(ordered_at) as ordered_at,
+                   sum(coalesce({amount}, 0)) as amount,
+                   bool_or(coalesce({status}, 'completed') = 'returned') as returned,
+                   bool_and(coalesce({status}, 'completed') = 'cancelled') as cancelled
+            from {orders}
+            where ordered_at < ? and person_id is not null
+            group by all
+        """, [until])
+    else:
+        con.execute("create or replace temp table conv_orders (person_id varchar, order_id varchar, "
+                    "ordered_at timestamp, amount double, returned boolean, cancelled boolean)")
+    con.execute("""
+        create or replace temp table conv_order_history as
+        with per_time as (
+            select person_id, ordered_at,
+                   count(*) filter (where not cancelled) as n, count(*) filter (where returned) as r,
+                   coalesce(sum(amount) filter (where not cancelled), 0) as amount
+            from conv_orders group by person_id, ordered_at
+        )
+        select person_id, ordered_at,
+               sum(n) over w as person_orders, sum(r) over w as person_returns, sum(amount) over w as person_order_amount,
+               case when sum(n) over w > 1 then (epoch(ordered_at) - epoch(min(ordered_at) over w)) / 86400.0
+                                                / (sum(n) over w - 1) end as person_mean_order_gap_days
+        from per_time
+        window w as (partition by person_id order by ordered_at rows unbounded preceding)
+    """)
+    con.execute("""
+        create or replace temp table conv_purchases as
+        select 'd:' || device_id as k, ts from conv_purchase_events
+        union all select 'p:' || person_id, ts from conv_purchase_events where person_id is not null
+        union all select 'p:' || person_id, ordered_at from conv_orders where not cancelled
+    """)
+    con.execute("""
+        create or replace temp table conv_peaks as
+        with dates as (select distinct cast(started_at as date) as d from conv_sessions),
+        peaks as (
+            select cast(split_part(md, '-', 1) as integer) as m, cast(split_part(md, '-', 2) as integer) as dd
+            from (select unnest(?::varchar[]) as md)
+        ), dated as (
+            select d, make_date(year(d), m, case when m = 2 then least(dd, 28) else dd end) as this_year,
+                      make_date(year(d) + 1, m, case when m = 2 then least(dd, 28) else dd end) as next_year
+            from dates, peaks
+        )
+        select d, min(case when this_year >= d then this_year - d else next_year - d end)::integer as days_to_peak
+        from dated group by d
+    """, [list(features.holiday_peaks) or ["12-24"]])
+    con.execute(f"""
+        create or replace temp table {POINTS_TABLE} as
+        with s as (
+            select *,
+                   (row_number() over wd - 1)::integer as prev_sessions,
+                   (count(*) over (partition by device_id order by started_at
+                                   range between interval 30 days preceding and current row) - 1)::integer as sessions_30d,
+                   (epoch(started_at) - epoch(lag(scored_at) over wd)) / 86400.0 as days_since_prev_session,
+                   coalesce(sum(n_product_views) over wp, 0)::integer as prev_product_views,
+                   coalesce(sum(n_cart_adds) over wp, 0)::integer as prev_cart_adds,
+                   coalesce(sum(n_checkout_starts) over wp, 0)::integer as prev_checkout_starts,
+                   coalesce(count(purchased_at) over wp, 0)::integer as prev_purchases,
+                   max(purchased_at) over wp as prev_purchase_at,
+                   case when known = 1 then person_id end as known_person_id,
+                   coalesce(case when known = 1 then 'p:' || person_id end, device_id) as history_key
+            from conv_sessions
+            window wd as (partition by device_id order by started_at, session_no),
+                   wp as (partition by device_id order by started_at, session_no
+                          rows between unbounded preceding and 1 preceding)
+        ), visitor as (
+            -- the visitor (known person across devices, else the device) in the days before this session
+            select *,
+                   (count(*) over v7 - 1)::integer as visitor_sessions_7d,
+                   (count(*) over (partition by history_key order by started_at
+                                   range between interval 1 day preceding and current row) - 1)::integer
+                       as visitor_sessions_1d,
+                   (sum(n_product_views) over v7 - n_product_views)::integer as visitor_product_views_7d,
+                   (sum(n_cart_adds) over v7 - n_cart_adds)::integer as visitor_cart_adds_7d
+            from s
+            window v7 as (partition by history_key order by started_at
+                          range between interval 7 days preceding and current row)
+        ), with_orders as (
+            select s.*, h.person_orders, h.person_returns, h.person_order_amount, h.person_mean_order_gap_days,
+                   h.ordered_at as last_order_at
+            from visitor s asof left join conv_order_history h
+              on s.known_person_id = h.person_id and s.started_at > h.ordered_at
+        ), next_device as (
+            select w.session_id, w.device_id, w.session_no, p.ts as next_device_purchase
+            from with_orders w asof left join conv_purchases p on 'd:' || w.device_id = p.k and w.scored_at < p.ts
+        ), next_person as (
+            select w.session_id, w.device_id, w.session_no, p.ts as next_person_purchase
+            from with_orders w asof left join conv_purchases p on 'p:' || w.person_id = p.k and w.scored_at < p.ts
+        )
+        select w.session_id, w.device_id, w.person_id, w.anonymous_id, w.scored_at,
+               coalesce('p:' || w.person_id, w.device_id) as visitor_id,
+               least(nd.next_device_purchase, np.next_person_purchase) as next_purchase_at,
+               null::boolean as converted,
+               w.* exclude (session_id, device_id, person_id, anonymous_id, scored_at, session_no, known_person_id,
+                            history_key, started_at, purchased_at, prev_purchase_at, last_order_at,
+                            person_orders, person_returns, person_order_amount),
+               coalesce(w.person_orders, 0)::integer as person_orders,
+               coalesce(w.person_returns, 0)::integer as person_returns,
+               coalesce(w.person_order_amount, 0)::double as person_order_amount,
+               (epoch(w.started_at) - epoch(greatest(w.prev_purchase_at, w.last_order_at))) / 86400.0
+                   as days_since_last_purchase,
+               (epoch(w.started_at) - epoch(w.last_order_at)) / 86400.0 / w.person_mean_order_gap_days
+                   as purchase_cycle_ratio,
+               pk.days_to_peak
+        from with_orders w
+        join next_device nd using (session_id, device_id, session_no)
+        join next_person np using (session_id, device_id, session_no)
+        left join conv_peaks pk on pk.d = cast(w.started_at as date)
+    """)
+    for t in ("conv_sessions", "conv_purchase_events", "conv_orders", "conv_order_history", "conv_purchases",
+              "conv_peaks"):
+        con.execute(f"drop table if exists {t}")
+    rows = con.execute(f"select count(*) from {POINTS_TABLE}").fetchall()[0][0]
+    return PointsSpec("events", EVENT_NUMERIC, EVENT_CATEGORICAL, conversion.horizon_days, rows)
+
+
+def _relation_columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
+    return [d[0] for d in con.execute(f"select * from {relation} limit 0").description]
+
+
+def _session_source_points(con: duckdb.DuckDBPyConnection, until: datetime) -> PointsSpec:
+    rel = "person_sessions" if table_exists(con, "person_sessions") else (
+        "(select *, case when customer_ref is not null then "
+        "'ref:' || coalesce(ref_source, source) || ':' || customer_ref end as person_id from sessions)")
+    types = dict(con.execute("select column_name, data_type from duckdb_columns() "
+                             "where table_name = 'sessions' and schema_name = 'main'").fetchall())
+    numeric, categorical = [], []
+    for col in columns(con, "sessions"):
+        if col in SESSION_NON_FEATURES or col.startswith("_"):
+            continue
+        typ = types[col].upper()
+        if typ.startswith(_NUMERIC_TYPES):
+            numeric.append(col)
+        elif typ.startswith(_TEXT_TYPES):
+            categorical.append(col)
+    if not numeric and not categorical:
+        raise CdpError("sessions source has no feature columns besides ids, timestamp and converted")
+    feats = ", ".join([f'"{c}"::double as "{c}"' for c in numeric] + [f'"{c}"::varchar as "{c}"' for c in categorical])
+    con.execute(f"""
+        create or replace temp table {POINTS_TABLE} as
+        select session_id::varchar as session_id, coalesce('a:' || anonymous_id, 's:' || session_id) as device_id,
+               person_id::varchar as person_id, anonymous_id::varchar as anonymous_id, "timestamp" as scored_at,
+               coalesce('p:' || person_id, 'a:' || anonymous_id, 's:' || session_id) as visitor_id,
+               null::timestamp as next_purchase_at, converted::boolean as converted, {feats}
+        from {rel}
+        where "timestamp" < ? and "timestamp" is not null
+    """, [until])
+    rows = con.execute(f"select count(*) from {POINTS_TABLE}").fetchall()[0][0]
+    return PointsSpec("sessions", tuple(numeric), tuple(categorical), 0, rows)
+
+
+def _label_sql(spec: PointsSpec, horizon_days: int) -> str:
+    if spec.kind == "sessions":
+        return "converted"
+    return f"coalesce(next_purchase_at <= scored_at + interval {int(horizon_days)} day, false)"
+
+
+def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | None, end: datetime,
+          horizon_days: int) -> pd.DataFrame:
+    """Scoring points with ``start <= scored_at < end`` and a known label, ordered by time.
+
+    A label is known when its whole window ends before ``end + horizon`` lies in the data, which the caller
+    guarantees by choosing ``end`` (training: ``cutoff - horizon``).
+    """
+    cols = ", ".join(f'"{c}"' for c in spec.features)
+    label = _label_sql(spec, horizon_days)
+    where = "scored_at < ?" + (" and scored_at >= ?" if start is not None else "")
+    if spec.kind == "sessions":
+        where += " and converted is not null"
+    params = [end] + ([start] if start is not None else [])
+    return con.execute(f"""
+        select session_id, person_id, anonymous_id, scored_at, ({label})::integer as label, {cols}
+        from {POINTS_TABLE} where {where}
+        order by scored_at, session_id
+    """, params).df()
+
+
+def fetch_audience(con: duckdb.DuckDBPyConnection, spec: PointsSpec, as_of: datetime, active_days: int) -> pd.DataFrame:
+    """The retargeting audience at ``as_of``: each visitor's latest scoring point in the last ``active_days``,
+    for visitors who have not purchased since (events) or whose latest session did not convert (sessions)."""
+    cols = ", ".join(f'"{c}"' for c in spec.features)
+    not_purchased = ("next_purchase_at is null" if spec.kind == "events" else "coalesce(converted, false) = false")
+    return con.execute(f"""
+        with latest as (
+            select * from {POINTS_TABLE}
+            where scored_at >= ? and scored_at < ?
+            qualify row_number() over (partition by visitor_id order by scored_at desc, session_id desc) = 1
+        )
+        select session_id, person_id, anonymous_id, scored_at, {cols}
+        from latest where {not_purchased}
+        order by visitor_id
+    """, [as_of - timedelta(days=active_days), as_of]).df()
+
+
+def latest_activity(con: duckdb.DuckDBPyConnection, settings: ConversionSettings) -> datetime | None:
+    """Timestamp of the latest event (or session) in the warehouse; the default as-of follows it."""
+    kind = input_kind(con, settings)
+    if kind == "sessions":
+        return con.execute('select max("timestamp") from sessions').fetchall()[0][0]
+    rel = "person_events" if table_exists(con, "person_events") else "events"
+    return con.execute(f'select max("timestamp") from {rel}').fetchall()[0][0]

@@ -1,0 +1,558 @@
+"""Conversion intent: will a visitor purchase within N days after a browsing session?
+
+Three stage functions share one recipe: ``backtest`` (train strictly before a cutoff, evaluate the weeks
+after it against two baselines), ``train`` (backtest on the last weeks before as-of as the quality gate,
+fit on everything before as-of, register in MLflow, move ``champion`` only when not worse) and ``score``
+(the champion scores the retargeting audience into ``conversion_scores``).
+
+The model is LightGBM on time-ordered slices of the training window: the oldest part fits the trees, the
+next slice early-stops them, the latest slice calibrates the probabilities (Platt scaling on the raw
+score: monotone, so the ranking and ROC-AUC are untouched). Classes are balanced with
+``scale_pos_weight``; categorical features go to LightGBM natively with levels fixed at training time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from cdp_ml import tracking
+from cdp_ml.errors import CdpError
+from cdp_ml.features import conversion as feats
+from cdp_ml.models import metrics
+from cdp_ml.models.settings import ConversionSettings
+from cdp_ml.workspace import Workspace
+
+MODEL_NAME = "conversion-intent"
+EXPERIMENT = "conversion-intent"
+ID_COLUMNS = ("session_id", "person_id", "anonymous_id")
+MAX_LEVELS = 100  # categorical levels kept per feature (most frequent); rarer ones count as missing
+BASELINE_ROWS = 300_000  # logistic-regression baseline fits on at most this many training rows
+ENGAGEMENT_TIERS = ("n_checkout_starts", "n_cart_adds", "n_product_views")  # heuristic: deepest funnel step first
+
+
+# --- the model ------------------------------------------------------------------------------------------
+
+class ConversionModel:
+    """LightGBM booster + Platt calibration + the feature layout it was trained on (picklable)."""
+
+    def __init__(self, booster: lgb.Booster, numeric: tuple[str, ...], categorical: tuple[str, ...],
+                 levels: dict[str, list[str]], platt: tuple[float, float], kind: str, horizon_days: int):
+        self.booster = booster
+        self.numeric = tuple(numeric)
+        self.categorical = tuple(categorical)
+        self.levels = levels
+        self.platt = platt
+        self.kind = kind
+        self.horizon_days = horizon_days
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.numeric + self.categorical
+
+    def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The feature matrix in training layout; unseen categorical levels become missing."""
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise CdpError(f"conversion model expects feature columns {', '.join(missing)} that the data lacks")
+        out = pd.DataFrame(index=frame.index)
+        for col in self.numeric:
+            out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        for col in self.categorical:
+            values = frame[col].astype("object").where(frame[col].notna(), None)
+            out[col] = pd.Categorical(values, categories=self.levels[col])
+        return out
+
+    def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.booster.predict(self.matrix(frame), raw_score=True)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Calibrated probability of a purchase within the horizon."""
+        a, b = self.platt
+        return 1.0 / (1.0 + np.exp(-(a * self.raw_score(frame) + b)))
+
+    def importance(self) -> dict[str, float]:
+        gains = self.booster.feature_importance(importance_type="gain")
+        return {name: float(g) for name, g in zip(self.booster.feature_name(), gains, strict=True)}
+
+
+class ConversionPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper: ``predict`` returns calibrated probabilities for a feature frame."""
+
+    def __init__(self, model: ConversionModel):
+        self.model = model
+
+    def predict(self, context, model_input, params=None):
+        return pd.Series(self.model.predict(model_input), name="probability")
+
+
+def _time_slices(n: int, s: ConversionSettings) -> tuple[slice, slice, slice]:
+    n_cal = max(int(round(n * s.calibration_share)), 1)
+    n_val = max(int(round(n * s.validation_share)), 1)
+    n_fit = n - n_cal - n_val
+    return slice(0, n_fit), slice(n_fit, n_fit + n_val), slice(n_fit + n_val, n)
+
+
+def check_eligible(train: pd.DataFrame, s: ConversionSettings, what: str = "training data") -> None:
+    """Stop with the counts instead of fitting a useless model on too little data."""
+    pos = int(train["label"].sum())
+    neg = int(len(train) - pos)
+    if pos < s.min_positives or neg < s.min_negatives:
+        raise CdpError(f"conversion {what} is too small: {pos} converting and {neg} non-converting scoring points "
+                       f"(need conversion.min_positives={s.min_positives} and min_negatives={s.min_negatives}); "
+                       f"use more history (conversion.training_weeks) or an earlier cutoff")
+
+
+def _sample_negatives(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """Keep every positive and a deterministic hash sample of negatives (same rows on every run)."""
+    if len(frame) <= max_rows:
+        return frame
+    pos = frame["label"] == 1
+    keep_share = max((max_rows - int(pos.sum())) / max(int((~pos).sum()), 1), 0.01)
+    bucket = pd.util.hash_pandas_object(frame["session_id"].astype(str), index=False).to_numpy() % 10_000
+    return frame[pos.to_numpy() | (bucket < keep_share * 10_000)]
+
+
+def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> ConversionModel:
+    """Fit the calibrated LightGBM on a time-ordered training frame (rows sorted by ``scored_at``)."""
+    check_eligible(train, s)
+    fit_part, val_part, cal_part = (train.iloc[sl] for sl in _time_slices(len(train), s))
+    for name, part in (("early-stopping", val_part), ("calibration", cal_part)):
+        if part["label"].nunique() < 2:
+            raise CdpError(f"conversion training: the {name} slice (latest {len(part)} scoring points) has a single "
+                           f"class; use more history (conversion.training_weeks)")
+    fit_part = _sample_negatives(fit_part, s.max_training_rows)
+    levels = {}
+    for col in spec.categorical:
+        counts = fit_part[col].dropna().astype(str).value_counts()
+        counts = counts[counts >= 5]
+        levels[col] = sorted(counts.index[:MAX_LEVELS].tolist())
+    shell = ConversionModel(None, spec.numeric, spec.categorical, levels, (1.0, 0.0), spec.kind,  # type: ignore[arg-type]
+                            spec.label_lag_days)
+    pos = int(fit_part["label"].sum())
+    params = {
+        "objective": "binary", "metric": "auc", "learning_rate": s.learning_rate, "num_leaves": s.num_leaves,
+        "min_child_samples": s.min_child_samples, "feature_fraction": 0.9, "lambda_l2": 1.0,
+        "scale_pos_weight": (len(fit_part) - pos) / max(pos, 1), "max_cat_to_onehot": 8, "cat_smooth": 20,
+        "deterministic": True, "force_col_wise": True, "seed": 7, "verbose": -1,
+        "num_threads": os.cpu_count() or 1,
+    }
+    dtrain = lgb.Dataset(shell.matrix(fit_part), label=fit_part["label"].to_numpy(),
+                         categorical_feature=list(spec.categorical), free_raw_data=True)
+    dvalid = lgb.Dataset(shell.matrix(val_part), label=val_part["label"].to_numpy(), reference=dtrain)
+    booster = lgb.train(params, dtrain, num_boost_round=s.n_estimators, valid_sets=[dvalid],
+                        callbacks=[lgb.early_stopping(50, verbose=False)])
+    booster = _trimmed(booster)
+    shell.booster = booster
+    shell.platt = _platt(shell.raw_score(cal_part), cal_part["label"].to_numpy())
+    return shell
+
+
+def _trimmed(booster: lgb.Booster) -> lgb.Booster:
+    """A booster holding only the best iteration's trees (so predict needs no num_iteration)."""
+    best = booster.best_iteration or booster.current_iteration()
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+
+
+def _platt(raw: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(raw.reshape(-1, 1), y)
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+# --- baselines ------------------------------------------------------------------------------------------
+
+def _logistic_baseline(train: pd.DataFrame, spec: feats.PointsSpec):
+    """Logistic regression on the same features (median-imputed, scaled; one-hot categoricals)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+    if len(train) > BASELINE_ROWS:
+        train = train.iloc[np.linspace(0, len(train) - 1, BASELINE_ROWS).astype(int)]
+    signed_log = FunctionTransformer(lambda x: np.sign(x) * np.log1p(np.abs(x)))
+    parts = [("num", make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), signed_log,
+                                   StandardScaler()), list(spec.numeric))]
+    if spec.categorical:
+        parts.append(("cat", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=20, max_categories=30),
+                      list(spec.categorical)))
+    pipe = make_pipeline(ColumnTransformer(parts), LogisticRegression(max_iter=500, C=1.0))
+    pipe.fit(_baseline_frame(train, spec), train["label"].to_numpy())
+    return pipe
+
+
+def _baseline_frame(frame: pd.DataFrame, spec: feats.PointsSpec) -> pd.DataFrame:
+    out = pd.DataFrame(index=frame.index)
+    for col in spec.numeric:
+        out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    for col in spec.categorical:
+        out[col] = frame[col].astype("object").where(frame[col].notna(), "(missing)").astype(str)
+    return out
+
+
+def _heuristic(train: pd.DataFrame, spec: feats.PointsSpec):
+    """Recency/engagement rule a marketer would use, returning a scoring function.
+
+    Events: deepest funnel step reached in the session (checkout > cart > product views), then more recent
+    visits in the last 30 days. A sessions source has no known funnel columns: the single numeric column
+    that ranks the training data best (sign-adjusted) is the rule.
+    """
+    if spec.kind == "events":
+        def score(frame: pd.DataFrame) -> np.ndarray:
+            tiers = sum(1e6 * (3 - i) * (frame[c].fillna(0).to_numpy() > 0) for i, c in enumerate(ENGAGEMENT_TIERS))
+            return tiers + np.minimum(frame["n_product_views"].fillna(0).to_numpy(), 99) * 1e3 \
+                + np.minimum(frame["sessions_30d"].fillna(0).to_numpy(), 999)
+        return score, "funnel depth, then product views and visits in 30 days"
+    best, best_auc, sign = None, 0.5, 1.0
+    for col in spec.numeric:
+        values = pd.to_numeric(train[col], errors="coerce").fillna(0).to_numpy()
+        auc = metrics.roc_auc(train["label"], values)
+        if np.isnan(auc):
+            continue
+        if max(auc, 1 - auc) > best_auc:
+            best, best_auc, sign = col, max(auc, 1 - auc), (1.0 if auc >= 0.5 else -1.0)
+    if best is None:
+        return (lambda frame: np.zeros(len(frame))), "constant (no informative numeric column)"
+    return (lambda frame: sign * pd.to_numeric(frame[best], errors="coerce").fillna(0).to_numpy()), \
+        f"{'' if sign > 0 else '-'}{best}"
+
+
+# --- results --------------------------------------------------------------------------------------------
+
+def _metrics_table(per_model: dict[str, dict[str, float]]) -> str:
+    keys = ("roc_auc", "pr_auc", "log_loss", "brier", "audience_reduction_95", "audience_reduction_99")
+    head = f"  {'model':<12}" + "".join(f"{k.replace('audience_reduction', 'reduction'):>15}" for k in keys)
+    lines = [head]
+    for name, m in per_model.items():
+        lines.append(f"  {name:<12}" + "".join(f"{m.get(k, float('nan')):>15.4f}" for k in keys))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    cutoff: date
+    window_end: date
+    input: str
+    train_rows: int
+    eval_rows: int
+    eval_positives: int
+    metrics: dict[str, dict[str, float]]  # model name -> metric -> value (lightgbm, logistic, heuristic)
+    heuristic: str
+    calibration: pd.DataFrame = field(repr=False)
+    gains: pd.DataFrame = field(repr=False)
+    predictions: pd.DataFrame = field(repr=False)
+    model: ConversionModel = field(repr=False)
+    out: Path | None = None
+    run_id: str | None = None
+
+    @property
+    def savings(self) -> float:
+        """Share of the retargeting audience removed while keeping 99 % of conversions."""
+        return self.metrics["lightgbm"]["audience_reduction_99"]
+
+    def __str__(self) -> str:
+        m = self.metrics
+        lines = [
+            f"conversion backtest ({self.input}): trained before {self.cutoff}, evaluated {self.cutoff} .. {self.window_end}",
+            f"  training points {self.train_rows:,}; evaluation points {self.eval_rows:,} "
+            f"({self.eval_positives:,} converting, {self.eval_positives / max(self.eval_rows, 1):.1%})",
+            _metrics_table(m),
+            f"  heuristic: {self.heuristic}",
+            f"  retargeting saving: {self.savings:.1%} of the audience removed keeping 99% of conversions "
+            f"({m['lightgbm']['audience_reduction_95']:.1%} at 95%); logistic {m['logistic']['audience_reduction_99']:.1%}, "
+            f"heuristic {m['heuristic']['audience_reduction_99']:.1%}",
+        ]
+        if self.out:
+            lines.append(f"  predictions: {self.out}")
+        if self.run_id:
+            lines.append(f"  mlflow run: {self.run_id}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        table = pd.DataFrame(self.metrics).T[["roc_auc", "pr_auc", "log_loss", "brier", "audience_reduction_95",
+                                              "audience_reduction_99"]]
+        return f"<pre>{str(self).splitlines()[0]}</pre>" + table.to_html(float_format="{:.4f}".format)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    as_of: date
+    input: str
+    train_rows: int
+    version: str
+    promoted: bool
+    gate_reason: str
+    backtest: BacktestResult = field(repr=False)
+    run_id: str | None = None
+
+    def __str__(self) -> str:
+        decision = "promoted to champion" if self.promoted else "kept the current champion"
+        return (f"conversion-intent v{self.version} trained as of {self.as_of} on {self.train_rows:,} scoring points "
+                f"({self.input}); gate: {decision} ({self.gate_reason})\n{self.backtest}")
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    as_of: date
+    visitors: int
+    known_persons: int
+    anonymous: int
+    mean_probability: float
+    model_version: str
+
+    def __str__(self) -> str:
+        return (f"conversion_scores as of {self.as_of}: {self.visitors:,} visitors ({self.known_persons:,} known persons, "
+                f"{self.anonymous:,} anonymous), mean probability {self.mean_probability:.3f}, "
+                f"model conversion-intent v{self.model_version}")
+
+
+# --- the stage functions ----------------------------------------------------------------------------------
+
+def _midnight(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day)
+
+
+def default_as_of(ws: Workspace) -> date:
+    """The Monday after the latest event (or session): every event is strictly before it."""
+    with ws.connect() as con:
+        latest = feats.latest_activity(con, ws.config.conversion)
+    if latest is None:
+        raise CdpError("the warehouse has no events or sessions: run `cdp-ml ingest` first")
+    day = latest.date()
+    return day + timedelta(days=7 - day.weekday())
+
+
+def _frames(con, ws: Workspace, cutoff: date, until: date) -> tuple[feats.PointsSpec, pd.DataFrame, pd.DataFrame]:
+    """Points from data before ``until``; training rows whose label closes before the cutoff, evaluation rows
+    scored in [cutoff, until - label lag)."""
+    s = ws.config.conversion
+    spec = feats.build_points(con, s, ws.config.features, _midnight(until))
+    lag = timedelta(days=spec.label_lag_days)
+    cut = _midnight(cutoff)
+    train = feats.fetch(con, spec, cut - timedelta(weeks=s.training_weeks) - lag, cut - lag, s.horizon_days)
+    evaluation = feats.fetch(con, spec, cut, _midnight(until) - lag, s.horizon_days)
+    return spec, train, evaluation
+
+
+def _evaluate(ws: Workspace, spec: feats.PointsSpec, train: pd.DataFrame, evaluation: pd.DataFrame,
+              cutoff: date, window_end: date, out: Path | None) -> BacktestResult:
+    s = ws.config.conversion
+    if evaluation.empty or evaluation["label"].nunique() < 2:
+        raise CdpError(f"conversion backtest window {cutoff} .. {window_end} has {len(evaluation)} scoring points "
+                       f"and {int(evaluation['label'].sum()) if len(evaluation) else 0} conversions: choose another cutoff")
+    model = fit(train, spec, s)
+    probability = model.predict(evaluation)
+    logistic = _logistic_baseline(train, spec)
+    p_logistic = logistic.predict_proba(_baseline_frame(evaluation, spec))[:, 1]
+    heuristic, heuristic_name = _heuristic(train, spec)
+    p_heuristic = heuristic(evaluation)
+    y = evaluation["label"].to_numpy()
+    per_model = {name: metrics.summary(y, p) for name, p in
+                 (("lightgbm", probability), ("logistic", p_logistic), ("heuristic", p_heuristic))}
+    predictions = evaluation[["session_id", "person_id", "anonymous_id", "scored_at"]].copy()
+    predictions["probability"] = probability
+    predictions["label"] = y
+    predictions["p_logistic"] = p_logistic
+    predictions["p_heuristic"] = p_heuristic
+    if out is not None:
+        _write_predictions(predictions, out)
+    return BacktestResult(cutoff, window_end, spec.kind, len(train), len(evaluation), int(y.sum()), per_model,
+                          heuristic_name, metrics.calibration_table(y, probability), metrics.cumulative_gains(y, probability),
+                          predictions, model, out)
+
+
+def _write_predictions(predictions: pd.DataFrame, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = out.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        predictions.to_parquet(out, index=False)
+    elif suffix == ".csv":
+        predictions.to_csv(out, index=False)
+    else:
+        raise CdpError(f"--out {out.name}: use a .parquet or .csv file name")
+
+
+def _log_backtest(result: BacktestResult, prefix: str = "backtest") -> None:
+    """Metrics of all three models, the calibration/gains tables and the four figures, into the active run."""
+    import mlflow
+
+    for model_name, values in result.metrics.items():
+        for key, value in values.items():
+            if value == value:  # skip NaN
+                mlflow.log_metric(f"{prefix}_{model_name}_{key}", float(value))
+    mlflow.log_metric(f"{prefix}_roc_auc", result.metrics["lightgbm"]["roc_auc"])
+    mlflow.log_metric(f"{prefix}_audience_reduction_99", result.savings)
+    mlflow.log_params({f"{prefix}_cutoff": str(result.cutoff), f"{prefix}_window_end": str(result.window_end),
+                       f"{prefix}_heuristic": result.heuristic})
+    mlflow.log_table(result.calibration, artifact_file=f"{prefix}/calibration.json")
+    mlflow.log_table(result.gains, artifact_file=f"{prefix}/gains.json")
+    y = result.predictions["label"].to_numpy()
+    curves = {"lightgbm": (y, result.predictions["probability"]), "logistic": (y, result.predictions["p_logistic"]),
+              "heuristic": (y, result.predictions["p_heuristic"])}
+    import matplotlib.pyplot as plt
+
+    for name, fig in (("roc", metrics.roc_figure(curves, "ROC (backtest)")),
+                      ("gains", metrics.gains_figure(curves, "Cumulative gains (backtest)")),
+                      ("calibration", metrics.calibration_figure(y, result.predictions["probability"])),
+                      ("feature_importance", metrics.importance_figure(result.model.importance()))):
+        mlflow.log_figure(fig, f"{prefix}/{name}.png")
+        plt.close(fig)
+
+
+def _check_window(ws: Workspace, cutoff: date, until: date) -> None:
+    with ws.connect() as con:
+        latest = feats.latest_activity(con, ws.config.conversion)
+    if latest is None:
+        raise CdpError("the warehouse has no events or sessions: run `cdp-ml ingest` first")
+    if _midnight(until) > latest + timedelta(days=1):
+        s = ws.config.conversion
+        raise CdpError(f"cutoff {cutoff}: the {s.backtest_weeks}-week evaluation window plus its label horizon needs data "
+                       f"until {until}, but the last activity is {latest.date()}; use an earlier cutoff")
+
+
+def backtest(ws: Workspace, cutoff: date, out: Path | None = None) -> BacktestResult:
+    """Train strictly before ``cutoff``; predict every scoring point of the ``backtest_weeks`` after it."""
+    if cutoff is None:
+        raise CdpError("backtest conversion: give --cutoff YYYY-MM-DD")
+    s = ws.config.conversion
+    window_end = cutoff + timedelta(weeks=s.backtest_weeks)
+    with ws.connect() as con:
+        lag = s.horizon_days if feats.input_kind(con, s) == "events" else 0
+    until = window_end + timedelta(days=lag)
+    _check_window(ws, cutoff, until)
+    with ws.connect() as con:
+        spec, train, evaluation = _frames(con, ws, cutoff, until)
+    result = _evaluate(ws, spec, train, evaluation, cutoff, window_end, out)
+    with tracking.run(ws, EXPERIMENT, f"backtest {cutoff}") as run:
+        import mlflow
+
+        mlflow.log_params(_params(s, spec))
+        mlflow.log_params({f"data_{k}": v for k, v in tracking.fingerprint(
+            train, time_column="scored_at", id_columns=ID_COLUMNS).items()})
+        _log_backtest(result)
+    return _replace(result, run_id=run.info.run_id)
+
+
+def _replace(result: BacktestResult, **changes: Any) -> BacktestResult:
+    from dataclasses import replace
+
+    return replace(result, **changes)
+
+
+def _params(s: ConversionSettings, spec: feats.PointsSpec) -> dict[str, Any]:
+    params = {k: (",".join(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()}
+    params.update(input=spec.kind, n_features=len(spec.features))
+    return params
+
+
+def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = None) -> TrainResult:
+    """Backtest the last ``backtest_weeks`` before as-of (gate), fit on all data before as-of, register, gate."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    s = ws.config.conversion
+    as_of = as_of or default_as_of(ws)
+    with ws.connect() as con:
+        lag = s.horizon_days if feats.input_kind(con, s) == "events" else 0
+    gate_window_end = as_of - timedelta(days=lag)
+    gate_cutoff = gate_window_end - timedelta(weeks=s.backtest_weeks)
+    with ws.connect() as con:
+        spec, bt_train, evaluation = _frames(con, ws, gate_cutoff, as_of)
+        final = feats.fetch(con, spec, _midnight(as_of) - timedelta(weeks=s.training_weeks, days=lag),
+                            _midnight(as_of) - timedelta(days=lag), s.horizon_days)
+    check_eligible(final, s)
+    result = _evaluate(ws, spec, bt_train, evaluation, gate_cutoff, gate_window_end, None)
+    model = fit(final, spec, s)
+    champion = tracking.champion_version(ws, MODEL_NAME)
+    champion_auc, champion_note = None, "no champion yet"
+    if champion is not None:
+        try:
+            old = _load(champion)
+            champion_auc = metrics.roc_auc(evaluation["label"], old.predict(evaluation))
+            champion_note = f"champion v{champion.version}"
+        except CdpError as exc:  # a champion on other features (e.g. another input) cannot be compared
+            champion_note = f"champion v{champion.version} cannot score this window ({exc})"
+    sample = model.matrix(final.head(200))
+    for col in spec.categorical:
+        sample[col] = sample[col].astype("object")
+    with tracking.run(ws, EXPERIMENT, f"train {as_of}", parent_run_id=parent_run_id) as run:
+        mlflow.log_params(_params(s, spec))
+        mlflow.log_params({"as_of": str(as_of), "best_iteration": model.booster.current_iteration(),
+                           "platt_a": round(model.platt[0], 6), "platt_b": round(model.platt[1], 6)})
+        mlflow.log_params({f"data_{k}": v for k, v in tracking.fingerprint(
+            final, time_column="scored_at", id_columns=ID_COLUMNS).items()})
+        mlflow.log_metric("train_rows", len(final))
+        mlflow.log_metric("train_positives", int(final["label"].sum()))
+        _log_backtest(result)
+        if champion_auc is not None:
+            mlflow.log_metric("gate_champion_roc_auc", champion_auc)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=ConversionPyfunc(model),
+            signature=infer_signature(sample, model.predict(sample)),
+            registered_model_name=MODEL_NAME,
+            pip_requirements=[f"lightgbm=={lgb.__version__}", f"pandas=={pd.__version__}", f"numpy=={np.__version__}"])
+        version = str(info.registered_model_version)
+        decision = tracking.promote_if_not_worse(ws, MODEL_NAME, version, "backtest_roc_auc",
+                                                 result.metrics["lightgbm"]["roc_auc"], champion_auc,
+                                                 tolerance=s.gate_tolerance)
+        reason = decision["reason"] if champion_auc is not None else champion_note
+        mlflow.set_tags({"gate": "promoted" if decision["promoted"] else "rejected", "gate_reason": reason,
+                         "model_version": version})
+        client = tracking.setup(ws)
+        client.set_model_version_tag(MODEL_NAME, version, "as_of", str(as_of))
+        client.set_model_version_tag(MODEL_NAME, version, "input", spec.kind)
+    return TrainResult(as_of, spec.kind, len(final), version, bool(decision["promoted"]), reason,
+                       _replace(result, run_id=run.info.run_id), run.info.run_id)
+
+
+def _load(version: Any) -> ConversionModel:
+    import mlflow
+
+    loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}")
+    return loaded.unwrap_python_model().model
+
+
+def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
+    """Score every visitor active in the last ``active_days`` who has not purchased since, with the champion."""
+    s = ws.config.conversion
+    champion = tracking.champion_version(ws, MODEL_NAME)
+    if champion is None:
+        raise CdpError("no champion conversion-intent model in the registry: run `cdp-ml train conversion` first")
+    model = _load(champion)
+    as_of = as_of or default_as_of(ws)
+    with ws.connect() as con:
+        spec = feats.build_points(con, s, ws.config.features, _midnight(as_of))
+        if spec.kind != model.kind:
+            raise CdpError(f"the champion conversion model was trained on {model.kind} but the workspace input is "
+                           f"{spec.kind}: run `cdp-ml train conversion`")
+        audience = feats.fetch_audience(con, spec, _midnight(as_of), s.active_days)
+        scores = pd.DataFrame({
+            "as_of": pd.Series([as_of] * len(audience), dtype="object"),
+            "person_id": audience["person_id"].astype("object"),
+            "anonymous_id": audience["anonymous_id"].astype("object"),
+            "probability": model.predict(audience) if len(audience) else np.zeros(0),
+            "model_version": str(champion.version),
+        })
+        con.execute("""create table if not exists conversion_scores (as_of date, person_id varchar,
+                       anonymous_id varchar, probability double, model_version varchar)""")
+        con.register("conv_new_scores", scores)
+        con.execute("begin transaction")
+        con.execute("delete from conversion_scores where as_of = ?", [as_of])
+        con.execute("""insert into conversion_scores select cast(as_of as date), person_id::varchar,
+                       anonymous_id::varchar, probability::double, model_version::varchar from conv_new_scores""")
+        con.execute("commit")
+        con.unregister("conv_new_scores")
+    known = int(scores["person_id"].notna().sum())
+    return ScoreResult(as_of, len(scores), known, len(scores) - known,
+                       float(scores["probability"].mean()) if len(scores) else float("nan"), str(champion.version))
