@@ -63,13 +63,18 @@ class IngestResult:
 
     def __str__(self) -> str:
         lines = [f"ingest -> {self.warehouse}"]
-        for f in self.files:
-            if f.status == "unchanged":
-                lines.append(f"  {f.source:<14} {f.file}: unchanged, skipped")
+        for name in dict.fromkeys(f.source for f in self.files):
+            files = [f for f in self.files if f.source == name]
+            loaded = [f for f in files if f.status == "loaded"]
+            what = files[0].file if len(files) == 1 else f"{len(files)} files"
+            if not loaded:
+                lines.append(f"  {name:<14} {what}: unchanged, skipped")
                 continue
-            lines.append(f"  {f.source:<14} {f.file}: {f.rows_read:,} read = {f.rows_loaded:,} loaded + "
-                         f"{f.rows_quarantined:,} quarantined")
-            lines += [f"  {'':<14}   note: {n}" for n in f.notes]
+            if len(loaded) < len(files):
+                what += f" ({len(files) - len(loaded)} unchanged)"
+            read, ok, bad = (sum(getattr(f, a) for f in loaded) for a in ("rows_read", "rows_loaded", "rows_quarantined"))
+            lines.append(f"  {name:<14} {what}: {read:,} read = {ok:,} loaded + {bad:,} quarantined")
+            lines += [f"  {'':<14}   note ({f.file}): {n}" for f in loaded for n in f.notes]
         for r in self.removed_files:
             lines.append(f"  removed since last ingest (rows kept): {r}")
         lines.append(f"  total: {self.rows_read:,} read = {self.rows_loaded:,} loaded + "
@@ -210,66 +215,78 @@ def _q(column: str) -> str:
 
 
 def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, list[str]]:
-    """SQL selecting typed canonical fields, a quarantine reason per row, and note queries."""
+    """SQL selecting typed canonical fields, a quarantine reason per row, and note queries.
+
+    Three materialised steps (text cleaned once -> typed once -> reasons over typed columns) keep each
+    regular expression to one evaluation per value.
+    """
     tz = src.timezone or ws.config.timezone
     ts_fmt = src.options.get("timestampformat")
     date_fmt = src.options.get("dateformat")
     country = ws.config.default_country
-    exprs: list[str] = []
-    reasons: list[str] = []
     latest = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
+    mapped = set(src.columns.values())
+    unmapped = [c for c in raw.columns if c not in mapped]
+    clean = [f"{nz.blank_to_null(_q(col))} as {_q('__t_' + field)}" for field, col in src.columns.items()]
+    clean += [_q(c) for c in unmapped]
+    if "phone" in src.columns:
+        clean.append(f"regexp_replace(trim({_q(src.columns['phone'])}), '[^0-9+]', '', 'g') as __d_phone")
+    typed: list[str] = []
+    reasons: list[str] = []
+    negative = "coalesce(" + nz.number('"__t_quantity"') + " < 0, false)" if "quantity" in src.columns else "false"
     for f in KINDS[src.kind]:
         column = src.columns.get(f.name)
-        qty = src.columns.get("quantity")
-        negative = f"coalesce({nz.number(nz.blank_to_null(_q(qty)))} < 0, false)" if qty else "false"
         if column is None:
             default = f"case when {negative} then 'returned' else 'completed' end" \
                 if (src.kind, f.name) == ("orders", "status") else \
                 "1.0" if (src.kind, f.name) == ("orders", "quantity") else "null"
-            exprs.append(f"cast({default} as {_SQL_TYPES[f.type]}) as \"{f.name}\"")
+            typed.append(f"cast({default} as {_SQL_TYPES[f.type]}) as \"{f.name}\"")
             continue
-        r = nz.blank_to_null(_q(column))
-        typed = _typed_expr(src.kind, f.name, f.type, r, tz, ts_fmt, date_fmt, country)
+        r = _q("__t_" + f.name)
+        expr = nz.phone(r, country, digits="__d_phone") if f.name == "phone" else \
+            _typed_expr(src.kind, f.name, f.type, r, tz, ts_fmt, date_fmt, country)
         if src.kind == "orders" and f.name == "quantity":
-            typed = f"abs({typed})"
+            expr = f"abs({expr})"
         if src.kind == "orders" and f.name == "status":
-            typed = f"(case when {negative} and coalesce({typed}, 'completed') = 'completed' then 'returned' else {typed} end)"
-            reasons.append(f"case when {r} is not null and {_typed_expr('orders', 'status', 'varchar', r, tz, ts_fmt, date_fmt, country)} is null "
-                           f"then 'unknown order status in column {_esc(column)} (use completed/returned/cancelled)' end")
-        exprs.append(f"{typed} as \"{f.name}\"")
+            typed.append(f"{expr} as __status_known")
+            expr = f"(case when {negative} and coalesce({expr}, 'completed') = 'completed' then 'returned' else {expr} end)"
+            reasons.append(f"case when {r} is not null and __status_known is null then 'unknown order status in column "
+                           f"{_esc(column)} (use completed/returned/cancelled)' end")
+        typed.append(f"{expr} as \"{f.name}\"")
         if f.required:
             reasons.append(f"case when {r} is null then 'missing required field {f.name} (column {_esc(column)})' end")
         if src.kind == "customers":
             continue  # optional customer fields never quarantine a record (see _record_field_issues)
+        v = f'"{f.name}"'
         if f.type == "timestamp":
-            reasons.append(f"case when {r} is not null and {typed} is null then "
-                           f"'unparseable timestamp in column {_esc(column)}' "
-                           f"when {typed} < TIMESTAMP '{EARLIEST}' or {typed} > TIMESTAMP '{latest}' then "
+            reasons.append(f"case when {r} is not null and {v} is null then 'unparseable timestamp in column {_esc(column)}' "
+                           f"when {v} < TIMESTAMP '{EARLIEST}' or {v} > TIMESTAMP '{latest}' then "
                            f"'timestamp out of range (before {EARLIEST} or in the future) in column {_esc(column)}' end")
         elif f.type in ("double", "boolean", "date") or f.name == "purpose":
-            what = {"double": "not a number", "boolean": "not true/false", "date": "not a date"}.get(f.type, "unknown consent purpose")
-            reasons.append(f"case when {r} is not null and {typed} is null then '{what} in column {_esc(column)}' end")
+            what = {"double": "not a number", "boolean": "not true/false", "date": "not a date"}.get(
+                f.type, "unknown consent purpose")
+            reasons.append(f"case when {r} is not null and {v} is null then '{what} in column {_esc(column)}' end")
     if src.kind in REFERENCING_KINDS:
-        exprs.append(f"cast({nz.lit(src.customer_source) if src.customer_source else 'null'} as varchar) as ref_source")
-        exprs.append(f"{nz.lit(src.customer_key)} as ref_key")
-    mapped = set(src.columns.values())
-    unmapped = [c for c in raw.columns if c not in mapped]
+        typed.append(f"cast({nz.lit(src.customer_source) if src.customer_source else 'null'} as varchar) as ref_source")
+        typed.append(f"{nz.lit(src.customer_key)} as ref_key")
     if src.kind == "sessions":
-        exprs += [f"{_q(c)} as {_q('attr_' + c if c in _reserved(src) else c)}" for c in unmapped]
+        typed += [f"{_q(c)} as {_q('attr_' + c if c in _reserved(src) else c)}" for c in unmapped]
     elif unmapped:
-        exprs.append("json_object(" + ", ".join(f"{nz.lit(c)}, {_q(c)}" for c in unmapped) + ") as attributes")
+        typed.append("json_object(" + ", ".join(f"{nz.lit(c)}, {_q(c)}" for c in unmapped) + ") as attributes")
     else:
-        exprs.append("cast(null as json) as attributes")
+        typed.append("cast(null as json) as attributes")
+    typed += [_q("__t_" + field) for field in src.columns]
     reason = f"nullif(concat_ws('; ', {', '.join(reasons)}), '')" if reasons else "cast(null as varchar)"
-    sql = f"select {', '.join(exprs)}, {reason} as _reason, _row from {RAW}"
+    helpers = [_q("__t_" + field) for field in src.columns] + \
+        (["__status_known"] if (src.kind == "orders" and "status" in src.columns) else [])
+    sql = (f"with c1 as materialized (select {', '.join(clean)}, _row from {RAW}), "
+           f"c2 as materialized (select {', '.join(typed)}, _row from c1) "
+           f"select * exclude ({', '.join(helpers)}), {reason} as _reason from c2")
     notes = []
     if src.kind == "orders" and "quantity" in src.columns:
         qty = nz.number(nz.blank_to_null(_q(src.columns["quantity"])))
         notes.append(f"select case when count(*) > 0 then count(*) || ' order lines with negative quantity loaded as returns' end "
                      f"from {RAW} where {qty} < 0")
-    if src.kind == "events":
-        notes.append("select case when count(*) > 0 then 'event types: ' || string_agg(event_type || ' ' || n, ', ' order by n desc) end "
-                     "from (select event_type, count(*) n from _typed where _reason is null group by all order by n desc limit 12)")
     return sql, notes
 
 

@@ -58,14 +58,15 @@ def calling_code(country: str) -> int:
     return code
 
 
-def phone(expr: str, country: str) -> str:
+def phone(expr: str, country: str, digits: str | None = None) -> str:
     """E.164 (+<country><number>) from the formats people type: 06-12345678, +31 6 1234 5678, 0031612345678.
 
     A number without an international prefix gets the default country's calling code (its trunk '0'
-    dropped); results outside 8..15 digits are NULL.
+    dropped); results outside 8..15 digits are NULL. ``digits`` may name a column holding the number with
+    everything but digits and '+' removed, so that work is done once per value.
     """
     cc = calling_code(country)
-    digits = f"regexp_replace(trim({expr}), '[^0-9+]', '', 'g')"
+    digits = digits or f"regexp_replace(trim({expr}), '[^0-9+]', '', 'g')"
     e164 = (f"(case when {digits} like '+%' then '+' || replace({digits}, '+', '') "
             f"when {digits} like '00%' then '+' || substr({digits}, 3) "
             f"when {digits} like '0%' then '+{cc}' || substr({digits}, 2) "

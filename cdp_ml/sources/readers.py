@@ -110,9 +110,12 @@ def _read_jsonl(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -
         "order by first").fetchall()]
     if not keys and not bad and not rejects:
         raise CdpError(f"source '{src.name}': file {path.name} has no JSON objects")
-    select = ", ".join(
-        f"json_extract_string(line, {lit('$.' + _json_key(k))}) as \"{_ident(k)}\"" for k in keys)
-    con.execute(f"create or replace temp table {RAW} as select {select + ', ' if select else ''}_row from _lines")
+    # One parse per line: extracting a list of paths at once, then indexing it.
+    paths = "[" + ", ".join(lit("$." + _json_key(k)) for k in keys) + "]"
+    select = ", ".join(f"v[{i + 1}] as \"{_ident(k)}\"" for i, k in enumerate(keys))
+    con.execute(f"create or replace temp table {RAW} as select {select + ', ' if select else ''}_row from "
+                f"(select json_extract_string(line, {paths}) as v, _row from _lines)" if keys else
+                f"create or replace temp table {RAW} as select _row from _lines")
     con.execute("drop table _lines")
     rows = con.execute(f"select count(*) from {RAW}").fetchall()[0][0]
     return RawRead(keys, rows, rejects)
