@@ -62,7 +62,7 @@ class Pipeline:
         raise CdpError(f"--from: no step {name!r} in {self.path.name} (steps: {', '.join(s.name for s in self.steps)})")
 
 
-def load_pipeline(path: Path | None = None) -> Pipeline:
+def load_pipeline(path: Path | None = None, check_notebooks: bool = True) -> Pipeline:
     """Read and validate a pipeline YAML; notebook paths are relative to the YAML file."""
     path = Path(path or DEFAULT_PIPELINE).resolve()
     if not path.is_file():
@@ -86,7 +86,7 @@ def load_pipeline(path: Path | None = None) -> Pipeline:
         if clash:
             raise CdpError(f"{where}.parameters: {sorted(clash)[0]!r} is set by the runner")
         notebook = (path.parent / sc.notebook).resolve()
-        if not notebook.is_file() and not sc.optional:
+        if check_notebooks and not notebook.is_file() and not sc.optional:
             raise CdpError(f"{where}.notebook: {notebook} does not exist")
         steps.append(Step(index=i, name=sc.name, notebook=notebook, retrain=sc.retrain, models=sc.models,
                           optional=sc.optional, parameters=dict(sc.parameters)))
