@@ -161,6 +161,12 @@ def test_complaint_and_return_suppress_only_their_category(tmp_path):
         con.execute("update person_orders set ordered_at = ? where order_id = 'ret1'", [day - timedelta(days=45)])
     r = build_segments(ws, AS_OF)
     assert tea_person in set(_members(r.folder, "tea")["person_id"])
+    # a return request at customer service counts as a return too
+    with ws.connect() as con:
+        con.execute("insert into person_interactions values (?, ?, 'return_request', 'tea')", [tea_person, day - timedelta(days=2)])
+    r = build_segments(ws, AS_OF)
+    assert tea_person not in set(_members(r.folder, "tea")["person_id"])
+    assert r.segments[1].excluded.get("returned") == 1
 
 
 def test_opt_out_erasure_bought_and_filters(tmp_path):

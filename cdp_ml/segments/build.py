@@ -4,7 +4,8 @@ Every candidate row gets at most one exclusion reason, checked in this order (so
 ``erased`` (no longer a person in the warehouse), ``opted_out`` (objected to profiling, or an opt-out
 interaction not followed by a new grant of the channel's purpose), ``no_consent`` (the channel's purpose
 not granted as of the run date; no record = the workspace default), ``complaint`` (open complaint in the
-segment's category within N days), ``returned`` (returned order in the category within N days),
+segment's category within N days), ``returned`` (returned order or return request in the category within
+N days),
 ``bought_since_scoring`` and ``filtered`` (profile filters). The week's folder is written into a temporary
 folder next to it and renamed into place, so it appears complete or not at all.
 """
@@ -140,8 +141,13 @@ def _prepare_rules(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date, f
         """, {"open": list(s.complaint_types), "closed": list(s.resolved_types), "as_of": as_of, "days": days})
     con.execute("create temp table _returns(person_id varchar, category varchar, at_ts timestamp)")
     con.execute("create temp table _bought(person_id varchar, category varchar, at_ts timestamp)")
+    days = max((d.suppress_return_days for d in definitions), default=0)
+    if has_interactions:  # a return request at customer service counts as a return
+        con.execute("""insert into _returns select person_id, category, "timestamp" from person_interactions
+                       where person_id is not null and list_contains($types::varchar[], lower("type"))
+                         and "timestamp" >= $as_of::date - to_days($days::int) and "timestamp" < $as_of::date""",
+                    {"as_of": as_of, "days": days, "types": list(s.return_types)})
     if has_orders:
-        days = max((d.suppress_return_days for d in definitions), default=0)
         con.execute("""insert into _returns select person_id, category, ordered_at from person_orders
                        where person_id is not null and status = 'returned'
                          and ordered_at >= $as_of::date - to_days($days::int) and ordered_at < $as_of::date""",

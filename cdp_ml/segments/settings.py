@@ -66,6 +66,7 @@ class SegmentSettings:
     complaint_types: tuple[str, ...] = ("complaint",)  # interaction types that open a complaint
     resolved_types: tuple[str, ...] = ("complaint_resolved",)  # interaction types that close it
     opt_out_types: tuple[str, ...] = ("opt_out", "unsubscribe")  # interaction types meaning "leave me out"
+    return_types: tuple[str, ...] = ("return_request", "return")  # interaction types counted as a return
     default_top_percent: float = 10.0  # templates without threshold/top_percent keep this top share
 
     def __post_init__(self) -> None:
