@@ -11,8 +11,10 @@ from cdp_ml.workspace import Workspace
 
 
 @dataclass(frozen=True)
-class EvaluationResult:
-    truth_rows: int
+class Scores:
+    """Pairwise and B-cubed scores of one scope (customer records, or every identifier)."""
+
+    rows: int
     entities: int
     found: int  # truth identifiers present in person_map with a person
     persons: int
@@ -28,18 +30,40 @@ class EvaluationResult:
     over_merged: int  # persons holding identifiers of more than one true entity
     split_entities: int  # true entities spread over more than one person
 
-    def __str__(self) -> str:
-        return "\n".join([
-            f"identity evaluated on {self.truth_rows:,} labelled identifiers ({self.entities:,} entities, "
-            f"{self.found:,} resolved into {self.persons:,} persons)",
+    def lines(self, title: str) -> list[str]:
+        return [
+            f"{title}: {self.rows:,} labelled ({self.entities:,} entities; {self.found:,} resolved into "
+            f"{self.persons:,} persons)",
             f"  pairwise   precision {self.precision:.4f}  recall {self.recall:.4f}  F1 {self.f1:.4f}  "
-            f"({self.correct_pairs:,} of {self.predicted_pairs:,} predicted pairs correct, {self.true_pairs:,} true pairs)",
+            f"({self.correct_pairs:,} of {self.predicted_pairs:,} predicted pairs correct; {self.true_pairs:,} true pairs)",
             f"  B-cubed    precision {self.bcubed_precision:.4f}  recall {self.bcubed_recall:.4f}  F1 {self.bcubed_f1:.4f}",
             f"  over-merged persons {self.over_merged:,}; entities split over several persons {self.split_entities:,}",
-        ])
+        ]
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    records: Scores | None  # customer records (id_type record)
+    identifiers: Scores  # every labelled identifier (records, customer refs, cookies, emails, phones)
+
+    @property
+    def f1(self) -> float:
+        return (self.records or self.identifiers).f1
+
+    def __str__(self) -> str:
+        out = ["identity evaluation"]
+        if self.records is not None:
+            out += self.records.lines("customer records")
+        if self.records is None or self.identifiers.rows != self.records.rows:
+            out += self.identifiers.lines("all identifiers")
+        return "\n".join(out)
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for prefix, scores in (("records_", self.records), ("identifiers_", self.identifiers)):
+            if scores is not None:
+                out.update({prefix + k: float(getattr(scores, k)) for k in scores.__dataclass_fields__})
+        return out
 
 
 def _f1(p: float, r: float) -> float:
@@ -86,33 +110,41 @@ def evaluate(ws: Workspace, truth: Path | None = None, demo: bool = False) -> Ev
                          f'"{cols["entity"]}" as entity from _truth_{len(parts)} {shared}')
         con.execute("create or replace temp table _truth as select distinct * from (" + " union all ".join(parts)
                     + ") where entity is not null and record_id is not null")
-        row = con.execute("""
-            with t as (
-              select t.entity, coalesce(m.person_id, '~' || t.source || '/' || t.id_type || '/' || t.record_id) as person,
-                     m.person_id is not null as found
-              from _truth t left join person_map m using (source, id_type, record_id)),
-            cell as (select entity, person, count(*) as n from t group by all),
-            ent as (select entity, count(*) as n from t group by entity),
-            per as (select person, count(*) as n from t group by person),
-            b3 as (select sum(c.n * c.n / p.n) as bp, sum(c.n * c.n / e.n) as br
-                   from cell c join per p using (person) join ent e using (entity))
-            select (select count(*) from t), (select count(*) from ent), (select count(*) filter (where found) from t),
-              (select count(distinct person) filter (where found) from t),
-              (select sum(n * (n - 1) / 2) from ent), (select sum(n * (n - 1) / 2) from per),
-              (select sum(n * (n - 1) / 2) from cell), (select bp from b3), (select br from b3),
-              (select count(*) from (select person from cell group by person having count(*) > 1)),
-              (select count(*) from (select entity from cell group by entity having count(*) > 1))""").fetchall()[0]
-    n, entities, found, persons, tp_all, pp_all, correct, bp, br, over, split = row
-    if not n:
+        records = _scores(con, "where id_type = 'record'")
+        identifiers = _scores(con, "")
+    if identifiers is None:
         raise CdpError("evaluate identity: the truth file has no rows with source, record_id and entity")
-    precision = correct / pp_all if pp_all else 1.0
-    recall = correct / tp_all if tp_all else 1.0
-    bcp, bcr = bp / n, br / n
-    result = EvaluationResult(int(n), int(entities), int(found), int(persons), int(tp_all or 0), int(pp_all or 0),
-                              int(correct or 0), precision, recall, _f1(precision, recall), bcp, bcr, _f1(bcp, bcr),
-                              int(over), int(split))
+    result = EvaluationResult(records, identifiers)
     _log(ws, result)
     return result
+
+
+def _scores(con, where: str) -> Scores | None:
+    row = con.execute(f"""
+        with t as (
+          select t.entity, coalesce(m.person_id, '~' || t.source || '/' || t.id_type || '/' || t.record_id) as person,
+                 m.person_id is not null as found
+          from (select * from _truth {where}) t left join person_map m using (source, id_type, record_id)),
+        cell as (select entity, person, count(*) as n from t group by all),
+        ent as (select entity, count(*) as n from t group by entity),
+        per as (select person, count(*) as n from t group by person),
+        b3 as (select sum(c.n * c.n / p.n) as bp, sum(c.n * c.n / e.n) as br
+               from cell c join per p using (person) join ent e using (entity))
+        select (select count(*) from t), (select count(*) from ent), (select count(*) filter (where found) from t),
+          (select count(distinct person) filter (where found) from t),
+          (select sum(n * (n - 1) / 2) from ent), (select sum(n * (n - 1) / 2) from per),
+          (select sum(n * (n - 1) / 2) from cell), (select bp from b3), (select br from b3),
+          (select count(*) from (select person from cell group by person having count(*) > 1)),
+          (select count(*) from (select entity from cell group by entity having count(*) > 1))""").fetchall()[0]
+    n, entities, found, persons, true_pairs, predicted, correct, bp, br, over, split = row
+    if not n:
+        return None
+    true_pairs, predicted, correct = int(true_pairs or 0), int(predicted or 0), int(correct or 0)
+    precision = correct / predicted if predicted else 1.0
+    recall = correct / true_pairs if true_pairs else 1.0
+    bcp, bcr = bp / n, br / n
+    return Scores(int(n), int(entities), int(found), int(persons), true_pairs, predicted, correct, precision, recall,
+                  _f1(precision, recall), bcp, bcr, _f1(bcp, bcr), int(over), int(split))
 
 
 def _log(ws: Workspace, result: EvaluationResult) -> None:
@@ -121,4 +153,4 @@ def _log(ws: Workspace, result: EvaluationResult) -> None:
     with tracking.run(ws, "identity", "evaluate"):
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in result.as_dict().items()})
+        mlflow.log_metrics(result.metrics())

@@ -121,7 +121,7 @@ def prepare(con: duckdb.DuckDBPyConnection, ws: Workspace, settings: IdentitySet
 def _records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, as_of: date | None) -> None:
     if not table_exists(con, "customers"):
         con.execute("""create or replace temp table _id_records(source varchar, record_id varchar,
-            customer_id varchar, email varchar, phone varchar, first_name varchar, first_canon varchar,
+            customer_id varchar, email varchar, phone varchar, email_number varchar, first_name varchar, first_canon varchar,
             last_name varchar, dob date, street varchar, house_number varchar, address varchar,
             postcode varchar, city varchar, created_at timestamp, updated_at timestamp)""")
         return
@@ -153,10 +153,17 @@ def _records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, as_of: 
         from customers {when}""", params)
     extra_cols = "".join(f", r.{extra_column_name(f)}" for f in settings.extra_match_fields)
     con.execute(f"""create or replace temp table _id_records as
-        with named as (
+        with tokens as (
           select *, nullif(regexp_replace(split_part(regexp_replace(first_full, '[-.]', ' ', 'g'), ' ', 1),
-                 '[^a-z]', '', 'g'), '') as first_token
-          from _id_raw)
+                 '[^a-z]', '', 'g'), '') as given_token,
+            nullif(regexp_extract(lower(split_part(email, '@', 1)), '^([a-z]+)', 1), '') as email_word
+          from _id_raw),
+        known as (  -- first names this data set uses, plus the nickname table
+          select given_token as word from tokens where length(given_token) >= 2 group by 1 having count(*) >= 2
+          union select nick from _id_nicknames union select canonical from _id_nicknames),
+        named as (  -- no first name given: the leading word of the email's local part, when it is a first name
+          select t.*, coalesce(t.given_token, k.word) as first_token
+          from tokens t left join known k on t.given_token is null and k.word = t.email_word)
         select r.source, r.record_id, r.customer_id,
           case when r.email like '%@%' and split_part(r.email, '@', 1) || '@' not in (select value from _id_blocklist)
                then r.email end as email,
@@ -165,6 +172,7 @@ def _records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, as_of: 
                when exists (select 1 from _id_blocklist_digits b
                             where ends_with(regexp_replace(r.phone, '[^0-9]', '', 'g'), b.digits)) then null
                else r.phone end as phone,
+          nullif(regexp_extract(split_part(r.email, '@', 1), '([0-9]+)$', 1), '') as email_number,
           r.first_token as first_name,
           coalesce(n.canonical, r.first_token) as first_canon,
           r.last_name, r.dob, r.street, r.house_number,
@@ -320,7 +328,9 @@ def _match_columns(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -
         MatchColumn("postcode", "postcode", False),
         MatchColumn("city", "city", False),
         MatchColumn("email", "email", True),
-        MatchColumn("phone", "phone", False),
+        MatchColumn("phone", "phone", True),  # mostly personal mobiles
+        # people reuse a number (birth year, house number, a lucky number) across their addresses
+        MatchColumn("email_number", "email_number", True),
     ]
     for f in settings.extra_match_fields:
         block = f.block if f.block is not None else f.comparison in ("exact", "levenshtein")

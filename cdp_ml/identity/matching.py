@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import duckdb
 import splink.comparison_level_library as cll
 import splink.comparison_library as cl
 from splink import DuckDBAPI, Linker, SettingsCreator
+from splink.internals.comparison_level import M_U_CLAMP_MIN, ComparisonLevel
 
 from cdp_ml.errors import CdpError
 from cdp_ml.identity.inputs import MatchColumn
@@ -29,10 +32,13 @@ from cdp_ml.identity.settings import IdentitySettings
 
 MODEL_FILE = "identity_splink_model.json"
 EM_MAX_PAIRS = 2e6
+EM_MAX_ITERATIONS = 12  # unobserved levels decay towards m = 0, which Splink rejects after many iterations
+M_FLOOR = 1e-3  # no single disagreeing field may veto a match with a near-infinite negative weight
 # Blocking rules in order of preference; a rule is used when all its columns are compared.
 PREDICTION_RULES: tuple[tuple[str, ...], ...] = (
     ("email",), ("phone",), ("first_canon", "last_name"), ("last_name", "dob"), ("first_canon", "dob"),
     ("postcode", "house_number"), ("last_name", "postcode"), ("dob", "city"), ("first_canon", "postcode"),
+    ("first_canon", "email_number"), ("email_number",),
 )
 # EM sessions: each trains the comparisons not in its blocking columns; stop when all are trained.
 EM_RULES: tuple[tuple[str, ...], ...] = (
@@ -93,6 +99,8 @@ def _comparison(col: MatchColumn):
         return cl.JaroWinklerAtThresholds("city", [0.9]).configure(term_frequency_adjustments=True)
     if col.comparison == "email":
         return cl.EmailComparison("email")
+    if col.comparison == "email_number":
+        return cl.ExactMatch("email_number").configure(term_frequency_adjustments=True)
     if col.comparison == "phone":
         return cl.LevenshteinAtThresholds("phone", [1, 2])
     if col.comparison == "exact":
@@ -143,10 +151,10 @@ def match(con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], settings: Ide
     logging.getLogger("splink").setLevel(logging.ERROR)  # untrained-level chatter is expected on sparse fields
     link_only = settings.link_type == "link_only"
     extra = [c.name for c in cols if c.comparison not in
-             ("first_name", "last_name", "dob", "address", "postcode", "city", "email", "phone")]
+             ("first_name", "last_name", "dob", "address", "postcode", "city", "email", "phone", "email_number")]
     select = ["n.node as unique_id", "r.source as source_name"]
     for c in ("first_name", "first_canon", "last_name", "dob", "street", "house_number", "address", "postcode",
-              "city", "email", "phone"):
+              "city", "email", "phone", "email_number"):
         select.append(f"r.{c}")
     select += [f'r."{e}"' for e in extra]
     con.execute(f"""create or replace temp table _id_match as
@@ -195,6 +203,7 @@ def match(con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], settings: Ide
             comparisons=[_comparison(c) for c in cols],
             blocking_rules_to_generate_predictions=[_rule(r, link_only) for r in rules],
             retain_matching_columns=True, retain_intermediate_calculation_columns=True,
+            max_iterations=EM_MAX_ITERATIONS,
         )
         linker = Linker(sdf, creator, log_level=logging.ERROR)
         _train(linker, con, cols, usable, settings, link_only, log)
@@ -206,7 +215,8 @@ def match(con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], settings: Ide
     rel = pairs.as_duckdbpyrelation()  # noqa: F841 - used by name in the SQL below
     gammas = {c.name: f'"gamma_{c.name}"' for c in cols}
     person_level = [c.name for c in cols if c.person_level]
-    evidence = " or ".join(f"{gammas[n]} > 0" for n in person_level) or "false"
+    # an initial alone ("T.") is no evidence about which household member a record is
+    evidence = " or ".join(f"{gammas[n]} > {1 if n == 'first_name' else 0}" for n in person_level) or "false"
     first_conflict = f"{gammas['first_name']} = 0" if "first_name" in gammas else "false"
     con.execute(f"""create or replace temp table _id_pairs as
         select least(unique_id_l, unique_id_r) as node_l, greatest(unique_id_l, unique_id_r) as node_r,
@@ -223,6 +233,24 @@ def match(con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], settings: Ide
     pairs.drop_table_from_database_and_remove_from_cache()
     return MatchOutcome(comparisons, int(scored), int(accepted), tuple("+".join(r) for r in rules), trained,
                         tuple(c.name for c in cols))
+
+
+@contextmanager
+def _clamped_em_probabilities() -> Iterator[None]:
+    """Splink 5.0 EM can drive an unobserved level's m below 1e-300 and then refuses to store it,
+    aborting the session; clamp such values to Splink's own minimum while EM runs."""
+    prop = ComparisonLevel.m_probability
+
+    def setter(self, value):  # noqa: ANN001 - mirrors Splink's setter
+        if isinstance(value, float) and value < M_U_CLAMP_MIN:
+            value = M_U_CLAMP_MIN
+        prop.fset(self, value)
+
+    ComparisonLevel.m_probability = property(prop.fget, setter)
+    try:
+        yield
+    finally:
+        ComparisonLevel.m_probability = prop
 
 
 def _train(linker: Linker, con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], usable: set[str],
@@ -244,8 +272,9 @@ def _train(linker: Linker, con: duckdb.DuckDBPyConnection, cols: list[MatchColum
             continue
         saved = linker._settings_obj.core_model_settings.copy()  # a failed session leaves comparisons removed
         try:
-            linker.training.estimate_parameters_using_expectation_maximisation(
-                _rule(rule, link_only), max_pairs=EM_MAX_PAIRS)
+            with _clamped_em_probabilities():
+                linker.training.estimate_parameters_using_expectation_maximisation(
+                    _rule(rule, link_only), max_pairs=EM_MAX_PAIRS)
         except Exception as exc:  # noqa: BLE001 - a session that cannot converge is skipped, u stays trained
             linker._settings_obj.core_model_settings = saved
             log.append(f"EM on {'+'.join(rule)} skipped: {str(exc).splitlines()[0][:120]}")
@@ -253,6 +282,10 @@ def _train(linker: Linker, con: duckdb.DuckDBPyConnection, cols: list[MatchColum
         untrained -= set(c.name for c in cols) - _trained_by(rule)
     if untrained:
         log.append(f"m not trained by EM for: {', '.join(sorted(untrained))} (defaults used)")
+    for comparison in linker._settings_obj.core_model_settings.comparisons:
+        for level in comparison.comparison_levels:
+            if not level.is_null_level and level._m_probability is not None and level._m_probability < M_FLOOR:
+                level.m_probability = M_FLOOR
 
 
 def _empty_pairs(con: duckdb.DuckDBPyConnection) -> None:
