@@ -1,0 +1,366 @@
+"""Person-period data for the repurchase-timing model, built in SQL and point-in-time correct by construction.
+
+A *track* is a person x category the person has bought, plus the person-level any-category track
+(``category = '(any)'``). An *origin* is a Monday at which features are measured from data strictly
+before it; each (origin, track) then contributes one row per week k = 1..H at risk after the origin
+(until the first purchase in the window, or censored at H / at the end of the data). Every feature query
+filters ``week < origin``, so a row can never see its own future.
+
+Everything heavy happens in DuckDB on weekly aggregates (temp tables ``rp_*`` of the connection); pandas
+only receives one row per (origin, track) and expands the H weekly steps with numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from cdp_ml.engine import columns, table_exists
+from cdp_ml.errors import CdpError
+
+ANY = "(any)"
+
+# Features measured at the origin (one value per origin x track).
+TRACK_FEATURES = (
+    "n_weeks_bought", "n_orders", "qty_total", "amount_total", "amount_per_order", "returns",
+    "int_mean", "int_median", "int_sd", "int_cv", "int_min", "int_last", "qty_last", "amount_last",
+    "n_13w", "n_26w", "n_52w", "tenure_weeks", "weeks_bought_per_year",
+    "n_weeks_any", "n_13w_any", "other_13w", "n_categories", "tenure_weeks_any",
+    "views_1w", "views_2w", "views_4w", "views_12w", "carts_1w", "carts_2w", "carts_4w", "carts_12w",
+    "events_4w", "events_12w", "channels_12w",
+    "complaints", "complaints_12w", "contacts_12w",
+)
+# Features of the target week k after the origin (derived without looking past the origin).
+STEP_FEATURES = (
+    "step", "weeks_since", "weeks_since_any", "ratio_median", "ratio_mean", "z_interval",
+    "weeks_past_median", "week_of_year", "weeks_to_peak",
+)
+FEATURES = ("category", *TRACK_FEATURES, *STEP_FEATURES)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the warehouse offers this run (orders are required; events and interactions are optional)."""
+
+    categories: tuple[str, ...]  # category tracks (empty: only the any-category track)
+    has_events: bool
+    has_interactions: bool
+    first_order: date
+    last_order: date
+
+
+def _has_rows(con: duckdb.DuckDBPyConnection, view: str) -> bool:
+    if not table_exists(con, view):
+        return False
+    return bool(con.execute(f'select count(*) from (select 1 from "{view}" limit 1)').fetchall()[0][0])
+
+
+def _col(cols: list[str], name: str, default: str) -> str:
+    return f'"{name}"' if name in cols else default
+
+
+def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: date,
+            allowed: Sequence[str] = ()) -> Inputs:
+    """Load weekly purchase, browsing and contact aggregates of every track into temp tables.
+
+    ``data_end`` bounds everything read (exclusive); the category list is decided on data before
+    ``categories_before`` only (the prediction origin), so truncating the data there changes nothing.
+    """
+    if not table_exists(con, "person_orders"):
+        if table_exists(con, "orders"):
+            raise CdpError("repurchase: no person_orders view in the warehouse; run `cdp-ml resolve` first "
+                           "(it links orders to persons, also in an orders-only workspace)")
+        raise CdpError("repurchase: no orders in the warehouse; map an orders source and run `cdp-ml ingest` "
+                       "and `cdp-ml resolve` first")
+    cols = columns(con, "person_orders")
+    category = _col(cols, "category", "null")
+    qty = _col(cols, "quantity", "1")
+    amount = _col(cols, "amount", "null")
+    status = _col(cols, "status", "'completed'")
+    con.execute(f"""
+        create or replace temp table rp_orders as
+        select person_id::varchar as person_id, nullif(trim({category}::varchar), '') as category,
+               ordered_at::date as day, date_trunc('week', ordered_at)::date as week,
+               order_id::varchar as order_id, coalesce({qty}::double, 1) as qty, {amount}::double as amount,
+               coalesce(lower({status}::varchar), 'completed') as status
+        from person_orders
+        where person_id is not null and ordered_at is not null and ordered_at < ?
+          and coalesce(lower({status}::varchar), 'completed') <> 'cancelled'
+    """, [data_end])
+    span = con.execute("select min(day), max(day), count(*) from rp_orders where day < ?",
+                       [categories_before]).fetchall()[0]
+    if not span[2]:
+        raise CdpError(f"repurchase: no orders linked to persons before {categories_before}; "
+                       "check the orders source and run `cdp-ml resolve`")
+    found = [r[0] for r in con.execute(
+        "select category from rp_orders where day < ? and category is not null group by 1 order by 1",
+        [categories_before]).fetchall()]
+    if allowed:
+        found = [c for c in found if c in set(allowed)]
+    cats = tuple(found) if len(found) >= 2 or allowed else ()  # one category is the any-category track
+    con.execute("create or replace temp table rp_categories (category varchar)")
+    if cats:
+        con.executemany("insert into rp_categories values (?)", [[c] for c in cats])
+    con.execute(f"""
+        create or replace temp table rp_lines as
+        select person_id, '{ANY}' as track, day, week, order_id, qty, amount, status from rp_orders
+        union all
+        select person_id, category, day, week, order_id, qty, amount, status from rp_orders
+        where category in (select category from rp_categories)
+    """)
+    con.execute("""
+        create or replace temp table rp_pw as
+        with w as (
+            select person_id, track, week, count(distinct order_id) as n_orders, sum(qty) as qty,
+                   sum(amount) as amount, count(*) filter (where status = 'returned') as returns
+            from rp_lines group by all
+        )
+        select *, (week - lag(week) over (partition by person_id, track order by week)) // 7 as gap
+        from w
+    """)
+    has_events = _has_rows(con, "person_events")
+    if has_events:
+        ecols = columns(con, "person_events")
+        ecat = _col(ecols, "category", "null")
+        channel = _col(ecols, "channel", "null")
+        con.execute(f"""
+            create or replace temp table rp_ev as
+            with e as (
+                select person_id::varchar as person_id, date_trunc('week', "timestamp")::date as week,
+                       lower(event_type::varchar) as event_type, nullif(trim({ecat}::varchar), '') as category,
+                       {channel}::varchar as channel
+                from person_events
+                where person_id is not null and "timestamp" < ?
+            ), tracked as (
+                select person_id, '{ANY}' as track, week, event_type, channel from e
+                union all
+                select person_id, category, week, event_type, channel from e
+                where category in (select category from rp_categories)
+            )
+            select person_id, track, week, count(*) as events,
+                   count(*) filter (where event_type = 'product_view') as views,
+                   count(*) filter (where event_type = 'add_to_cart') as carts,
+                   list(distinct channel) filter (where channel is not null) as channels
+            from tracked group by all
+        """, [data_end])
+    has_interactions = _has_rows(con, "person_interactions")
+    if has_interactions:
+        icols = columns(con, "person_interactions")
+        icat = _col(icols, "category", "null")
+        itype = _col(icols, "type", "null")
+        con.execute(f"""
+            create or replace temp table rp_ix as
+            with i as (
+                select person_id::varchar as person_id, date_trunc('week', "timestamp")::date as week,
+                       coalesce(lower({itype}::varchar), '') as type, nullif(trim({icat}::varchar), '') as category
+                from person_interactions
+                where person_id is not null and "timestamp" < ?
+            ), tracked as (
+                select person_id, '{ANY}' as track, week, type from i
+                union all
+                select person_id, category, week, type from i where category in (select category from rp_categories)
+            )
+            select person_id, track, week, count(*) as contacts,
+                   count(*) filter (where type like '%complaint%' and type not like '%resolved%') as complaints
+            from tracked group by all
+        """, [data_end])
+    return Inputs(cats, has_events, has_interactions, span[0], span[1])
+
+
+def tracks_before(con: duckdb.DuckDBPyConnection, end: date) -> int:
+    """Number of tracks with a purchase before ``end`` (sizes the training sample)."""
+    return con.execute("select count(*) from (select distinct person_id, track from rp_pw where week < ?)",
+                       [end]).fetchall()[0][0]
+
+
+def track_frame(con: duckdb.DuckDBPyConnection, inputs: Inputs, origins: Sequence[date], horizon: int,
+                max_weeks_at_risk: int, sample: float = 1.0) -> pd.DataFrame:
+    """One row per (origin, track at risk) with the origin's features and the window's purchase weeks.
+
+    A track is at risk at an origin when it has a purchase before it, at most ``max_weeks_at_risk``
+    weeks earlier. ``mask`` has bit k-1 set when the track bought in week k after the origin (k <= H).
+    ``sample`` < 1 keeps a deterministic hash sample of persons per origin (training at scale).
+    """
+    con.execute("create or replace temp table rp_origins (origin date)")
+    con.executemany("insert into rp_origins values (?)", [[o] for o in sorted(set(origins))])
+    keep = "" if sample >= 1.0 else "and hash(p.person_id || o.origin::varchar) % 1000000 < ?"
+    params: list = ([int(sample * 1_000_000)] if sample < 1.0 else []) + [max_weeks_at_risk * 7]
+    con.execute(f"""
+        create or replace temp table rp_base as
+        select o.origin, p.person_id, p.track,
+               count(*) as n_weeks_bought, sum(p.n_orders) as n_orders, sum(p.qty) as qty_total,
+               coalesce(sum(p.amount), 0) as amount_total, sum(p.returns) as returns,
+               min(p.week) as first_week, max(p.week) as last_week,
+               avg(p.gap) as int_mean, median(p.gap) as int_median, stddev_samp(p.gap) as int_sd,
+               min(p.gap) as int_min, arg_max(p.gap, p.week) as int_last, arg_max(p.qty, p.week) as qty_last,
+               arg_max(p.amount, p.week) as amount_last,
+               count(*) filter (where p.week >= o.origin - 91) as n_13w,
+               count(*) filter (where p.week >= o.origin - 182) as n_26w,
+               count(*) filter (where p.week >= o.origin - 364) as n_52w
+        from rp_origins o join rp_pw p on p.week < o.origin {keep}
+        group by all
+        having max(p.week) >= o.origin - ?
+    """, params)
+    events = """
+        left join (
+            select o.origin, e.person_id, e.track,
+                   sum(e.views) filter (where e.week >= o.origin - 7) as views_1w,
+                   sum(e.views) filter (where e.week >= o.origin - 14) as views_2w,
+                   sum(e.views) filter (where e.week >= o.origin - 28) as views_4w,
+                   sum(e.views) as views_12w,
+                   sum(e.carts) filter (where e.week >= o.origin - 7) as carts_1w,
+                   sum(e.carts) filter (where e.week >= o.origin - 14) as carts_2w,
+                   sum(e.carts) filter (where e.week >= o.origin - 28) as carts_4w,
+                   sum(e.carts) as carts_12w,
+                   sum(e.events) filter (where e.week >= o.origin - 28) as events_4w,
+                   sum(e.events) as events_12w,
+                   length(list_distinct(flatten(list(e.channels)))) as channels_12w
+            from rp_origins o join rp_ev e on e.week < o.origin and e.week >= o.origin - 84
+            group by all
+        ) ev on ev.origin = b.origin and ev.person_id = b.person_id and ev.track = b.track""" if inputs.has_events else ""
+    contacts = """
+        left join (
+            select o.origin, i.person_id, i.track, sum(i.complaints) as complaints,
+                   sum(i.complaints) filter (where i.week >= o.origin - 84) as complaints_12w,
+                   sum(i.contacts) filter (where i.week >= o.origin - 84) as contacts_12w
+            from rp_origins o join rp_ix i on i.week < o.origin
+            group by all
+        ) ix on ix.origin = b.origin and ix.person_id = b.person_id and ix.track = b.track""" if inputs.has_interactions else ""
+    ev_cols = ", ".join(f"coalesce(ev.{c}, 0)::double as {c}" if inputs.has_events else f"0::double as {c}"
+                        for c in ("views_1w", "views_2w", "views_4w", "views_12w", "carts_1w", "carts_2w",
+                                  "carts_4w", "carts_12w", "events_4w", "events_12w", "channels_12w"))
+    ix_cols = ", ".join(f"coalesce(ix.{c}, 0)::double as {c}" if inputs.has_interactions else f"0::double as {c}"
+                        for c in ("complaints", "complaints_12w", "contacts_12w"))
+    query = f"""
+        with anyt as (
+            select origin, person_id, n_weeks_bought as n_weeks_any, n_13w as n_13w_any, last_week as last_week_any,
+                   first_week as first_week_any
+            from rp_base where track = '{ANY}'
+        ), ncat as (
+            select origin, person_id, count(*) filter (where track <> '{ANY}') as n_categories
+            from rp_base group by all
+        ), window_weeks as (
+            select o.origin, p.person_id, p.track, bit_or((1::bigint) << ((p.week - o.origin) // 7)::int) as mask
+            from rp_origins o join rp_pw p on p.week >= o.origin and p.week < o.origin + ?
+            group by all
+        )
+        select b.origin, b.person_id, b.track as category,
+               (b.origin - b.last_week) // 7 as weeks_since_origin, (b.origin - a.last_week_any) // 7 as weeks_since_any_origin,
+               b.n_weeks_bought::double as n_weeks_bought, b.n_orders::double as n_orders, b.qty_total,
+               b.amount_total, b.amount_total / nullif(b.n_orders, 0) as amount_per_order, b.returns::double as returns,
+               b.int_mean, b.int_median::double as int_median, b.int_sd, b.int_sd / nullif(b.int_mean, 0) as int_cv,
+               b.int_min::double as int_min, b.int_last::double as int_last, b.qty_last, b.amount_last,
+               b.n_13w::double as n_13w, b.n_26w::double as n_26w, b.n_52w::double as n_52w,
+               ((b.origin - b.first_week) // 7)::double as tenure_weeks,
+               52.0 * b.n_weeks_bought / greatest((b.origin - b.first_week) / 7.0, 4) as weeks_bought_per_year,
+               a.n_weeks_any::double as n_weeks_any, a.n_13w_any::double as n_13w_any,
+               (a.n_13w_any - case when b.track = '{ANY}' then 0 else b.n_13w end)::double as other_13w,
+               n.n_categories::double as n_categories, ((b.origin - a.first_week_any) // 7)::double as tenure_weeks_any,
+               {ev_cols}, {ix_cols},
+               coalesce(w.mask, 0) as mask
+        from rp_base b
+        join anyt a using (origin, person_id)
+        join ncat n using (origin, person_id)
+        left join window_weeks w on w.origin = b.origin and w.person_id = b.person_id and w.track = b.track
+        {events}
+        {contacts}
+        order by b.origin, b.person_id, b.track
+    """
+    frame = con.execute(query, [horizon * 7]).df()
+    frame["origin"] = pd.to_datetime(frame["origin"]).dt.date
+    return frame
+
+
+def first_week(mask: np.ndarray) -> np.ndarray:
+    """Week (1-based) of the first purchase encoded in a window mask; 0 when none."""
+    mask = np.asarray(mask, dtype=np.int64)
+    low = mask & -mask
+    out = np.zeros(len(mask), dtype=np.int64)
+    hit = low > 0
+    out[hit] = np.log2(low[hit]).round().astype(np.int64) + 1
+    return out
+
+
+def _weeks_to_peak(week_start: np.ndarray, peaks: Sequence[str]) -> np.ndarray:
+    """Weeks from each target week's Monday to the next seasonal peak (MM-DD list from features settings)."""
+    days = pd.to_datetime(pd.Series(week_start))
+    best = np.full(len(days), 53.0)
+    for peak in peaks:
+        month, day = (int(x) for x in peak.split("-"))
+        this_year = pd.to_datetime(dict(year=days.dt.year, month=month, day=day))
+        nxt = this_year.where(this_year >= days, pd.to_datetime(dict(year=days.dt.year + 1, month=month, day=day)))
+        best = np.minimum(best, ((nxt - days).dt.days // 7).to_numpy(dtype=float))
+    return best
+
+
+def expand(frame: pd.DataFrame, horizon: int, observed_weeks: np.ndarray | None, peaks: Sequence[str],
+           categories: Sequence[str], stop_at_purchase: bool) -> pd.DataFrame:
+    """Turn (origin, track) rows into (origin, track, week k) rows with step features and labels.
+
+    Training (``stop_at_purchase``): steps run until the first purchase in the window (label 1) or until
+    the last observed week (censored, labels 0). Prediction: all H steps.
+    """
+    n = len(frame)
+    first = first_week(frame["mask"].to_numpy())
+    if stop_at_purchase:
+        obs = np.full(n, horizon) if observed_weeks is None else np.minimum(observed_weeks, horizon)
+        length = np.where((first > 0) & (first <= obs), first, obs).astype(np.int64)
+    else:
+        length = np.full(n, horizon, dtype=np.int64)
+    idx = np.repeat(np.arange(n), length)
+    starts = np.repeat(np.cumsum(length) - length, length)
+    step = np.arange(len(idx)) - starts + 1
+    out = frame.iloc[idx].reset_index(drop=True)
+    out["step"] = step.astype(float)
+    out["label"] = (first[idx] == step).astype(np.int8)
+    out["bought"] = ((out["mask"].to_numpy() >> (step - 1)) & 1).astype(np.int8)
+    ws = out["weeks_since_origin"].to_numpy(dtype=float) + step - 1
+    out["weeks_since"] = ws
+    out["weeks_since_any"] = out["weeks_since_any_origin"].to_numpy(dtype=float) + step - 1
+    median = out["int_median"].to_numpy(dtype=float)
+    mean = out["int_mean"].to_numpy(dtype=float)
+    sd = out["int_sd"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["ratio_median"] = np.where(median > 0, ws / median, np.nan)
+        out["ratio_mean"] = np.where(mean > 0, ws / mean, np.nan)
+        out["z_interval"] = np.where(sd > 0, (ws - mean) / sd, np.nan)
+    out["weeks_past_median"] = ws - median
+    week_start = pd.to_datetime(out["origin"]) + pd.to_timedelta((step - 1) * 7, unit="D")
+    out["week_start"] = week_start.dt.date
+    out["week_of_year"] = week_start.dt.isocalendar().week.to_numpy(dtype=float)
+    out["weeks_to_peak"] = _weeks_to_peak(week_start.to_numpy(), peaks)
+    out["category"] = pd.Categorical(out["category"], categories=list(categories))
+    return out
+
+
+def bgnbd_frame(con: duckdb.DuckDBPyConnection, cutoff: date) -> pd.DataFrame:
+    """Per-track (x, t_x, T) in weeks from distinct purchase days before ``cutoff`` (BG/NBD inputs)."""
+    return con.execute("""
+        select person_id, track as category, count(distinct day) - 1 as x,
+               (max(day) - min(day)) / 7.0 as t_x, (?::date - min(day)) / 7.0 as "T"
+        from rp_lines where day < ? group by all
+    """, [cutoff, cutoff]).df()
+
+
+def naive_frame(con: duckdb.DuckDBPyConnection, cutoff: date) -> pd.DataFrame:
+    """Last purchase week and median own interval per track; the track's category median when it has none."""
+    return con.execute("""
+        with own as (
+            select person_id, track, max(week) as last_week, median(gap) as own_median
+            from rp_pw where week < ? group by all
+        ), pop as (
+            select track, median(gap) as pop_median from rp_pw where week < ? and gap is not null group by all
+        )
+        select person_id, track as category, last_week,
+               coalesce(own_median, pop_median, 52)::double as interval_weeks
+        from own left join pop using (track)
+    """, [cutoff, cutoff]).df()
+
+
+def monday(d: date) -> date:
+    return d - timedelta(days=d.weekday())

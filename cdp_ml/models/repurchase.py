@@ -1,0 +1,593 @@
+"""Repurchase timing: in which of the next H weeks is each person back in market for each category.
+
+A discrete-time hazard model: LightGBM estimates P(next purchase in week k | none in weeks 1..k-1) for
+every person x category track (and the person-level any-category track) from features measured at an
+origin (see :mod:`cdp_ml.features.repurchase`); the weekly hazards multiply into the probability of the
+next purchase in each week, the cumulative probability and the expected week. It is fitted on rolling
+training cutoffs and Platt-calibrated on the latest full window before the cutoff, and compared in every
+backtest with BG/NBD and with the naive "last purchase + median own interval" rule.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cdp_ml.errors import CdpError
+from cdp_ml.features import repurchase as fr
+from cdp_ml.models import bgnbd
+from cdp_ml.models import repurchase_metrics as rm
+from cdp_ml.workspace import Workspace, last_completed_week_end
+
+MODEL_NAME = "repurchase-timing"
+EXPERIMENT = "repurchase-timing"
+TAIL_WEEKS = 104  # expected week: geometric tail of the last weekly hazard, capped at two years
+
+try:  # the pyfunc base class only matters when MLflow saves the model; keep imports light otherwise
+    from mlflow.pyfunc import PythonModel as _PythonModel
+except ImportError:  # pragma: no cover - mlflow is a dependency
+    _PythonModel = object  # type: ignore[misc,assignment]
+
+
+class HazardModel(_PythonModel):
+    """Fitted weekly hazard: LightGBM + Platt calibration + the category vocabulary it was trained on."""
+
+    def __init__(self, booster: Any, features: list[str], categories: list[str], platt: tuple[float, float],
+                 horizon: int, max_weeks_at_risk: int, peaks: tuple[str, ...]):
+        self.booster = booster
+        self.features = features
+        self.categories = categories
+        self.platt = platt
+        self.horizon = horizon
+        self.max_weeks_at_risk = max_weeks_at_risk
+        self.peaks = peaks
+
+    def raw(self, rows: pd.DataFrame) -> np.ndarray:
+        x = rows[self.features].copy()
+        x["category"] = pd.Categorical(rows["category"].astype(str), categories=self.categories)
+        return self.booster.predict_proba(x)[:, 1]
+
+    def hazard(self, rows: pd.DataFrame) -> np.ndarray:
+        """Calibrated P(purchase in the row's week | none since the origin)."""
+        p = np.clip(self.raw(rows), 1e-6, 1 - 1e-6)
+        a, b = self.platt
+        return 1.0 / (1.0 + np.exp(-(a * np.log(p / (1 - p)) + b)))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
+        return self.hazard(model_input)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Per-track weekly forecast of one model: matrices of shape (tracks, H)."""
+
+    p_week: np.ndarray
+    p_cumulative: np.ndarray
+    expected_week: np.ndarray
+
+
+def forecast_from_hazard(h: np.ndarray) -> Forecast:
+    survival = np.cumprod(1.0 - h, axis=1)
+    before = np.hstack([np.ones((len(h), 1)), survival[:, :-1]])
+    p_week = before * h
+    horizon = h.shape[1]
+    last = np.clip(h[:, -1], 1e-6, 1.0)
+    q = 1.0 - last
+    tail_len = TAIL_WEEKS - horizon - 1
+    tail = survival[:, -1] * q * (1 - q ** tail_len) / np.maximum(1 - q, 1e-12)  # sum_{j>=1} S_H q^j
+    expected = 1.0 + before[:, 1:].sum(axis=1) + survival[:, -1] + tail
+    return Forecast(p_week, 1.0 - survival, expected)
+
+
+def forecast_from_survival(s: np.ndarray) -> Forecast:
+    """From survival at weeks 0..H (shape tracks x H+1), e.g. BG/NBD's P(no purchase by week k)."""
+    p_week = s[:, :-1] - s[:, 1:]
+    h = np.where(s[:, :-1] > 0, p_week / np.maximum(s[:, :-1], 1e-12), 0.0)
+    return Forecast(p_week, 1.0 - s[:, 1:], forecast_from_hazard(np.clip(h, 0, 1)).expected_week)
+
+
+def _platt(raw: np.ndarray, label: np.ndarray) -> tuple[float, float]:
+    """Logistic recalibration of the logit (order-preserving, so ranking metrics are untouched)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if label.sum() < 20 or label.sum() == len(label):
+        return 1.0, 0.0
+    p = np.clip(raw, 1e-6, 1 - 1e-6)
+    lr = LogisticRegression(C=1e6).fit(np.log(p / (1 - p))[:, None], label)
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Everything pulled from the warehouse for one fit (and optionally one evaluation window)."""
+
+    inputs: fr.Inputs
+    train: pd.DataFrame
+    calibration: pd.DataFrame
+    test: pd.DataFrame | None
+    bgnbd: pd.DataFrame | None
+    naive: pd.DataFrame | None
+    sample: float
+
+
+def _origins(end: date, horizon: int, n: int, spacing: int) -> tuple[date, list[date]]:
+    calibration = end - timedelta(weeks=horizon)
+    return calibration, [calibration - timedelta(weeks=spacing * j) for j in range(1, n + 1)]
+
+
+def _load(ws: Workspace, end: date, horizon: int, evaluate: bool) -> _Window:
+    """Read training (and test) person-periods; the connection is closed before any model is fitted."""
+    s = ws.config.repurchase
+    calibration, train_origins = _origins(end, horizon, s.training_cutoffs, s.cutoff_spacing_weeks)
+    data_end = end + timedelta(weeks=horizon) if evaluate else end
+    with ws.connect() as con:
+        inputs = fr.prepare(con, data_end, end, s.categories)
+        if evaluate and _last_day(con) < end + timedelta(weeks=horizon - 1):
+            raise CdpError(f"repurchase backtest: the data ends {_last_day(con)}, before the last of the {horizon} "
+                           f"weeks after cutoff {end}; choose an earlier --cutoff or a smaller --horizon-weeks")
+        tracks = fr.tracks_before(con, end)
+        expected_rows = tracks * s.training_cutoffs * horizon * 0.5  # about half the window at risk on average
+        sample = min(1.0, s.max_training_rows / max(expected_rows, 1.0))
+        train = fr.track_frame(con, inputs, train_origins, horizon, s.max_weeks_at_risk, sample)
+        calib = fr.track_frame(con, inputs, [calibration], horizon, s.max_weeks_at_risk, sample)
+        test = bg = naive = None
+        if evaluate:
+            test = fr.track_frame(con, inputs, [end], horizon, s.max_weeks_at_risk)
+            bg = fr.bgnbd_frame(con, end)
+            naive = fr.naive_frame(con, end)
+    return _Window(inputs, train, calib, test, bg, naive, sample)
+
+
+def _last_day(con) -> date:
+    return con.execute("select max(day) from rp_orders").fetchall()[0][0]
+
+
+def _fit(ws: Workspace, window: _Window, horizon: int, end: date) -> tuple[HazardModel, dict[str, Any]]:
+    """Fit LightGBM on the training cutoffs and Platt-calibrate it on the latest full window."""
+    import lightgbm as lgb
+
+    s = ws.config.repurchase
+    peaks = ws.config.features.holiday_peaks
+    categories = [fr.ANY, *window.inputs.categories]
+    rows = fr.expand(window.train, horizon, None, peaks, categories, stop_at_purchase=True)
+    positives = int(rows["label"].sum()) if len(rows) else 0
+    negatives = int(len(rows) - positives)
+    if positives < s.min_positives or negatives < s.min_negatives:
+        raise CdpError(
+            f"repurchase: not enough history before {end} to train: {positives} repurchases and {negatives} "
+            f"waiting weeks in {s.training_cutoffs} training windows (need {s.min_positives} and {s.min_negatives}; "
+            f"settings repurchase.min_positives / min_negatives, or use a later date)")
+    features = list(fr.FEATURES)
+    model = lgb.LGBMClassifier(
+        n_estimators=s.n_estimators, learning_rate=s.learning_rate, num_leaves=s.num_leaves,
+        min_child_samples=50, subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0,
+        max_bin=63, random_state=7, deterministic=True, force_row_wise=True, n_jobs=max(1, s.threads), verbose=-1)
+    x = rows[features]
+    model.fit(x, rows["label"], categorical_feature=["category"])
+    hazard = HazardModel(model, features, categories, (1.0, 0.0), horizon, s.max_weeks_at_risk, tuple(peaks))
+    calib_rows = fr.expand(window.calibration, horizon, None, peaks, categories, stop_at_purchase=True)
+    if len(calib_rows):
+        hazard.platt = _platt(hazard.raw(calib_rows), calib_rows["label"].to_numpy())
+    info = {"training_rows": len(rows), "training_positives": positives,
+            "calibration_rows": len(calib_rows), "training_sample": window.sample,
+            "training_frame": rows}
+    return hazard, info
+
+
+def predict(model: HazardModel, frame: pd.DataFrame, peaks: tuple[str, ...]) -> tuple[Forecast, pd.DataFrame]:
+    """Forecast all H weeks of every (origin, track) row; returns the forecast and the expanded rows."""
+    rows = fr.expand(frame, model.horizon, None, peaks, model.categories, stop_at_purchase=False)
+    if not len(rows):
+        empty = np.zeros((0, model.horizon))
+        return Forecast(empty, empty, np.zeros(0)), rows
+    h = np.empty(len(rows))
+    chunk = 2_000_000
+    for i in range(0, len(rows), chunk):
+        h[i:i + chunk] = model.hazard(rows.iloc[i:i + chunk])
+    return forecast_from_hazard(h.reshape(len(frame), model.horizon)), rows
+
+
+def _bgnbd_forecast(bg: pd.DataFrame, test: pd.DataFrame, horizon: int) -> tuple[Forecast, dict[str, str]]:
+    """BG/NBD fitted per category track set (any-category on its own), predicted for the test tracks."""
+    params: dict[str, bgnbd.BgNbdParams] = {}
+    pooled = None
+    for category, group in bg.groupby("category", sort=True):
+        if len(group) >= 50:
+            params[str(category)] = bgnbd.fit(group["x"].to_numpy(), group["t_x"].to_numpy(), group["T"].to_numpy())
+    if fr.ANY not in params:
+        pooled = bgnbd.fit(bg["x"].to_numpy(), bg["t_x"].to_numpy(), bg["T"].to_numpy())
+    merged = test[["person_id", "category"]].merge(bg, on=["person_id", "category"], how="left")
+    survival = np.ones((len(merged), horizon + 1))
+    weeks = np.arange(horizon + 1)[None, :]
+    for category, idx in merged.groupby("category", sort=False).indices.items():
+        p = params.get(str(category), params.get(fr.ANY, pooled))
+        part = merged.iloc[idx]
+        survival[idx] = bgnbd.prob_no_purchase(p, part["x"].to_numpy()[:, None], part["t_x"].to_numpy()[:, None],
+                                               part["T"].to_numpy()[:, None], weeks)
+    return forecast_from_survival(survival), {k: str(v) for k, v in params.items()}
+
+
+def _naive_forecast(naive: pd.DataFrame, test: pd.DataFrame, cutoff: date, horizon: int) -> Forecast:
+    """Next purchase expected at last purchase + median own interval (overdue tracks: week 1)."""
+    merged = test[["person_id", "category"]].merge(naive, on=["person_id", "category"], how="left")
+    due = pd.to_datetime(merged["last_week"]) + pd.to_timedelta(merged["interval_weeks"] * 7, unit="D")
+    week = np.floor((due - pd.Timestamp(cutoff)).dt.days.to_numpy() / 7).astype(int) + 1
+    week = np.maximum(week, 1)
+    p_week = (week[:, None] == np.arange(1, horizon + 1)[None, :]).astype(float)
+    return Forecast(p_week, np.cumsum(p_week, axis=1), week.astype(float))
+
+
+def _bought(frame: pd.DataFrame, horizon: int) -> np.ndarray:
+    mask = frame["mask"].to_numpy(dtype=np.int64)
+    return ((mask[:, None] >> np.arange(horizon)[None, :]) & 1).astype(bool)
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """Model vs baselines on the H weeks after a cutoff (trained strictly before it)."""
+
+    cutoff: date
+    horizon_weeks: int
+    tracks: int
+    persons: int
+    categories: tuple[str, ...]
+    training_rows: int
+    training_positives: int
+    metrics: pd.DataFrame = field(repr=False)  # one row per model x track set, metric columns
+    weekly: pd.DataFrame = field(repr=False)  # per week: predicted vs actual next purchases per model
+    importance: pd.DataFrame = field(repr=False)
+    bgnbd_params: dict[str, str] = field(default_factory=dict)
+    out: Path | None = None
+    run_id: str | None = None
+    note: str = ""
+
+    def comparison(self) -> pd.DataFrame:
+        keys = [f"roc_auc_{k}w" for k in _weeks(self.horizon_weeks)] + \
+               [f"pr_auc_{k}w" for k in _weeks(self.horizon_weeks)] + \
+               ["precision_top10", "recall_top10", "concordance", "weekly_calibration_max_error"]
+        return self.metrics.set_index(["tracks", "model"])[keys].round(3)
+
+    def __str__(self) -> str:
+        lines = [f"repurchase backtest: cutoff {self.cutoff}, {self.horizon_weeks} weeks, {self.tracks} person x "
+                 f"category tracks of {self.persons} persons, categories: {', '.join(self.categories) or '(any) only'}",
+                 f"trained on {self.training_rows} person-weeks ({self.training_positives} repurchases)"]
+        if self.note:
+            lines.append(self.note)
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            lines += ["", self.comparison().to_string(), "", "next purchases per week (predicted vs actual):",
+                      self.weekly[["week", "week_start", "actual_next_purchases"]
+                                  + [c for c in self.weekly if c.startswith("predicted_")]].to_string(index=False)]
+        if self.out:
+            lines.append(f"predictions: {self.out}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return (f"<p>{str(self).splitlines()[0]}</p>" + self.comparison().to_html()
+                + self.weekly.to_html(index=False))
+
+
+def _weeks(horizon: int) -> tuple[int, ...]:
+    return tuple(sorted({1, min(4, horizon), horizon}))
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    result: BacktestResult
+    model: HazardModel
+    test: pd.DataFrame
+    forecasts: dict[str, Forecast]
+    training_frame: pd.DataFrame
+
+
+def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None) -> _Evaluation:
+    window = _load(ws, cutoff, horizon, evaluate=True)
+    assert window.test is not None and window.bgnbd is not None and window.naive is not None
+    if not len(window.test):
+        raise CdpError(f"repurchase backtest: no person has a purchase in the {ws.config.repurchase.max_weeks_at_risk} "
+                       f"weeks before cutoff {cutoff}")
+    model, info = _fit(ws, window, horizon, cutoff)
+    peaks = tuple(ws.config.features.holiday_peaks)
+    test = window.test
+    fc, _ = predict(model, test, peaks)
+    bg, bg_params = _bgnbd_forecast(window.bgnbd, test, horizon)
+    naive = _naive_forecast(window.naive, test, cutoff, horizon)
+    forecasts = {"model": fc, "bgnbd": bg, "naive": naive}
+    bought = _bought(test, horizon)
+    weeks = _weeks(horizon)
+    rows = []
+    is_any = (test["category"] == fr.ANY).to_numpy()
+    sets = {"(any)": is_any, "categories": ~is_any, "all": np.ones(len(test), dtype=bool)}
+    for set_name, sel in sets.items():
+        if not sel.any():
+            continue
+        for name, f in forecasts.items():
+            m = rm.summary("", f.p_week[sel], bought[sel], f.expected_week[sel], weeks)
+            rows.append({"tracks": set_name, "model": name, "n": int(sel.sum()), **m})
+    table = pd.DataFrame(rows)
+    week_starts = [cutoff + timedelta(weeks=k) for k in range(horizon)]
+    weekly = rm.weekly_table({k: f.p_week for k, f in forecasts.items()}, bought, week_starts)
+    importance = pd.DataFrame({"feature": model.features,
+                               "gain": model.booster.booster_.feature_importance("gain")}
+                              ).sort_values("gain", ascending=False, ignore_index=True)
+    if out is not None:
+        _write_predictions(out, test, forecasts, bought, week_starts)
+    note = _targets_note(table, horizon)
+    result = BacktestResult(cutoff, horizon, len(test), int(test["person_id"].nunique()),
+                            window.inputs.categories, info["training_rows"], info["training_positives"],
+                            table, weekly, importance, bg_params, out, None, note)
+    return _Evaluation(result, model, test, forecasts, info["training_frame"])
+
+
+def _targets_note(table: pd.DataFrame, horizon: int) -> str:
+    """One line: does the model beat BG/NBD on the any-category track by the project's targets."""
+    t = table.set_index(["tracks", "model"])
+    if ("(any)", "model") not in t.index:
+        return ""
+    m, b = t.loc[("(any)", "model")], t.loc[("(any)", "bgnbd")]
+    parts = []
+    for k in sorted({min(4, horizon), horizon}):
+        parts.append(f"{k}w ROC-AUC {m[f'roc_auc_{k}w'] - b[f'roc_auc_{k}w']:+.3f}, "
+                     f"PR-AUC {100 * (m[f'pr_auc_{k}w'] / b[f'pr_auc_{k}w'] - 1):+.0f}%")
+    return "vs BG/NBD on (any): " + "; ".join(parts)
+
+
+def _write_predictions(out: Path, test: pd.DataFrame, forecasts: dict[str, Forecast], bought: np.ndarray,
+                       week_starts: list[date]) -> None:
+    horizon = len(week_starts)
+    n = len(test)
+    frame = pd.DataFrame({
+        "person_id": np.repeat(test["person_id"].to_numpy(), horizon),
+        "category": np.repeat(test["category"].astype(str).to_numpy(), horizon),
+        "week": np.tile(np.arange(1, horizon + 1), n),
+        "week_start": np.tile(np.array(week_starts, dtype="datetime64[D]"), n),
+        "p_week": forecasts["model"].p_week.ravel(),
+        "p_cumulative": forecasts["model"].p_cumulative.ravel(),
+        "actual": bought.ravel().astype(np.int8),
+        "bgnbd_p_week": forecasts["bgnbd"].p_week.ravel(),
+        "bgnbd_p_cumulative": forecasts["bgnbd"].p_cumulative.ravel(),
+    })
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() in (".parquet", ".pq"):
+        frame.to_parquet(out, index=False)
+    elif out.suffix.lower() == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        raise CdpError(f"--out {out.name}: use a .parquet or .csv file name")
+
+
+def _log_evaluation(ev: _Evaluation, prefix: str = "") -> None:
+    """Metrics and figures of a backtest into the active MLflow run."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from cdp_ml.models import metrics as shared
+
+    r = ev.result
+    flat: dict[str, float] = {}
+    for row in r.metrics.to_dict("records"):
+        tag = row["tracks"].strip("()")
+        for key, value in row.items():
+            if key in ("tracks", "model", "n") or value is None or not np.isfinite(value):
+                continue
+            flat[f"{prefix}{row['model']}_{tag}_{key}"] = float(value)
+    mlflow.log_metrics(flat)
+    with tempfile.TemporaryDirectory() as tmp:
+        r.weekly.to_csv(Path(tmp) / "weekly_calibration.csv", index=False)
+        r.metrics.to_csv(Path(tmp) / "comparison.csv", index=False)
+        r.importance.to_csv(Path(tmp) / "feature_importance.csv", index=False)
+        mlflow.log_artifacts(tmp, artifact_path=f"{prefix}backtest")
+    fig = rm.weekly_calibration_figure(r.weekly)
+    mlflow.log_figure(fig, f"{prefix}backtest/weekly_calibration.png")
+    plt.close(fig)
+    bought = _bought(ev.test, r.horizon_weeks)
+    first = rm.next_purchase_week(bought)
+    y = (first > 0).astype(int)
+    fig = shared.gains_figure({k: (y, f.p_cumulative[:, -1]) for k, f in ev.forecasts.items()},
+                              title=f"Gains: buys within {r.horizon_weeks} weeks")
+    mlflow.log_figure(fig, f"{prefix}backtest/gains.png")
+    plt.close(fig)
+    fig = shared.importance_figure(dict(zip(r.importance["feature"], r.importance["gain"], strict=True)))
+    mlflow.log_figure(fig, f"{prefix}backtest/feature_importance.png")
+    plt.close(fig)
+
+
+def backtest(ws: Workspace, cutoff: date, horizon_weeks: int | None = None, out: Path | None = None,
+             parent_run_id: str | None = None) -> BacktestResult:
+    """Train strictly before ``cutoff`` and evaluate the next H weeks against BG/NBD and the naive rule."""
+    from cdp_ml import tracking
+
+    if cutoff is None:
+        raise CdpError("repurchase backtest: give --cutoff YYYY-MM-DD")
+    horizon = horizon_weeks or ws.config.repurchase.horizon_weeks
+    if horizon < 1 or horizon > 26:
+        raise CdpError(f"--horizon-weeks {horizon}: use 1..26 weeks")
+    week = fr.monday(cutoff)
+    ev = _evaluate(ws, week, horizon, out)
+    note = ev.result.note
+    if week != cutoff:
+        note = f"cutoff {cutoff} is not a Monday: evaluated ISO weeks from {week}; " + note
+    with tracking.run(ws, EXPERIMENT, f"backtest {week}", parent_run_id=parent_run_id) as run:
+        import mlflow
+
+        mlflow.log_params({"cutoff": str(week), "horizon_weeks": horizon, "tracks": ev.result.tracks,
+                           "categories": ",".join(ev.result.categories) or "(any)"})
+        _log_evaluation(ev)
+        run_id = run.info.run_id
+    return _replace(ev.result, run_id=run_id, note=note)
+
+
+def _replace(result: BacktestResult, **changes: Any) -> BacktestResult:
+    from dataclasses import replace
+
+    return replace(result, **changes)
+
+
+def default_as_of(ws: Workspace) -> date:
+    """The Monday after the last complete week of orders (the data's 'now')."""
+    with ws.connect() as con:
+        from cdp_ml.engine import table_exists
+
+        if not table_exists(con, "person_orders"):
+            fr.prepare(con, date.max, date.max)  # raises the right 'run resolve / ingest' error
+        last = con.execute("select max(ordered_at)::date from person_orders").fetchall()[0][0]
+    if last is None:
+        raise CdpError("repurchase: no orders in the warehouse; run `cdp-ml ingest` and `cdp-ml resolve`")
+    return last_completed_week_end(min(last + timedelta(days=1), date.today()))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    as_of: date
+    version: str
+    promoted: bool
+    gate_reason: str
+    backtest: BacktestResult
+    champion_backtest: dict[str, float] | None
+    run_id: str
+
+    def __str__(self) -> str:
+        state = "promoted to champion" if self.promoted else "not promoted"
+        return (f"repurchase-timing v{self.version} trained on data before {self.as_of}: {state} ({self.gate_reason})\n"
+                f"gate backtest:\n{self.backtest}")
+
+    def _repr_html_(self) -> str:
+        return f"<p>{str(self).splitlines()[0]}</p>" + self.backtest._repr_html_()
+
+
+def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = None) -> TrainResult:
+    """Backtest on the last H weeks before ``as_of``, fit on everything before it, register, gate."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from cdp_ml import tracking
+
+    s = ws.config.repurchase
+    horizon = s.horizon_weeks
+    as_of = fr.monday(as_of or default_as_of(ws))
+    cutoff = as_of - timedelta(weeks=horizon)
+    ev = _evaluate(ws, cutoff, horizon, None)
+    gate_metric = f"model_any_roc_auc_{horizon}w"
+    new_value = float(ev.result.metrics.set_index(["tracks", "model"]).loc[("(any)", "model"), f"roc_auc_{horizon}w"])
+    champion = tracking.champion_version(ws, MODEL_NAME)
+    champion_value = None
+    champion_metrics = None
+    if champion is not None:
+        try:
+            old = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").unwrap_python_model()
+            fc, _ = predict(old, ev.test, tuple(ws.config.features.holiday_peaks))
+            if fc.p_week.shape[1] == horizon:
+                sel = (ev.test["category"] == fr.ANY).to_numpy()
+                bought = _bought(ev.test, horizon)
+                champion_metrics = rm.summary("", fc.p_week[sel], bought[sel], fc.expected_week[sel], _weeks(horizon))
+                champion_value = champion_metrics[f"roc_auc_{horizon}w"]
+        except Exception as exc:  # noqa: BLE001 - an unreadable champion must not block a new model
+            champion_metrics = {"error": str(exc)[:200]}  # type: ignore[dict-item]
+    window = _load(ws, as_of, horizon, evaluate=False)
+    model, info = _fit(ws, window, horizon, as_of)
+    frame = info["training_frame"]
+    with tracking.run(ws, EXPERIMENT, f"train {as_of}", parent_run_id=parent_run_id) as run:
+        mlflow.log_params({"as_of": str(as_of), "horizon_weeks": horizon, "training_cutoffs": s.training_cutoffs,
+                           "cutoff_spacing_weeks": s.cutoff_spacing_weeks, "max_weeks_at_risk": s.max_weeks_at_risk,
+                           "n_estimators": s.n_estimators, "learning_rate": s.learning_rate,
+                           "num_leaves": s.num_leaves, "categories": ",".join(window.inputs.categories) or "(any)",
+                           "training_sample": round(window.sample, 4), "gate_backtest_cutoff": str(cutoff),
+                           "platt_a": round(model.platt[0], 4), "platt_b": round(model.platt[1], 4)})
+        fp = tracking.fingerprint(frame[[*fr.FEATURES, "origin", "label"]], time_column="origin")
+        mlflow.log_dict(fp, "dataset_fingerprint.json")
+        mlflow.log_metrics({"training_rows": info["training_rows"], "training_positives": info["training_positives"]})
+        _log_evaluation(ev, prefix="gate_")
+        example = frame[model.features].head(50)
+        info_model = mlflow.pyfunc.log_model(
+            name="model", python_model=model, registered_model_name=MODEL_NAME,
+            signature=infer_signature(example, model.hazard(example)), pip_requirements=["lightgbm", "scikit-learn"])
+        version = str(info_model.registered_model_version)
+        gate = tracking.promote_if_not_worse(ws, MODEL_NAME, version, gate_metric, new_value, champion_value,
+                                             tolerance=s.gate_tolerance)
+        mlflow.log_metric("gate_promoted", float(gate["promoted"]))
+        if champion_value is not None:
+            mlflow.log_metric("gate_champion_value", champion_value)
+        run_id = run.info.run_id
+    return TrainResult(as_of, version, bool(gate["promoted"]), gate["reason"], ev.result, champion_metrics, run_id)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    as_of: date
+    model_version: str
+    tracks: int
+    persons: int
+    rows: int
+    expected_next_purchases: pd.DataFrame = field(repr=False)  # per category x week
+
+    def __str__(self) -> str:
+        pivot = self.expected_next_purchases.pivot(index="category", columns="week", values="expected").round(1)
+        return (f"repurchase_scores as of {self.as_of}: {self.rows} rows for {self.tracks} tracks of {self.persons} "
+                f"persons (model v{self.model_version})\nexpected next purchases per week:\n{pivot.to_string()}")
+
+    def _repr_html_(self) -> str:
+        pivot = self.expected_next_purchases.pivot(index="category", columns="week", values="expected").round(1)
+        return f"<p>{str(self).splitlines()[0]}</p>" + pivot.to_html()
+
+
+SCORES_DDL = """
+create table if not exists repurchase_scores (
+    as_of date, person_id varchar, category varchar, week integer, week_start date,
+    p_week double, p_cumulative double, expected_week double, model_version varchar)
+"""
+
+
+def load_champion(ws: Workspace) -> tuple[HazardModel, str]:
+    import mlflow
+
+    from cdp_ml import tracking
+
+    version = tracking.champion_version(ws, MODEL_NAME)
+    if version is None:
+        raise CdpError("repurchase: no champion model yet; run `cdp-ml train repurchase` first")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").unwrap_python_model()
+    return model, str(version.version)
+
+
+def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
+    """Weekly next-purchase probabilities of every track at risk, into ``repurchase_scores`` (idempotent)."""
+    model, version = load_champion(ws)
+    as_of = fr.monday(as_of or default_as_of(ws))
+    peaks = tuple(ws.config.features.holiday_peaks)
+    horizon = model.horizon
+    with ws.connect() as con:
+        inputs = fr.prepare(con, as_of, as_of, ws.config.repurchase.categories)
+        frame = fr.track_frame(con, inputs, [as_of], horizon, model.max_weeks_at_risk)
+    fc, _ = predict(model, frame, peaks)
+    n = len(frame)
+    week_starts = np.array([as_of + timedelta(weeks=k) for k in range(horizon)], dtype="datetime64[D]")
+    scores = pd.DataFrame({
+        "as_of": np.full(n * horizon, np.datetime64(as_of, "D")),
+        "person_id": np.repeat(frame["person_id"].to_numpy(), horizon),
+        "category": np.repeat(frame["category"].astype(str).to_numpy(), horizon),
+        "week": np.tile(np.arange(1, horizon + 1, dtype=np.int32), n),
+        "week_start": np.tile(week_starts, n),
+        "p_week": fc.p_week.ravel(),
+        "p_cumulative": fc.p_cumulative.ravel(),
+        "expected_week": np.repeat(fc.expected_week, horizon),
+        "model_version": version,
+    })
+    with ws.connect() as con:
+        con.execute(SCORES_DDL)
+        con.register("rp_scores", scores)
+        con.execute("begin transaction")
+        con.execute("delete from repurchase_scores where as_of = ?", [as_of])
+        con.execute("insert into repurchase_scores select as_of::date, person_id, category, week, week_start::date, "
+                    "p_week, p_cumulative, expected_week, model_version from rp_scores")
+        con.execute("commit")
+        con.unregister("rp_scores")
+    expected = scores.groupby(["category", "week"], as_index=False)["p_week"].sum().rename(columns={"p_week": "expected"})
+    return ScoreResult(as_of, version, n, int(frame["person_id"].nunique()), len(scores), expected)
