@@ -31,6 +31,13 @@ class RepurchaseSettings:
     horizon_weeks: int = 8  # weeks ahead predicted per person x category
     min_positives: int = 200
     min_negatives: int = 200
-    training_cutoffs: int = 4  # rolling training cutoffs before the test cutoff
+    training_cutoffs: int = 12  # rolling training cutoffs (origins) before the calibration slice
+    cutoff_spacing_weeks: int = 4  # weeks between training cutoffs
     max_weeks_at_risk: int = 52  # weeks after a purchase a person stays at risk
     categories: tuple[str, ...] = ()  # restrict to these categories (default: all seen in orders)
+    max_training_rows: int = 2_000_000  # person-weeks; beyond this, persons are hash-sampled per cutoff
+    n_estimators: int = 200  # LightGBM boosting rounds
+    learning_rate: float = 0.08
+    num_leaves: int = 31
+    threads: int = 2  # LightGBM threads (more than the free cores slows it down a lot)
+    gate_tolerance: float = 0.005  # champion moves unless ROC-AUC (within H weeks) drops more than this
