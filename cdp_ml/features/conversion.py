@@ -183,7 +183,7 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
             from with_orders w asof left join conv_purchases p on 'd:' || w.device_id = p.k and w.scored_at < p.ts
         ), next_person as (
             select w.session_id, w.device_id, w.session_no, p.ts as next_person_purchase
-            from with_orders w asof left join conv_purchases p on 'p:' || w.person_id = p.k and w.scored_at < p.ts
+            from with_orders w asof left join conv_purchases p on 'p:' || w.known_person_id = p.k and w.scored_at < p.ts
         )
         select w.session_id, w.device_id, w.person_id, w.anonymous_id, w.scored_at,
                coalesce('p:' || w.person_id, w.device_id) as visitor_id,

@@ -33,18 +33,17 @@ COUNTED_TYPES = {
 def event_relation(con: duckdb.DuckDBPyConnection) -> str:
     """The events to sessionise: ``person_events`` when identity ran, else staging events.
 
-    Without identity resolution a person is a customer reference of its customers source.
+    Without identity resolution a person is a customer reference of its customers source, and an anonymous
+    device belongs to the customer it last logged in as, from that login on.
     """
     if table_exists(con, "person_events"):
         return "person_events"
     if table_exists(con, "events"):
-        # like identity's anonymous_id links: a device belongs to the customer it most often logged in as
+        # a device belongs to the customer it last logged in as, from that login on (point in time)
         return ("(with e as (select *, case when customer_ref is not null then "
-                "'ref:' || coalesce(ref_source, source) || ':' || customer_ref end as ref_person from events), "
-                "device as (select anonymous_id, mode(ref_person order by ref_person) as device_person from e "
-                "where anonymous_id is not null and ref_person is not null group by anonymous_id) "
-                "select e.* exclude (ref_person), coalesce(e.ref_person, device.device_person) as person_id "
-                "from e left join device using (anonymous_id))")
+                "'ref:' || coalesce(ref_source, source) || ':' || customer_ref end as ref_person from events) "
+                "select * exclude (ref_person), coalesce(ref_person, last_value(ref_person ignore nulls) over "
+                "(partition by anonymous_id order by \"timestamp\" rows unbounded preceding)) as person_id from e)")
     raise CdpError("no events in the warehouse: run `cdp-ml ingest` (and `cdp-ml resolve`) first")
 
 

@@ -14,6 +14,7 @@ score: monotone, so the ranking and ROC-AUC are untouched). Classes are balanced
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -67,7 +68,8 @@ class ConversionModel:
         for col in self.numeric:
             out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
         for col in self.categorical:
-            values = frame[col].astype("object").where(frame[col].notna(), None)
+            values = frame[col].astype("object")
+            values = values.where(values.isin(self.levels[col]), None)
             out[col] = pd.Categorical(values, categories=self.levels[col])
         return out
 
@@ -497,6 +499,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         _log_backtest(result)
         if champion_auc is not None:
             mlflow.log_metric("gate_champion_roc_auc", champion_auc)
+        warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ConversionPyfunc(model),
             signature=infer_signature(sample, model.predict(sample)),

@@ -1,0 +1,123 @@
+"""Conversion intent on the tiny demo workspace: point-in-time features, leakage, eligibility, gate, scores."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cdp_ml import CdpError, Workspace
+from cdp_ml.features import conversion as feats
+from cdp_ml.models import conversion
+
+FAST = {"training_weeks": 16, "n_estimators": 150, "learning_rate": 0.1}
+
+
+def _fast(ws: Workspace, **changes) -> Workspace:
+    """The workspace with quicker model settings (and any overrides), same data."""
+    settings = replace(ws.config.conversion, **{**FAST, **changes})
+    return Workspace(ws.root, replace(ws.config, conversion=settings))
+
+
+def _midnight(d) -> datetime:
+    return datetime(d.year, d.month, d.day)
+
+
+@pytest.fixture
+def ws(demo_ws) -> Workspace:
+    return _fast(demo_ws)
+
+
+def _points(ws: Workspace, until: datetime) -> tuple[feats.PointsSpec, pd.DataFrame]:
+    with ws.connect() as con:
+        spec = feats.build_points(con, ws.config.conversion, ws.config.features, until)
+        frame = con.execute(f"select * from {feats.POINTS_TABLE} order by session_id").df()
+    return spec, frame
+
+
+def test_session_features_never_change_when_later_events_arrive(ws):
+    as_of = conversion.default_as_of(ws)
+    early = _midnight(as_of) - timedelta(weeks=8)
+    spec, before = _points(ws, early)
+    # more data: everything up to as-of, plus a purchase one day after a session that had none
+    with ws.connect() as con:
+        target = con.execute("""select anonymous_id, max("timestamp") from events where "timestamp" < ?
+                                and anonymous_id is not null group by anonymous_id order by 1 limit 1""",
+                             [early - timedelta(days=3)]).fetchall()[0]
+        con.execute("""insert into events (source, "timestamp", event_type, anonymous_id, event_id)
+                       values ('web', ?, 'purchase', ?, 'late-purchase')""", [target[1] + timedelta(days=1), target[0]])
+    _, after = _points(ws, _midnight(as_of))
+    closed = before[before["scored_at"] < early - timedelta(hours=1)]
+    merged = closed.merge(after, on="session_id", suffixes=("", "_later"), how="left")
+    assert len(closed) > 500 and merged["scored_at_later"].notna().all()
+    for col in ("scored_at", "person_id", *spec.features):
+        pd.testing.assert_series_equal(merged[col], merged[f"{col}_later"], check_names=False, check_dtype=False)
+    # the late purchase reaches the label side only
+    changed = merged[merged["next_purchase_at"].isna() & merged["next_purchase_at_later"].notna()]
+    assert len(changed) > 0
+
+
+def test_backtest_on_data_truncated_at_the_cutoff_predicts_exactly_the_same(ws, tmp_path):
+    as_of = conversion.default_as_of(ws)
+    cutoff = as_of - timedelta(weeks=6)
+    full = conversion.backtest(ws, cutoff, out=tmp_path / "predictions.parquet")
+    written = pd.read_parquet(tmp_path / "predictions.parquet")
+    assert {"session_id", "person_id", "scored_at", "probability", "label"} <= set(written.columns)
+    assert len(written) == full.eval_rows and written["scored_at"].min() >= pd.Timestamp(cutoff)
+    assert full.metrics["lightgbm"]["roc_auc"] > 0.75
+
+    truncated_root = tmp_path / "truncated"
+    shutil.copytree(ws.root, truncated_root)
+    truncated = Workspace(truncated_root, ws.config)
+    with truncated.connect() as con:
+        con.execute('delete from events where "timestamp" >= ?', [_midnight(cutoff)])
+        con.execute("delete from orders where ordered_at >= ?", [_midnight(cutoff)])
+    lag = timedelta(days=ws.config.conversion.horizon_days)
+    start = _midnight(cutoff) - timedelta(weeks=ws.config.conversion.training_weeks) - lag
+    with truncated.connect() as con:
+        spec = feats.build_points(con, truncated.config.conversion, truncated.config.features, _midnight(cutoff))
+        train = feats.fetch(con, spec, start, _midnight(cutoff) - lag, ws.config.conversion.horizon_days)
+    model = conversion.fit(train, spec, truncated.config.conversion)
+    with ws.connect() as con:
+        spec_full = feats.build_points(con, ws.config.conversion, ws.config.features, _midnight(full.window_end) + lag)
+        evaluation = feats.fetch(con, spec_full, _midnight(cutoff), _midnight(full.window_end),
+                                 ws.config.conversion.horizon_days)
+    assert len(train) == full.train_rows
+    np.testing.assert_array_equal(model.predict(evaluation), full.predictions["probability"].to_numpy())
+
+
+def test_eligibility_check_names_the_counts(ws):
+    strict = _fast(ws, min_positives=10**6)
+    cutoff = conversion.default_as_of(ws) - timedelta(weeks=6)
+    with pytest.raises(CdpError, match=r"\d+ converting and \d+ non-converting .*min_positives=1000000"):
+        conversion.backtest(strict, cutoff)
+
+
+def test_score_needs_a_champion(ws):
+    with pytest.raises(CdpError, match="no champion"):
+        conversion.score(ws)
+
+
+def test_train_gates_the_champion_and_score_writes_the_audience(ws):
+    as_of = conversion.default_as_of(ws)
+    first = conversion.train(ws, as_of)
+    assert first.promoted and first.version == "1"
+    # a much weaker model (one stump) on the same window must not replace the champion
+    weak = conversion.train(_fast(ws, n_estimators=1, num_leaves=2), as_of)
+    assert not weak.promoted and "vs champion" in weak.gate_reason
+    result = conversion.score(ws, as_of)
+    again = conversion.score(ws, as_of)  # idempotent per as-of
+    with ws.connect() as con:
+        scores = con.execute("select * from conversion_scores").df()
+        active = con.execute("""select count(distinct anonymous_id) from events
+                                where "timestamp" >= ? and "timestamp" < ?""",
+                             [_midnight(as_of) - timedelta(days=30), _midnight(as_of)]).fetchall()[0][0]
+    assert len(scores) == result.visitors == again.visitors > 0
+    assert result.visitors <= active
+    assert set(scores["model_version"]) == {"1"} and (scores["as_of"] == pd.Timestamp(as_of)).all()
+    assert scores["probability"].between(0, 1).all()
+    assert scores["anonymous_id"].notna().all()
