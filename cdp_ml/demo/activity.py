@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from cdp_ml.demo import vocabulary as voc
 from cdp_ml.demo.people import DAY, WEEK, PersonBlock, format_phones, local_time, messy_email
@@ -44,13 +45,13 @@ def _season_windows(start: int, end: int, month: int, day_from: int, day_to: int
 
 def behaviour(p: PersonBlock, rng: np.random.Generator, end: int) -> Behaviour:
     n = len(p)
-    buys = rng.random((n, len(CAT_NAMES))) < CAT_SHARE * (0.45 + 1.1 * p.intent[:, None])
+    buys = rng.random((n, len(CAT_NAMES))) < CAT_SHARE * (0.35 + 1.0 * p.intent[:, None])
     spread = np.exp(rng.normal(0, 0.3, (n, len(CAT_NAMES)))).clip(0.5, 2.0)
     cycle = np.where(buys, CAT_CYCLE * spread, np.nan)
     cycle[:, GIFT] = np.where(buys[:, GIFT], 52.0, np.nan)
     churn = rng.random(n) < 0.25 * (1 - p.intent)
     churn_at = np.where(churn, rng.integers(p.joined_at.clip(min=0), end + 1), end + 1)
-    browse_rate = (0.03 + 0.25 * rng.gamma(1.5, 1.0, n) / 1.5 * (0.4 + p.intent)).clip(max=1.5)
+    browse_rate = (0.01 + 0.07 * rng.gamma(1.5, 1.0, n) / 1.5 * (0.4 + p.intent)).clip(max=1.0)
     return Behaviour(cycle, churn_at, browse_rate)
 
 
@@ -58,7 +59,7 @@ def purchases(p: PersonBlock, b: Behaviour, rng: np.random.Generator, start: int
     """Purchase occasions (person row, time, category): a renewal process per (person, category) plus
     seasonal gifts in the run-up to Sinterklaas/Christmas and Mother's Day."""
     parts = []
-    keep_p = 0.15 + 0.55 * p.intent
+    keep_p = 0.1 + 0.4 * p.intent  # the other occasions are bought elsewhere (drugstore, gifts)
     for c in CYCLED:
         rows = np.flatnonzero(~np.isnan(b.cycle_weeks[:, c]))
         if len(rows) == 0:
@@ -186,7 +187,7 @@ def sessions(p: PersonBlock, b: Behaviour, keys: CustomerKeys, occ: pd.DataFrame
     a = pd.DataFrame({"row": web["row"].to_numpy(), "ts": web["ts"].to_numpy() - rng.integers(120, 1500, len(web)),
                       "cat": web["cat"].to_numpy(), "kind": 2, "order": web.index.to_numpy()})
     # B. research visits before orders (web and store)
-    k = rng.poisson(0.4 + 1.2 * p.intent[occ["row"].to_numpy()])
+    k = rng.poisson(0.15 + 0.9 * p.intent[occ["row"].to_numpy()])
     src = np.repeat(np.arange(len(occ)), k)
     lead = (rng.exponential(3.0, len(src)) * DAY).astype(np.int64) + 3600
     bb = pd.DataFrame({"row": occ["row"].to_numpy()[src], "ts": occ["ts"].to_numpy()[src] - lead,
@@ -220,86 +221,98 @@ def sessions(p: PersonBlock, b: Behaviour, keys: CustomerKeys, occ: pd.DataFrame
     return s.sort_values(["row", "ts"], kind="stable").reset_index(drop=True)
 
 
-_PAGES = np.array(["/", "/nl-nl/home", "/nl-nl/nieuw", "/nl-nl/cadeaus", "/nl-nl/sale"], dtype=object)
+_PAGES = ("/", "/nl-nl/home", "/nl-nl/nieuw", "/nl-nl/cadeaus", "/nl-nl/sale")
+_SKUS = tuple(f"{code}-{k + 1:03d}" for code in CAT_CODE for k in range(voc.PRODUCTS_PER_CATEGORY))
+# every URL the demo site has: landing pages, searches, product pages, login, checkout
+_URLS = _PAGES + tuple(f"/nl-nl/zoeken?q={t}" for t in voc.SEARCH_TERMS) + tuple(f"/nl-nl/p/{s}" for s in _SKUS) \
+    + ("/nl-nl/account/login", "/nl-nl/checkout")
+_TYPES = ("page_view", "login", "search", "product_view", "add_to_cart", "checkout_start", "purchase")
+
+
+def _dict(indices: np.ndarray, values, valid: np.ndarray | None = None) -> pa.DictionaryArray:
+    """A dictionary-encoded text column: cheap to build and to write for millions of events."""
+    idx = pa.array(indices.astype(np.int32), mask=None if valid is None else ~valid)
+    return pa.DictionaryArray.from_arrays(idx, pa.array(list(values), pa.string()))
+
+
+@dataclass
+class EventBlock:
+    """Events of a block as an Arrow table (text as dictionary codes) plus the logged-in references."""
+
+    table: pa.Table
+    refs: pd.DataFrame  # customer_ref, row: who each logged-in reference belongs to
 
 
 def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Series,
-           rng: np.random.Generator, counters: dict[str, int]) -> pd.DataFrame:
+           rng: np.random.Generator, counters: dict[str, int]) -> EventBlock:
     """Expand sessions into clickstream events: page_view, [login], [search], product_view*, [add_to_cart,
     checkout_start, purchase]; one vectorised pass over all sessions of the block."""
     m = len(s)
     kind = s["kind"].to_numpy()
-    login = s["logged_in"].to_numpy() & ~s["app"].to_numpy()
+    app = s["app"].to_numpy()
+    logged = s["logged_in"].to_numpy()
+    order_s = s["order"].to_numpy()
+    login = logged & ~app
     search = rng.random(m) < np.where(kind == 0, 0.3, 0.15)
-    views = np.where(kind == 0, rng.poisson(1.2, m), 1 + rng.poisson(1.5, m))
+    views = np.where(kind == 0, rng.poisson(1.0, m), 1 + rng.poisson(1.0, m))
     cart = np.where(kind == 2, True, rng.random(m) < np.where(kind == 1, 0.35, 0.06))
     checkout = (kind == 2) | (cart & (rng.random(m) < 0.1))
     purchase = kind == 2
-    b1 = 1 + login
-    b2 = b1 + search
-    b3 = b2 + views
-    b4 = b3 + cart
-    b5 = b4 + checkout
-    total = b5 + purchase
+    bounds = np.cumsum(np.stack([np.ones(m, dtype=np.int64), login, search, views, cart, checkout, purchase]), axis=0)
+    total = bounds[-1]
     sess = np.repeat(np.arange(m), total)
     first = np.concatenate([[0], np.cumsum(total)[:-1]])
     pos = np.arange(len(sess)) - first[sess]
-    etype = np.select([pos < 1, pos < b1[sess], pos < b2[sess], pos < b3[sess], pos < b4[sess], pos < b5[sess]],
-                      ["page_view", "login", "search", "product_view", "add_to_cart", "checkout_start"], "purchase")
+    etype = (pos[None, :] >= bounds[:, sess]).sum(axis=0)  # index into _TYPES
     gap = (rng.exponential(40.0, len(sess)) + 3).astype(np.int64)
     gap[first] = 0
     csum = np.cumsum(gap)
     ts = s["ts"].to_numpy()[sess] + csum - csum[first][sess]
-    rows = s["row"].to_numpy()[sess]
-    order = s["order"].to_numpy()[sess]
+    order = order_s[sess]
     # who: customer_ref from the login on (app sessions are logged in throughout)
-    ref_session = np.where(s["order"].to_numpy() >= 0,
-                           occ["ref"].to_numpy()[np.maximum(s["order"].to_numpy(), 0)],
+    ref_session = np.where(order_s >= 0, occ["ref"].to_numpy()[np.maximum(order_s, 0)],
                            keys.crm_id[s["row"].to_numpy()])
-    ref = np.where(s["logged_in"].to_numpy()[sess] & ((pos >= 1) | s["app"].to_numpy()[sess]),
-                   ref_session[sess], None)
+    ref_session = np.where(logged, ref_session, None)
+    ref_code, ref_values = pd.factorize(ref_session)
+    has_ref = logged[sess] & ((pos >= 1) | app[sess])
     cat = s["cat"].to_numpy()[sess]
     product_no = np.where(order >= 0, occ["product"].to_numpy()[np.maximum(order, 0)],
                           rng.integers(0, voc.PRODUCTS_PER_CATEGORY, len(sess)))
-    sku = pd.Series(CAT_CODE[cat]) + "-" + pd.Series(product_no + 1).astype(str).str.zfill(3)
-    has_product = np.isin(etype, ["product_view", "add_to_cart"])
+    sku = cat * voc.PRODUCTS_PER_CATEGORY + product_no
+    is_product = (etype == 3) | (etype == 4)
+    with_product = is_product | (etype == 6)
     price = np.round(CAT_PRICE[cat] * (0.7 + 0.6 * product_no / (voc.PRODUCTS_PER_CATEGORY - 1)), 1) - 0.05
-    value = np.where(etype == "purchase", occ["amount"].to_numpy()[np.maximum(order, 0)],
-                     np.where(has_product, price, np.nan))
-    url = np.select(
-        [etype == "page_view", etype == "search", has_product, etype == "login"],
-        [_PAGES[rng.integers(0, len(_PAGES), len(sess))], "/nl-nl/zoeken?q=" +
-         np.array(voc.SEARCH_TERMS, dtype=object)[rng.integers(0, len(voc.SEARCH_TERMS), len(sess))],
-         ("/nl-nl/p/" + sku).to_numpy(dtype=object), "/nl-nl/account/login"],
-        "/nl-nl/checkout")
+    value = np.where(etype == 6, occ["amount"].to_numpy()[np.maximum(order, 0)], price)
+    n_pages, n_terms = len(_PAGES), len(voc.SEARCH_TERMS)
+    url = np.select([etype == 0, etype == 2, is_product, etype == 1],
+                    [rng.integers(0, n_pages, len(sess)), n_pages + rng.integers(0, n_terms, len(sess)),
+                     n_pages + n_terms + sku, len(_URLS) - 2], len(_URLS) - 1)
     entry = pos == 0
-    referrer = np.where(entry, np.array(voc.REFERRERS, dtype=object)[rng.integers(0, len(voc.REFERRERS), len(sess))], None)
-    referrer = np.where(referrer == "", None, referrer)
-    utm = np.where(entry & (rng.random(len(sess)) < 0.35),
-                   np.array(voc.UTM_SOURCES, dtype=object)[rng.integers(0, len(voc.UTM_SOURCES), len(sess))], None)
+    referrer = rng.integers(0, len(voc.REFERRERS), len(sess))
+    has_referrer = entry & (np.array(voc.REFERRERS, dtype=object)[referrer] != "")
+    utm = entry & (rng.random(len(sess)) < 0.35)
     k = counters["session"]
-    sid = pd.Series(np.arange(k, k + m) * 40_503 % (1 << 36) + (1 << 36)).map("{:x}".format).to_numpy(dtype=object)
     counters["session"] = k + m
-    k = counters["event"]
-    eid = pd.Series(np.arange(k, k + len(sess)) * 2_246_822_519 % (1 << 44) + (1 << 44)).map("{:x}".format)
-    counters["event"] = k + len(sess)
+    k_event = counters["event"]
+    counters["event"] = k_event + len(sess)
     dev = s["device"].to_numpy()[sess]
-    return pd.DataFrame({
-        "event_id": eid.to_numpy(dtype=object),
+    table = pa.table({
+        "event_no": np.arange(k_event, k_event + len(sess), dtype=np.int64) * 2_246_822_519 % (1 << 44) + (1 << 44),
         "ts": ts,
-        "type": etype,
-        "anonymous_id": anon.to_numpy(dtype=object)[dev],
-        "user_id": ref,
-        "session_id": sid[sess],
-        "product_id": np.where(has_product | (etype == "purchase"), sku.to_numpy(dtype=object), None),
-        "category": np.where(has_product | (etype == "purchase"), CAT_NAMES[cat], None),
-        "value": value,
-        "channel": np.where(s["app"].to_numpy()[sess], "app", "web"),
-        "page_url": url,
-        "referrer": referrer,
-        "utm_source": utm,
-        "_row": rows,
+        "type": _dict(etype, _TYPES),
+        "anonymous_id": _dict(dev, anon.tolist()),
+        "user_id": _dict(np.maximum(ref_code[sess], 0), ref_values.tolist(), has_ref),
+        "session_no": (np.arange(k, k + m, dtype=np.int64) * 40_503 % (1 << 36) + (1 << 36))[sess],
+        "product_id": _dict(sku, _SKUS, with_product),
+        "category": _dict(cat, CAT_NAMES.tolist(), with_product),
+        "value": pa.array(value, mask=~(with_product)),
+        "channel": _dict(app[sess].astype(np.int64), ("web", "app")),
+        "page_url": _dict(url, _URLS),
+        "referrer": _dict(referrer, voc.REFERRERS, has_referrer),
+        "utm_source": _dict(rng.integers(0, len(voc.UTM_SOURCES), len(sess)), voc.UTM_SOURCES, utm),
     })
+    refs = pd.DataFrame({"customer_ref": ref_session[logged], "row": s["row"].to_numpy()[logged]}).drop_duplicates()
+    return EventBlock(table, refs)
 
 
 def interactions(p: PersonBlock, occ: pd.DataFrame, keys: CustomerKeys, rng: np.random.Generator,

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from cdp_ml.demo import activity, people, records
-from cdp_ml.demo.sinks import CsvSink, JsonlSink, ParquetSink
+from cdp_ml.demo.sinks import CsvSink, JsonlSink, ParquetSink, json_lines, text_bytes
 from cdp_ml.errors import CdpError
 
 BLOCK = 50_000
@@ -194,7 +195,7 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
         count = np.bincount(owner, minlength=n)
         sess = activity.sessions(p, beh, keys, occ, rng, t0, t1, count, offset, is_app)
         ev = activity.events(sess, occ, keys, anon, rng, counters)
-        _write_events(events_sink, ev, rng)
+        _write_events(events_sink, ev.table, rng)
 
         it = activity.interactions(p, occ, keys, rng, t0, t1, counters)
         bad = rng.random(len(it)) < 0.002
@@ -206,7 +207,7 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
         cons_out.loc[rng.random(len(cons_out)) < 0.001, "changed_at"] = "2025-13-01 25:00:00"
         consent_sink.write(cons_out)
 
-        ident_sink.write(_identifiers(p, owner, anon, sess, ev, occ, it, cons))
+        ident_sink.write(_identifiers(p, owner, anon, sess, ev.refs, occ, it, cons))
         truth_frames.append(_persons_truth(p, beh, occ, sess, t1))
     for sink in (crm_sink, nl_sink, loyalty_sink, orders_sink, store_sink, consent_sink, identity_sink, ident_sink):
         sink.close()
@@ -229,24 +230,49 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
     return DemoResult(root, persons, first_day, last_day, files, time.perf_counter() - began)
 
 
-def _write_events(sink: JsonlSink, ev: pd.DataFrame, rng: np.random.Generator) -> None:
-    """Monthly event files with a few double-fired events and a few malformed lines for quarantine."""
-    ev = ev.sort_values(["ts", "event_id"], kind="stable")
-    ev = _with_duplicates(ev.drop(columns=["_row"]), rng, 0.002)
-    month = pd.to_datetime(ev["ts"].to_numpy(), unit="s").strftime("%Y-%m").to_numpy()
-    ts_text = pd.to_datetime(ev["ts"].to_numpy(), unit="s").strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    ev = ev.assign(ts=np.asarray(ts_text, dtype=object))
-    bad = rng.random(len(ev)) < 0.0005
-    ev.loc[bad, "ts"] = "2025-02-30T25:61:00Z"
-    for key in np.unique(month):
-        part = ev[month == key]
+def _timestamps(ts: np.ndarray) -> pa.Array:
+    """ISO-8601 UTC text for epoch seconds, assembled from a per-day and a per-second-of-day dictionary
+    (much faster than formatting every value)."""
+    day = ts // people.DAY
+    first = int(day.min()) if len(day) else 0
+    days = pd.to_datetime(np.arange(first, int(day.max()) + 1 if len(day) else 1), unit="D").strftime("%Y-%m-%dT")
+    sod = np.arange(people.DAY)
+    clock = pd.Series(sod // 3600).astype(str).str.zfill(2) + ":" + pd.Series(sod // 60 % 60).astype(str).str.zfill(2) \
+        + ":" + pd.Series(sod % 60).astype(str).str.zfill(2) + ".000Z"
+    return pc.binary_join_element_wise(
+        pc.take(pa.array(list(days), pa.string()), pa.array(day - first)),
+        pc.take(pa.array(clock.tolist(), pa.string()), pa.array(ts % people.DAY)), "")
+
+
+def _write_events(sink: JsonlSink, ev: pa.Table, rng: np.random.Generator) -> None:
+    """Monthly event files in time order, with a few double-fired events and a few malformed lines
+    (impossible timestamps, a record cut off mid-line) for quarantine to show."""
+    n = ev.num_rows
+    take = np.repeat(np.arange(n), 1 + (rng.random(n) < 0.002))
+    ts = ev["ts"].to_numpy()[take]
+    month = ts.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
+    order = np.lexsort((ev["event_no"].to_numpy()[take], ts, month))
+    take, ts, month = take[order], ts[order], month[order]
+    ev = ev.take(pa.array(take))
+    ts_text = pc.if_else(pa.array(rng.random(len(take)) < 0.0005), "2025-02-30T25:61:00Z", _timestamps(ts))
+    columns = [
+        ("event_id", pc.cast(ev["event_no"].combine_chunks(), pa.string())), ("ts", ts_text),
+        *((name, ev[name].combine_chunks()) for name in ("type", "anonymous_id", "user_id")),
+        ("session_id", pc.cast(ev["session_no"].combine_chunks(), pa.string())),
+        *((name, ev[name].combine_chunks()) for name in ("product_id", "category", "value", "channel", "page_url",
+                                                         "referrer", "utm_source")),
+    ]
+    cuts = np.flatnonzero(np.diff(month)) + 1
+    for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(month)]]), strict=True):
+        lines = json_lines([(name, arr.slice(lo, hi - lo)) for name, arr in columns])
+        key = str(np.datetime64(int(month[lo]), "M"))
         extra = []
-        if rng.random() < 0.3 and len(part):
-            extra.append(part.iloc[:1].to_json(orient="records", lines=True).strip()[:-20])  # truncated line
-        sink.write(part, key=key, extra_lines=extra)
+        if rng.random() < 0.3:
+            extra.append(lines[0].as_py()[:-20])  # a record cut off mid-line
+        sink.append_text(text_bytes(lines), key=key, rows=len(lines), extra_lines=extra)
 
 
-def _identifiers(p: people.PersonBlock, owner: np.ndarray, anon: pd.Series, sess: pd.DataFrame, ev: pd.DataFrame,
+def _identifiers(p: people.PersonBlock, owner: np.ndarray, anon: pd.Series, sess: pd.DataFrame, refs: pd.DataFrame,
                  occ: pd.DataFrame, it: pd.DataFrame, cons: pd.DataFrame) -> pd.DataFrame:
     """Truth for every non-record identifier written: anonymous ids (owner = device owner), customer refs,
     e-mails and phones used by service and consents."""
@@ -257,9 +283,8 @@ def _identifiers(p: people.PersonBlock, owner: np.ndarray, anon: pd.Series, sess
     shared[np.unique(s_dev[owner[s_dev] != s_row])] = True
     parts = [pd.DataFrame({"source": "web", "id_type": "anonymous_id", "identifier": anon.to_numpy(dtype=object)[used],
                            "entity": ent[owner[used]], "shared": shared[used]})]
-    refs = ev[ev["user_id"].notna()][["user_id", "_row"]].drop_duplicates()
-    parts.append(pd.DataFrame({"source": "web", "id_type": "customer_ref", "identifier": refs["user_id"].to_numpy(),
-                               "entity": ent[refs["_row"].to_numpy()], "shared": False}))
+    parts.append(pd.DataFrame({"source": "web", "id_type": "customer_ref", "identifier": refs["customer_ref"].to_numpy(),
+                               "entity": ent[refs["row"].to_numpy()], "shared": False}))
     for source, channel in (("orders", "web"), ("store_orders", "store")):
         o = occ[occ["channel"] == channel][["ref", "row"]].drop_duplicates()
         parts.append(pd.DataFrame({"source": source, "id_type": "customer_ref", "identifier": o["ref"].to_numpy(),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -78,14 +81,47 @@ class JsonlSink:
         self.files: set[Path] = set()
 
     def write(self, df: pd.DataFrame, key: str | None = None, extra_lines: list[str] | None = None) -> None:
-        path = self.directory / f"{key or self.name}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = df.to_json(orient="records", lines=True, force_ascii=False, double_precision=6) if len(df) else ""
         if text and not text.endswith("\n"):
             text += "\n"
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(text)
+        self.append_text(text, key, len(df), extra_lines)
+
+    def append_text(self, text: str | bytes | memoryview, key: str | None, rows: int,
+                    extra_lines: list[str] | None = None) -> None:
+        """Append already serialised lines and optional raw extra lines (e.g. malformed ones)."""
+        path = self.directory / f"{key or self.name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as fh:
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
             for line in extra_lines or ():
-                fh.write(line + "\n")
+                fh.write((line + "\n").encode("utf-8"))
         self.files.add(path)
-        self.rows += len(df) + len(extra_lines or ())
+        self.rows += rows + len(extra_lines or ())
+
+
+def json_lines(columns: list[tuple[str, pa.Array]]) -> pa.Array:
+    """Serialise Arrow columns to one JSON object per row (each ending in a newline), in C++ kernels.
+
+    Dictionary columns are escaped once per distinct value; plain string columns must already be JSON-safe
+    (generated text such as timestamps); numbers are written as numbers, nulls as null.
+    """
+    parts: list = []
+    for i, (name, arr) in enumerate(columns):
+        parts.append(("{" if i == 0 else ",") + json.dumps(name) + ":")
+        if pa.types.is_dictionary(arr.type):
+            quoted = pa.array([json.dumps(v) for v in arr.dictionary.to_pylist()], pa.string())
+            text = pc.take(quoted, arr.indices)
+        elif pa.types.is_string(arr.type):
+            text = pc.binary_join_element_wise('"', arr, '"', "")
+        else:
+            text = pc.cast(arr, pa.string())
+        parts.append(pc.fill_null(text, "null"))
+    parts.append("}\n")
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def text_bytes(lines: pa.Array) -> memoryview:
+    """The concatenated bytes of a string array without nulls (its data buffer between the offsets)."""
+    _, offsets, data = lines.buffers()
+    off = np.frombuffer(offsets, dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset)
+    return memoryview(data)[off[0]:off[-1]] if data is not None else memoryview(b"")
