@@ -30,8 +30,8 @@ lint: install
 	$(BIN)/ruff check cdp_ml tests pipelines bench
 
 lab: install
-	cd $(DEMO_DIR) 2>/dev/null || $(BIN)/cdp-ml init $(DEMO_DIR)
-	$(BIN)/jupyter lab --notebook-dir=. --ServerApp.kernel_name=$(KERNEL)
+	@test -f $(DEMO_DIR)/cdp_ml.yaml || { echo "no workspace in $(DEMO_DIR): run 'make demo' first (or DEMO_DIR=your/workspace make lab)"; exit 2; }
+	CDP_ML_WORKSPACE=$(abspath $(DEMO_DIR)) $(BIN)/jupyter lab --notebook-dir=notebooks
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -78,7 +78,10 @@ class Workspace:
         self.config = config
 
     @classmethod
-    def open(cls, root: str | os.PathLike = ".", check_files: bool = False) -> Workspace:
+    def open(cls, root: str | os.PathLike | None = ".", check_files: bool = False) -> Workspace:
+        """Open and validate a workspace; ``"."`` or None means ``$CDP_ML_WORKSPACE`` when set (JupyterLab)."""
+        if root is None or str(root) == ".":
+            root = os.environ.get("CDP_ML_WORKSPACE") or "."
         root = Path(root).resolve()
         path = root / WORKSPACE_FILE
         if not path.is_file():
