@@ -60,8 +60,9 @@ def _random_consents(con: duckdb.DuckDBPyConnection, ids: list[str], rng: np.ran
     return rows
 
 
-def _allowed(rows: list[tuple], purpose: str, default: bool) -> set[str] | None:
-    """Reference replay: persons whose latest decision before the run date grants ``purpose``."""
+def _replay(rows: list[tuple], purpose: str) -> tuple[set[str], set[str]]:
+    """Reference replay of the decisions before the run date: (granted, refused) for ``purpose``; an
+    objection to profiling counts as refused."""
     cutoff = datetime.combine(AS_OF, datetime.min.time())
     latest: dict[tuple[str, str], tuple[datetime, bool]] = {}
     for p, pur, granted, at in rows:
@@ -69,11 +70,9 @@ def _allowed(rows: list[tuple], purpose: str, default: bool) -> set[str] | None:
                             or (at == latest[(p, pur)][0] and not granted)):
             latest[(p, pur)] = (at, granted)
     objected = {p for (p, pur), (_, g) in latest.items() if pur == "profiling" and not g}
-    granted = {p for (p, pur), (_, g) in latest.items() if pur == purpose and g}
-    if default:
-        decided_no = {p for (p, pur), (_, g) in latest.items() if pur == purpose and not g}
-        return None if not decided_no and not objected else {"!" + p for p in decided_no | objected}
-    return granted - objected
+    granted = {p for (p, pur), (_, g) in latest.items() if pur == purpose and g} - objected
+    refused = {p for (p, pur), (_, g) in latest.items() if pur == purpose and not g} | objected
+    return granted, refused
 
 
 @pytest.mark.parametrize("default_granted", [False, True])
@@ -93,25 +92,22 @@ def test_nobody_without_consent_in_any_activation_file(tmp_path, default_granted
         result = build_segments(ws, AS_OF)
         for seg in json.loads(result.manifest.read_text())["segments"]:
             folder = result.folder / seg["name"]
-            allowed = _allowed(rows, seg["purpose"], default_granted)
+            granted, refused = _replay(rows, seg["purpose"])
             members = set(_members(result.folder, seg["name"])["person_id"].dropna())
             if seg["channel"] == "email":
                 listed = set(pd.read_csv(folder / "email.csv", dtype=str)["person_id"])
-                uploaded_hashes: set[str] = set()
+                uploaded: set[str] = set()
             else:
                 listed = set(pd.read_parquet(folder / "activation.parquet")["person_id"])
-                uploaded_hashes = set()
+                uploaded = set()
                 for name in (activation.GOOGLE_FILE, activation.META_FILE):
-                    uploaded_hashes |= set(pd.read_csv(folder / name, dtype=str).stack().dropna())
+                    uploaded |= set(pd.read_csv(folder / name, dtype=str).stack().dropna())
             assert listed <= members
-            if default_granted:
-                refused = {p[1:] for p in allowed} if allowed else set()
-                assert not (members & refused), (case, seg["name"])
-                assert not (uploaded_hashes & set().union(*(hashes[p] for p in refused))) if refused else True
-            else:
-                assert members <= allowed, (case, seg["name"], members - allowed)
-                permitted = set().union(*(hashes[p] for p in allowed)) if allowed else set()
-                assert uploaded_hashes <= permitted
+            assert not members & refused, (case, seg["name"])
+            assert not uploaded & set().union(set(), *(hashes[p] for p in refused))
+            if not default_granted:  # no record = not granted
+                assert members <= granted, (case, seg["name"], members - granted)
+                assert uploaded <= set().union(set(), *(hashes[p] for p in granted))
             anonymous = _members(result.folder, seg["name"])["person_id"].isna().sum()
             assert default_granted or anonymous == 0  # an anonymous visitor has no consent record
 
