@@ -298,4 +298,4 @@ def test_quality_in_words_warns_on_stale_or_rejected_models():
     assert any("failed its quality gate (roc_auc 0.7100 vs champion 0.8300)" in w for w in warnings)
     fresh = dict(champion, created="2026-11-20T00:00:00+00:00")
     assert quality_in_words("m", {"champion": fresh, "latest": fresh}, AS_OF, 4)[1] == []
-    assert "no approved model" in quality_in_words("m", {"champion": None, "latest": None}, AS_OF, 4)[1][0]
+    assert "no approved (champion) model" in quality_in_words("m", {"champion": None, "latest": None}, AS_OF, 4)[1][0]

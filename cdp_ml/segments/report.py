@@ -77,7 +77,7 @@ def quality_in_words(name: str, status: dict[str, Any], as_of: date, retrain_aft
     words, warnings = [], []
     champion, latest = status.get("champion"), status.get("latest")
     if champion is None:
-        warnings.append(f"{name}: no approved model yet, so its segments could not use it")
+        warnings.append(f"{name}: no approved (champion) model in the registry")
         return words, warnings
     created = datetime.fromisoformat(champion["created"]).date()
     age_weeks = (as_of - created).days // 7
@@ -129,7 +129,10 @@ def _repurchase_outlook(ws: Workspace, snapshot: str | None) -> tuple[list[list[
     ax.set_ylabel("expected repurchasers")
     ax.set_title("Expected repurchasers per category")
     ax.legend(fontsize=8, ncol=2)
-    return [[r[0], r[1], r[2], round(r[3], 1)] for r in rows], _png(fig)
+    weeks = sorted({(r[1], str(r[2])[:10]) for r in rows})
+    table = [[cat] + [next((round(r[3], 1) for r in rows if r[0] == cat and r[1] == w), "-") for w, _ in weeks]
+             for cat in sorted({r[0] for r in rows})]
+    return [["category"] + [f"week {w} ({start})" for w, start in weeks]] + table, _png(fig)
 
 
 def write_report(ws: Workspace, as_of: date | None = None) -> ReportResult:
@@ -219,7 +222,7 @@ segment's channel is in any file.</p>
 <h2>Expected repurchasers in the coming weeks</h2>
 <p>Sum of the predicted probabilities per category and week: the number of people expected to buy again.</p>
 {outlook_chart}
-{_table(['category', 'week ahead', 'week starting', 'expected repurchasers'], outlook_rows) if outlook_rows else '<p>No repurchase scores.</p>'}
+{_table(outlook_rows[0], outlook_rows[1:]) if outlook_rows else '<p>No repurchase scores.</p>'}
 <h2>Retargeting: expected conversions and saving</h2>
 {''.join(f'<p>{html.escape(t)}</p>' for t in retarget) or '<p>No retargeting segments this week.</p>'}
 <h2>Model quality</h2>
