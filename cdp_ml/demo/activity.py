@@ -59,7 +59,7 @@ def purchases(p: PersonBlock, b: Behaviour, rng: np.random.Generator, start: int
     """Purchase occasions (person row, time, category): a renewal process per (person, category) plus
     seasonal gifts in the run-up to Sinterklaas/Christmas and Mother's Day."""
     parts = []
-    keep_p = 0.1 + 0.4 * p.intent  # the other occasions are bought elsewhere (drugstore, gifts)
+    keep_p = 0.08 + 0.37 * p.intent  # the other occasions are bought elsewhere (drugstore, gifts)
     for c in CYCLED:
         rows = np.flatnonzero(~np.isnan(b.cycle_weeks[:, c]))
         if len(rows) == 0:
@@ -254,7 +254,7 @@ def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Seri
     order_s = s["order"].to_numpy()
     login = logged & ~app
     search = rng.random(m) < np.where(kind == 0, 0.3, 0.15)
-    views = np.where(kind == 0, rng.poisson(1.0, m), 1 + rng.poisson(1.0, m))
+    views = np.where(kind == 1, 1 + rng.poisson(1.0, m), rng.poisson(np.where(kind == 0, 1.0, 0.6)))
     cart = np.where(kind == 2, True, rng.random(m) < np.where(kind == 1, 0.35, 0.06))
     checkout = (kind == 2) | (cart & (rng.random(m) < 0.1))
     purchase = kind == 2

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import yaml
 
 from cdp_ml.demo import activity, people, records
-from cdp_ml.demo.sinks import CsvSink, JsonlSink, ParquetSink, json_lines, text_bytes
+from cdp_ml.demo.sinks import CsvSink, JsonlSink, ParquetSink, json_dictionary, json_lines, text_bytes
 from cdp_ml.errors import CdpError
 
 BLOCK = 50_000
@@ -257,10 +257,12 @@ def _write_events(sink: JsonlSink, ev: pa.Table, rng: np.random.Generator) -> No
     ts_text = pc.if_else(pa.array(rng.random(len(take)) < 0.0005), "2025-02-30T25:61:00Z", _timestamps(ts))
     columns = [
         ("event_id", pc.cast(ev["event_no"].combine_chunks(), pa.string())), ("ts", ts_text),
-        *((name, ev[name].combine_chunks()) for name in ("type", "anonymous_id", "user_id")),
+        *((name, json_dictionary(ev[name].combine_chunks())) for name in ("type", "anonymous_id", "user_id")),
         ("session_id", pc.cast(ev["session_no"].combine_chunks(), pa.string())),
-        *((name, ev[name].combine_chunks()) for name in ("product_id", "category", "value", "channel", "page_url",
-                                                         "referrer", "utm_source")),
+        *((name, json_dictionary(ev[name].combine_chunks())) for name in ("product_id", "category")),
+        ("value", ev["value"].combine_chunks()),
+        *((name, json_dictionary(ev[name].combine_chunks())) for name in ("channel", "page_url", "referrer",
+                                                                          "utm_source")),
     ]
     cuts = np.flatnonzero(np.diff(month)) + 1
     for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(month)]]), strict=True):

@@ -102,15 +102,14 @@ class JsonlSink:
 def json_lines(columns: list[tuple[str, pa.Array]]) -> pa.Array:
     """Serialise Arrow columns to one JSON object per row (each ending in a newline), in C++ kernels.
 
-    Dictionary columns are escaped once per distinct value; plain string columns must already be JSON-safe
+    Dictionary columns must come from ``json_dictionary`` (escaped once per distinct value); plain string columns must already be JSON-safe
     (generated text such as timestamps); numbers are written as numbers, nulls as null.
     """
     parts: list = []
     for i, (name, arr) in enumerate(columns):
         parts.append(("{" if i == 0 else ",") + json.dumps(name) + ":")
-        if pa.types.is_dictionary(arr.type):
-            quoted = pa.array([json.dumps(v) for v in arr.dictionary.to_pylist()], pa.string())
-            text = pc.take(quoted, arr.indices)
+        if pa.types.is_dictionary(arr.type):  # dictionary already JSON-encoded by json_dictionary
+            text = pc.take(arr.dictionary, arr.indices)
         elif pa.types.is_string(arr.type):
             text = pc.binary_join_element_wise('"', arr, '"', "")
         else:
@@ -125,3 +124,9 @@ def text_bytes(lines: pa.Array) -> memoryview:
     _, offsets, data = lines.buffers()
     off = np.frombuffer(offsets, dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset)
     return memoryview(data)[off[0]:off[-1]] if data is not None else memoryview(b"")
+
+
+def json_dictionary(arr: pa.DictionaryArray) -> pa.DictionaryArray:
+    """The same column with each distinct value JSON-encoded once, for ``json_lines``."""
+    quoted = pa.array([json.dumps(v, ensure_ascii=False) for v in arr.dictionary.to_pylist()], pa.string())
+    return pa.DictionaryArray.from_arrays(arr.indices, quoted)
