@@ -114,6 +114,8 @@ def _prepare_rules(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date, f
     else:
         con.execute("create temp table _consent(person_id varchar, purpose varchar, granted boolean, decided_at timestamp)")
     con.execute("create temp table _erased(person_id varchar)")
+    if table_exists(con, "person_map"):  # every live person has an identifier; one distinct scan per run
+        con.execute("create temp table _persons as select distinct person_id from person_map where person_id is not null")
     if table_exists(con, "erasures") and "person_id" in columns(con, "erasures"):
         con.execute("insert into _erased select distinct person_id from erasures where person_id is not null")
     con.execute("create temp table _objected as select distinct person_id from _consent "
@@ -171,7 +173,7 @@ def _judge(con: duckdb.DuckDBPyConnection, d: SegmentDefinition, as_of: date, sc
                               "return_days": d.suppress_return_days}
     erased = "c.person_id in (select person_id from _erased)"
     if has_person_map:
-        erased += " or c.person_id not in (select person_id from person_map where person_id is not null)"
+        erased += " or c.person_id not in (select person_id from _persons)"
     whens = [
         (f"c.person_id is not null and ({erased})", "erased"),
         ("c.person_id in (select person_id from _objected)", "opted_out"),
