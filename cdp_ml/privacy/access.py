@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 
 from cdp_ml.engine import table_exists
+from cdp_ml.errors import CdpError
 from cdp_ml.privacy import subject, tombstone
 from cdp_ml.privacy.identifiers import SEP, STAGING_TABLES, matches_sql, salted_hash
 from cdp_ml.workspace import Workspace
@@ -49,7 +50,11 @@ def export_person(ws: Workspace, email: str | None = None, phone: str | None = N
             salt = tombstone.salt(ws)
         else:
             salt = tombstone.salt(ws, create=True)
-        subj = subject.collect(con, ws, seeds, salt)
+        unknown = {s.value for s in seeds if s.kind == "person_id"} - subject.known_person_ids(
+            con, [s.value for s in seeds if s.kind == "person_id"])
+        if unknown and not _erasure_status(con, seeds, None, salt)["erased"]:
+            raise CdpError(f"person {sorted(unknown)[0]} is not known (no person_map, profiles or redirect row)")
+        subj = subject.collect(con, ws, [s for s in seeds if s.value not in unknown], salt)
         records = {t: _rows(con, f'select * exclude (_load_id) from "{t}" where {p}')
                    for t in STAGING_TABLES if (p := matches_sql(con, t, subject.IDS))}
         records = {t: rows for t, rows in records.items() if rows}
@@ -158,7 +163,7 @@ def _segment_files(con: duckdb.DuckDBPyConnection, ws: Workspace, subj: subject.
     return out
 
 
-def _erasure_status(con: duckdb.DuckDBPyConnection, seeds: list[subject.Seed], subj: subject.Subject,
+def _erasure_status(con: duckdb.DuckDBPyConnection, seeds: list[subject.Seed], subj: subject.Subject | None,
                     salt: str) -> dict[str, Any]:
     hashes = [salted_hash(salt, s.kind, s.value) for s in seeds]
     tomb = [salted_hash(salt, s.kind, s.value) for s in seeds if s.kind in ("email", "phone")]
@@ -172,5 +177,6 @@ def _erasure_status(con: duckdb.DuckDBPyConnection, seeds: list[subject.Seed], s
         [tomb]).fetchall()[0][0] > 0
     erased = bool(erased_at) or tombstoned
     return {"erased": erased, "erased_at": erased_at,
-            "note": "erased: only the salted-hash tombstone and the audit entry remain" if erased and not subj.persons
+            "note": "erased: only the salted-hash tombstone and the audit entry remain"
+            if erased and not (subj and subj.persons)
             else None}

@@ -109,7 +109,7 @@ def forget(ws: Workspace, email: str | None = None, phone: str | None = None, pe
 
 def _check_person_ids(con: duckdb.DuckDBPyConnection, seeds: list[subject.Seed], salt: str) -> None:
     ids = [s.value for s in seeds if s.kind == "person_id"]
-    known = subject._known_person_ids(con, ids)
+    known = subject.known_person_ids(con, ids)
     for pid in ids:
         if pid in known:
             continue

@@ -74,7 +74,7 @@ def parse_request(con: duckdb.DuckDBPyConnection, ws: Workspace, email: str | No
             raise CdpError(f"--file: {file} holds no identifiers (one e-mail, phone or person id per line)")
     if not given:
         raise CdpError("give --email, --phone, --person-id or --file")
-    known_persons = _known_person_ids(con, [t for _, k, t in given if k in (None, "person_id")])
+    known_persons = known_person_ids(con, [t for _, k, t in given if k in (None, "person_id")])
     seeds: list[Seed] = []
     country = ws.config.default_country or "NL"
     for where, kind, text in given:
@@ -97,7 +97,7 @@ def parse_request(con: duckdb.DuckDBPyConnection, ws: Workspace, email: str | No
     return list(dict.fromkeys(seeds))
 
 
-def _known_person_ids(con: duckdb.DuckDBPyConnection, candidates: list[str]) -> set[str]:
+def known_person_ids(con: duckdb.DuckDBPyConnection, candidates: list[str]) -> set[str]:
     found: set[str] = set()
     for table, col in (("person_map", "person_id"), ("profiles", "person_id"), ("person_redirects", "old_person_id")):
         if candidates and table_exists(con, table):
