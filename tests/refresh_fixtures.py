@@ -8,6 +8,8 @@ rows in a transaction, one publishes a folder by atomic rename. Environment vari
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -102,10 +104,27 @@ def write_notebook(path: Path, code: str) -> None:
     nbformat.write(nb, path)
 
 
+_EMPTY_MLFLOW_DB: list[Path] = []
+
+
+def seed_mlflow(root: Path) -> None:
+    """Copy an initialised MLflow sqlite store (schema only) into the workspace: creating one costs seconds."""
+    if not _EMPTY_MLFLOW_DB:
+        from cdp_ml import Workspace, tracking
+
+        template = Path(tempfile.mkdtemp(prefix="refresh-mlflow-template-"))
+        (template / "cdp_ml.yaml").write_text("sources: []\n")
+        tracking.setup(Workspace.open(template)).search_experiments()
+        _EMPTY_MLFLOW_DB.append(template / "mlruns" / "mlflow.db")
+    (root / "mlruns").mkdir(parents=True, exist_ok=True)
+    shutil.copy(_EMPTY_MLFLOW_DB[0], root / "mlruns" / "mlflow.db")
+
+
 def make_workspace(root: Path, extra_steps: dict[str, str] | None = None) -> Path:
     """A workspace without sources plus a 3-step test pipeline; returns the pipeline path."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "cdp_ml.yaml").write_text("sources: []\n")
+    seed_mlflow(root)
     nbdir = root.parent / f"{root.name}-notebooks"
     nbdir.mkdir(exist_ok=True)
     steps = []

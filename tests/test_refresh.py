@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,23 +27,10 @@ from refresh_fixtures import make_workspace  # noqa: E402
 WEEK1, WEEK2 = date(2026, 3, 16), date(2026, 3, 23)
 
 
-@pytest.fixture(scope="module")
-def empty_mlflow_db(tmp_path_factory) -> Path:
-    """An initialised MLflow sqlite store (schema only): creating one costs seconds per workspace."""
-    from cdp_ml import tracking
-
-    root = tmp_path_factory.mktemp("mlflow-template")
-    (root / "cdp_ml.yaml").write_text("sources: []\n")
-    tracking.setup(Workspace.open(root)).search_experiments()
-    return root / "mlruns" / "mlflow.db"
-
-
 @pytest.fixture
-def tiny(tmp_path, empty_mlflow_db):
+def tiny(tmp_path):
     root = tmp_path / "ws"
     pipeline = make_workspace(root)
-    (root / "mlruns").mkdir()
-    shutil.copy(empty_mlflow_db, root / "mlruns" / "mlflow.db")
     return Workspace.open(root), pipeline
 
 

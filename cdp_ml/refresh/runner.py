@@ -442,7 +442,8 @@ class _Run:
 
 
 def _last_run_state(week_dir: Path) -> dict[str, Any] | None:
-    states = [s for s in (read_json(p) for p in week_dir.glob(f"*/{STATE_FILE}")) if isinstance(s, dict)]
+    paths = [p for p in week_dir.glob(f"*/{STATE_FILE}") if not p.parent.is_symlink()]
+    states = [s for s in map(read_json, paths) if isinstance(s, dict)]
     states = [s for s in states if "run_id" in s and "steps" in s]
     return max(states, key=lambda s: (s.get("started") or "", s["run_id"])) if states else None
 
