@@ -131,6 +131,8 @@ def test_noise_placeholders_and_malformed_lines_exist(demo):
     assert bad_lines > 0
     orders = _read(ws, "orders")
     assert set(orders["status"]) == {"completed", "returned", "cancelled"}
+    baskets = orders.drop_duplicates().groupby("order_id")["line_no"].nunique()
+    assert (baskets > 1).any() and (baskets == 1).any()
 
 
 def test_sophia_case_exists(demo):

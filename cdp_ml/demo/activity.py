@@ -114,14 +114,27 @@ def orders(p: PersonBlock, keys: CustomerKeys, occ: pd.DataFrame, rng: np.random
     occ = occ[occ["channel"] != ""].reset_index(drop=True)
     occ["sku"] = CAT_CODE[occ["cat"].to_numpy()] + "-" + pd.Series(occ["product"] + 1).astype(str).str.zfill(3)
 
-    web = occ[occ["channel"] == "web"]
-    k = counters["web_order"]
-    web_ids = "W" + pd.Series(np.arange(k, k + len(web)) + 100_000).astype(str)
-    counters["web_order"] = k + len(web)
-    occ.loc[web.index, "order_id"] = web_ids.to_numpy()
+    for channel, prefix, base, counter in (("web", "W", 100_000, "web_order"), ("store", "R", 5_000_000, "store_order")):
+        idx = np.flatnonzero(occ["channel"].to_numpy() == channel)
+        k = counters[counter]
+        occ.loc[idx, "order_id"] = (prefix + pd.Series(np.arange(k, k + len(idx)) + base).astype(str)).to_numpy()
+        counters[counter] = k + len(idx)
+    occ["line_no"] = 1
+    # baskets: a fifth of the orders add a small item (soap, foam, a candle) on a second line
+    extra = occ[rng.random(len(occ)) < 0.2].copy()
+    extra["line_no"] = 2
+    extra["cat"] = np.array([1, 0, 3])[rng.integers(0, 3, len(extra))]
+    extra["product"] = rng.integers(0, voc.PRODUCTS_PER_CATEGORY, len(extra))
+    extra["qty"] = 1
+    extra["amount"] = np.round(CAT_PRICE[extra["cat"].to_numpy()] * (0.7 + 0.6 * extra["product"].to_numpy()
+                                                                     / (voc.PRODUCTS_PER_CATEGORY - 1)), 1) - 0.05
+    extra["sku"] = CAT_CODE[extra["cat"].to_numpy()] + "-" + pd.Series(extra["product"].to_numpy() + 1).astype(str).str.zfill(3)
+    lines = pd.concat([occ, extra]).sort_index(kind="stable")
+    occ["order_total"] = np.round(lines.groupby(level=0)["amount"].sum().to_numpy(), 2)
+    web = lines[lines["channel"] == "web"]
     web_lines = pd.DataFrame({
-        "order_id": web_ids.to_numpy(),
-        "line_no": 1,
+        "order_id": web["order_id"].to_numpy(),
+        "line_no": web["line_no"].to_numpy().astype(np.int32),
         "customer_id": web["ref"].to_numpy(),
         "ordered_at": pd.to_datetime(web["ts"].to_numpy(), unit="s"),  # UTC; the Parquet type says so
         "product_id": web["sku"].to_numpy(),
@@ -133,13 +146,9 @@ def orders(p: PersonBlock, keys: CustomerKeys, occ: pd.DataFrame, rng: np.random
         "payment_method": np.array(["ideal", "creditcard", "paypal", "klarna"], dtype=object)[
             rng.integers(0, 4, len(web))],
     })
-    store = occ[occ["channel"] == "store"]
-    k = counters["store_order"]
-    store_ids = "R" + pd.Series(np.arange(k, k + len(store)) + 5_000_000).astype(str)
-    counters["store_order"] = k + len(store)
-    occ.loc[store.index, "order_id"] = store_ids.to_numpy()
+    store = lines[lines["channel"] == "store"]
     store_lines = pd.DataFrame({
-        "receipt_id": store_ids.to_numpy(),
+        "receipt_id": store["order_id"].to_numpy(),
         "card_number": store["ref"].to_numpy(),
         "purchased_at": pd.to_datetime(store["ts"].to_numpy(), unit="s", utc=True)
         .tz_convert("Europe/Amsterdam").tz_localize(None),
@@ -282,7 +291,7 @@ def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Seri
     is_product = (etype == 3) | (etype == 4)
     with_product = is_product | (etype == 6)
     price = np.round(CAT_PRICE[cat] * (0.7 + 0.6 * product_no / (voc.PRODUCTS_PER_CATEGORY - 1)), 1) - 0.05
-    value = np.where(etype == 6, occ["amount"].to_numpy()[np.maximum(order, 0)], price)
+    value = np.where(etype == 6, occ["order_total"].to_numpy()[np.maximum(order, 0)], price)
     n_pages, n_terms = len(_PAGES), len(voc.SEARCH_TERMS)
     url = np.select([etype == 0, etype == 2, is_product, etype == 1],
                     [rng.integers(0, n_pages, len(sess)), n_pages + rng.integers(0, n_terms, len(sess)),

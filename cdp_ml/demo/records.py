@@ -77,7 +77,9 @@ def crm(p: PersonBlock, rng: np.random.Generator, next_id: int, end: int) -> tup
     last = typo(pd.Series(p.last_name.to_numpy(dtype=object)[rows]), rng, 0.02)
     swap = rng.random(n) < 0.015
     first, last = (pd.Series(np.where(swap, last, first)), pd.Series(np.where(swap, first, last)))
-    email = np.where(is_dup, p.new_email.to_numpy(dtype=object)[rows], p.email.to_numpy(dtype=object)[rows])
+    changed_email = is_dup | (rng.random(n) < 0.05)  # second accounts, and customers who changed address
+    changed_email[(rows == 0) & (p.index[0] == 0)] = False  # Sophia keeps her first address
+    email = np.where(changed_email, p.new_email.to_numpy(dtype=object)[rows], p.email.to_numpy(dtype=object)[rows])
     email = messy_email(pd.Series(email), rng).to_numpy(dtype=object)
     r = rng.random(n)
     email = np.where(r < 0.012, rng.choice(np.array(voc.PLACEHOLDER_EMAILS, dtype=object), n), email)
