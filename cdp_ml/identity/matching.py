@@ -160,6 +160,19 @@ def match(con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], settings: Ide
     con.execute(f"""create or replace temp table _id_match as
         select {', '.join(select)} from _id_records r join _id_nodes n
           on n.id_type = 'record' and n.source = r.source and n.record_id = r.record_id""")
+    # Splink writes dozens of intermediate tables: keep them in memory, off the warehouse file
+    wh, con = con, duckdb.connect()
+    con.register("_id_match_arrow", wh.sql("select * from _id_match").to_arrow_table())
+    con.execute("create table _id_match as select * from _id_match_arrow")
+    con.unregister("_id_match_arrow")
+    try:
+        return _match_in_memory(wh, con, cols, settings, model_dir, log, link_only)
+    finally:
+        con.close()
+
+
+def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnection, cols: list[MatchColumn],
+                     settings: IdentitySettings, model_dir: Path, log: list[str], link_only: bool) -> MatchOutcome:
     n_records = con.execute("select count(*) from _id_match").fetchall()[0][0]
     usable = _rule_columns(cols)
     candidates = [r for r in PREDICTION_RULES if set(r) <= usable]
@@ -176,7 +189,7 @@ def match(con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], settings: Ide
             rules.append(rule)
             comparisons += k
     if not rules or n_records < 2:
-        _empty_pairs(con)
+        _empty_pairs(wh)
         return MatchOutcome(0, 0, 0, (), False, tuple(c.name for c in cols))
 
     db_api = DuckDBAPI(connection=con)
@@ -227,10 +240,10 @@ def match(con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], settings: Ide
                when not ({evidence}) then 'no individual evidence (household fields only)'
           end as reason
         from rel""", [settings.match_threshold])
-    con.execute("alter table _id_pairs add column accepted boolean")
-    con.execute("update _id_pairs set accepted = reason is null")
-    scored, accepted = con.execute("select count(*), count(*) filter (where accepted) from _id_pairs").fetchall()[0]
-    pairs.drop_table_from_database_and_remove_from_cache()
+    wh.register("_id_pairs_arrow", con.sql("select *, reason is null as accepted from _id_pairs").to_arrow_table())
+    wh.execute("create or replace temp table _id_pairs as select * from _id_pairs_arrow")
+    wh.unregister("_id_pairs_arrow")
+    scored, accepted = wh.execute("select count(*), count(*) filter (where accepted) from _id_pairs").fetchall()[0]
     return MatchOutcome(comparisons, int(scored), int(accepted), tuple("+".join(r) for r in rules), trained,
                         tuple(c.name for c in cols))
 
@@ -261,7 +274,8 @@ def _train(linker: Linker, con: duckdb.DuckDBPyConnection, cols: list[MatchColum
             linker.training.estimate_probability_two_random_records_match(prior, recall=0.7)
         except Exception as exc:  # noqa: BLE001 - no deterministic matches: keep Splink's default prior
             log.append(f"prior left at default: {str(exc).splitlines()[0][:120]}")
-    linker.training.estimate_u_using_random_sampling(max_pairs=settings.max_pairs_u, seed=settings.seed)
+    linker.training.estimate_u_using_random_sampling(max_pairs=settings.max_pairs_u, seed=settings.seed,
+                                                     num_chunks=1, min_count_per_level=None)
     untrained = {c.name for c in cols}
     for rule in EM_RULES + tuple((c.name,) for c in cols if c.block):
         if not untrained:

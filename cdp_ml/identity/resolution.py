@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -14,6 +15,7 @@ from cdp_ml.identity import inputs, matching, tables
 from cdp_ml.identity.clustering import assign_person_ids, connected_components
 from cdp_ml.workspace import Workspace
 
+PARENT_RUN_ENV = "CDP_ML_PARENT_RUN_ID"  # = cdp_ml.tracking.PARENT_RUN_ENV, without importing MLflow
 # When an identifier has several edges, the one reported as its method (lower wins).
 _METHOD_RANK = {"probabilistic": 0, "customer_id": 1, "email": 2, "phone": 3, "customer_ref": 4,
                 "customer_key": 5, "same_row": 6, "login": 7}
@@ -190,7 +192,13 @@ def _write_tables(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date | N
 
 
 def _log(ws: Workspace, result: ResolveResult, outcome: matching.MatchOutcome) -> None:
-    """Aggregates only: counts, timings and settings, never identifiers."""
+    """Aggregates only (counts, timings, settings; never identifiers), inside a weekly refresh's parent run.
+
+    A stand-alone ``cdp-ml resolve`` prints its result instead: creating the MLflow store costs more
+    than a small workspace's whole resolution.
+    """
+    if not os.environ.get(PARENT_RUN_ENV):
+        return
     from cdp_ml import tracking
 
     s = ws.config.identity
