@@ -37,33 +37,29 @@ def latest_data_time(ws: Workspace) -> datetime | None:
 
 
 def _raw_latest(ws: Workspace) -> datetime | None:
-    con = duckdb.connect()
-    con.execute("set TimeZone='UTC'")
+    """Newest timestamp over the referencing sources' raw files, read by the ingestion's own readers."""
+    from cdp_ml.sources.readers import RAW, read_raw
+
     newest: datetime | None = None
+    con = duckdb.connect()
     try:
+        con.execute("set TimeZone='UTC'")
         for src in ws.config.sources:
             column = src.columns.get(TIME_FIELDS.get(src.kind, ""))
             if not column:
                 continue
-            files = [str(p) for p in ws.source_files(src)]
-            reader = {"csv": "read_csv", "parquet": "read_parquet", "jsonl": "read_json"}[src.file_format()]
-            options = ", union_by_name=true" if reader != "read_json" else ""
-            if reader == "read_csv":
-                options += ", all_varchar=true"
-                for key, value in src.options.items():
-                    if isinstance(value, (str, int, float, bool)) and key.isidentifier():
-                        options += f", {key}=${key}"
-            params = {k: v for k, v in src.options.items() if reader == "read_csv" and f"${k}" in options}
-            params["files"] = files
+            fmt = src.options.get("timestampformat")
             quoted = '"' + column.replace('"', '""') + '"'
-            value = con.execute(
-                f"select max(coalesce(try_cast({quoted} as timestamp), "
-                f"try_cast(try_cast({quoted} as timestamptz) as timestamp))) from {reader}($files{options})",
-                params).fetchall()[0][0]
-            if isinstance(value, datetime) and (newest is None or value > newest):
-                newest = value
-    except duckdb.Error:
-        return newest
+            parsed = (f"try_strptime({quoted}, $fmt)" if fmt else
+                      f"coalesce(try_cast({quoted} as timestamp), try_cast(try_cast({quoted} as timestamptz) as timestamp))")
+            for path in ws.source_files(src):
+                try:
+                    read_raw(con, src, path)
+                    value = con.execute(f"select max({parsed}) from {RAW}", {"fmt": fmt} if fmt else {}).fetchall()[0][0]
+                except (CdpError, duckdb.Error):
+                    continue  # unreadable file: ingestion reports it; the other files still count
+                if isinstance(value, datetime) and (newest is None or value > newest):
+                    newest = value
     finally:
         con.close()
     return newest
