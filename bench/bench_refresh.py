@@ -1,0 +1,70 @@
+"""Benchmark the weekly refresh on demo data: a full refresh with retraining, then a score-only refresh
+of the same week; per-step wall time and peak memory (runner + notebook kernel).
+
+    .venv/bin/python bench/bench_refresh.py --persons 100000 [--dir /tmp/refresh-bench-100000] [--fresh]
+
+Targets at 1M persons (~30M events) on 2 cores: full refresh <= 20 min, score-only <= 5 min, peak <= 12 GB.
+Prints ``BENCH {json}`` rows for bench/run.py. The demo data is generated once per --dir and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from cdp_ml import Workspace
+from cdp_ml.demo import generate
+from cdp_ml.demo.generate import HISTORY_END
+from cdp_ml.refresh import refresh
+
+TARGETS = {"full (retrain)": 20 * 60, "score only": 5 * 60}
+PEAK_TARGET_MB = 12 * 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--persons", type=int, default=100_000)
+    p.add_argument("--dir", default=None, help="workspace (default /tmp/refresh-bench-<persons>)")
+    p.add_argument("--fresh", action="store_true", help="regenerate the demo data and start from an empty warehouse")
+    args = p.parse_args(argv)
+    root = Path(args.dir or f"/tmp/refresh-bench-{args.persons}")
+    if args.fresh:
+        shutil.rmtree(root, ignore_errors=True)
+    if not (root / "cdp_ml.yaml").exists():
+        began = time.perf_counter()
+        generate(root, persons=args.persons, seed=7)
+        print(f"demo data: {args.persons:,} persons in {time.perf_counter() - began:.0f}s", flush=True)
+    for stale in ("data", "mlruns", "runs"):  # every benchmark starts from raw files: a first weekly run
+        shutil.rmtree(root / stale, ignore_errors=True)
+    ws = Workspace.open(root)
+    as_of = HISTORY_END
+    ok = True
+    for label, mode in (("full (retrain)", "always"), ("score only", "never")):
+        began = time.perf_counter()
+        result = refresh(ws, as_of=as_of, retrain=mode)
+        wall = time.perf_counter() - began
+        print(result, flush=True)
+        peak = 0.0
+        for step in result.steps:
+            if step.seconds is None:
+                continue
+            peak = max(peak, step.peak_rss_mb or 0.0)
+            row = {"run": label, "step": step.name, "status": step.status, "seconds": round(step.seconds, 1),
+                   "peak_mb": round(step.peak_rss_mb or 0), **{k: v for k, v in step.counts.items()
+                                                               if k in ("rows_in", "rows_out")}}
+            print("BENCH " + json.dumps(row), flush=True)
+        target = TARGETS[label]
+        verdict = "ok" if wall <= target and peak <= PEAK_TARGET_MB else "over target"
+        print("BENCH " + json.dumps({"run": label, "step": "TOTAL", "status": result.status, "seconds": round(wall, 1),
+                                     "peak_mb": round(peak), "target": f"<= {target // 60} min, <= 12 GB: {verdict}"}),
+              flush=True)
+        ok = ok and result.exit_code == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
