@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cdp_ml.errors import CdpError
-from cdp_ml.privacy.consent import consent_state, granted_persons, objected_to_profiling
+from cdp_ml.privacy.consent import consent_state, ensure_ledger, granted_persons, objected_to_profiling
 
 
 @pytest.fixture()
@@ -94,3 +94,17 @@ def test_unknown_purpose_and_missing_table():
                 "\"timestamp\" timestamp, source varchar)")
     with pytest.raises(CdpError, match="purpose"):
         granted_persons(con, "sms", date(2026, 1, 1))
+
+
+def test_ledger_view_and_read_only_connections(tmp_path):
+    path = tmp_path / "w.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("create table person_consents(person_id varchar, purpose varchar, granted boolean, "
+                "\"timestamp\" timestamp, source varchar)")
+    con.execute("insert into person_consents values ('p1', 'ad_targeting', true, '2026-01-01', 'crm'), "
+                "(null, 'ad_targeting', true, '2026-01-01', 'crm')")
+    ensure_ledger(con)
+    assert con.execute("select person_id, decided_at from consent_ledger").fetchall() == [("p1", datetime(2026, 1, 1))]
+    con.close()
+    ro = duckdb.connect(str(path), read_only=True)
+    assert consent_state(ro, date(2026, 2, 1)).fetchall() == [("p1", "ad_targeting", True, datetime(2026, 1, 1))]

@@ -20,19 +20,22 @@ from cdp_ml.sources.kinds import CONSENT_PURPOSES
 
 LEDGER_VIEW = "consent_ledger"
 
-_LEDGER_SQL = f"""
-create or replace view {LEDGER_VIEW} as
+_LEDGER_SELECT = """
 select person_id, purpose, granted, "timestamp" as decided_at, source
 from person_consents
 where person_id is not null and purpose is not null and granted is not null and "timestamp" is not null
 """
 
 
-def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
-    """Create (or refresh) the ``consent_ledger`` view: person_id, purpose, granted, decided_at, source."""
+def _require_consents(con: duckdb.DuckDBPyConnection) -> None:
     if not table_exists(con, "person_consents"):
         raise CdpError("table person_consents is missing: run `cdp-ml ingest` and `cdp-ml resolve` first")
-    con.execute(_LEDGER_SQL)
+
+
+def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
+    """Create (or refresh) the ``consent_ledger`` view: person_id, purpose, granted, decided_at, source."""
+    _require_consents(con)
+    con.execute(f"create or replace view {LEDGER_VIEW} as {_LEDGER_SELECT}")
 
 
 def consent_state(con: duckdb.DuckDBPyConnection, as_of: date, default_granted: bool = False,
@@ -45,10 +48,10 @@ def consent_state(con: duckdb.DuckDBPyConnection, as_of: date, default_granted: 
     a decision get ``granted = default_granted`` and ``decided_at = NULL``. Callers should treat a
     missing row as "not granted" unless the workspace says otherwise (privacy.consent_default_granted).
     """
-    ensure_ledger(con)
+    _require_consents(con)  # reads person_consents directly, so read-only connections work too
     latest = f"""
         select person_id, purpose, granted, decided_at
-        from {LEDGER_VIEW}
+        from ({_LEDGER_SELECT})
         where decided_at < ?::date
         qualify row_number() over (partition by person_id, purpose
                                    order by decided_at desc, granted asc) = 1

@@ -26,7 +26,7 @@ import duckdb
 
 from cdp_ml.engine import columns, table_exists
 from cdp_ml.errors import CdpError
-from cdp_ml.privacy.consent import consent_state
+from cdp_ml.privacy.consent import consent_state, ensure_ledger
 from cdp_ml.segments import activation
 from cdp_ml.segments.settings import SegmentDefinition
 from cdp_ml.segments.templates import ANY, ASCENDING, SCORE_TABLE, candidates_sql, default_definitions, visitor_pool_sql
@@ -109,6 +109,7 @@ def _prepare_rules(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date, f
     """Temp tables the rules read: consent state, erased, objections, opt-outs, complaints, returns, purchases."""
     s = ws.config.segments
     if table_exists(con, "person_consents"):
+        ensure_ledger(con)  # the consent_ledger view for BI and audits
         consent_state(con, as_of).create_view("_consent_state", replace=True)
         con.execute("create temp table _consent as select * from _consent_state")
     else:
