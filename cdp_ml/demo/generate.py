@@ -178,11 +178,12 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
         loy_df, loy_truth, k3 = records.loyalty(p, rng, counters["loyalty"], t1)
         counters["loyalty"] += len(loy_df)
         keys = records.customer_keys(n, {**k1, **k2, **k3})
-        crm_sink.write(crm_df)
-        nl_sink.write(nl_df)
+        # exports come sorted by their own key, so file order says nothing about who is who
+        crm_sink.write(crm_df.sort_values("klantnummer", kind="stable"))
+        nl_sink.write(nl_df.sort_values("subscriber_id", kind="stable"))
         loy_df["registered_at"] = (pd.to_datetime(loy_df["registered_at"], utc=True)
                                    .dt.tz_convert("Europe/Amsterdam").dt.tz_localize(None))
-        loyalty_sink.write(loy_df)
+        loyalty_sink.write(loy_df.sort_values("card_number", kind="stable"))
         identity_sink.write(pd.concat([crm_truth, nl_truth, loy_truth], ignore_index=True))
 
         beh = activity.behaviour(p, rng, t1)

@@ -139,15 +139,18 @@ def make_persons(rng: np.random.Generator, first: int, n: int, start: int, end: 
         pd.Series(s.to_numpy()[head]) for s in (new_street, new_house, new_postcode, new_city))
 
     f_slug, l_slug, n_slug = slug(formal), slug(last), slug(nick)
-    who = pd.Series((index + 1).astype(str))
+    # numbers in addresses are distinct per person but unrelated between a person's addresses, so they
+    # make every address unique without giving the resolver a shared number to match on
+    def number(mult: int, off: int) -> pd.Series:
+        return pd.Series(((index * mult + off * (seed + 1)) % (1 << 24)).astype(str))
     style = rng.integers(0, 3, n)
     local = np.select([style == 0, style == 1],
                       [(n_slug + "." + l_slug).to_numpy(), (n_slug.str[0] + "." + l_slug).to_numpy()],
                       (f_slug + l_slug).to_numpy())
-    email = pd.Series(local) + who + "@" + pd.Series(_DOMAINS[rng.integers(0, len(_DOMAINS), n)])
+    email = pd.Series(local) + number(2_654_435, 17) + "@" + pd.Series(_DOMAINS[rng.integers(0, len(_DOMAINS), n)])
     alt_local = np.where(rng.random(n) < 0.5, n_slug + "_", n_slug + pd.Series(birth.astype("datetime64[Y]").astype(int) % 100).astype(str).str.zfill(2) + "_")
-    alt_email = pd.Series(alt_local) + who + "@" + pd.Series(_DOMAINS[rng.integers(0, len(_DOMAINS), n)])
-    new_email = f_slug + "." + l_slug + "." + who + "@" + pd.Series(_DOMAINS[rng.integers(0, len(_DOMAINS), n)])
+    alt_email = pd.Series(alt_local) + number(7_919_981, 91) + "@" + pd.Series(_DOMAINS[rng.integers(0, len(_DOMAINS), n)])
+    new_email = f_slug + "." + l_slug + "." + number(5_099_517, 3) + "@" + pd.Series(_DOMAINS[rng.integers(0, len(_DOMAINS), n)])
 
     phone = _unique_digits(index, 7_654_321, seed * 1_000_003 % 40_000_000, 10_000_000)
     new_phone = _unique_digits(index, 3_333_337, seed * 999_983 % 40_000_000, 50_000_000)
@@ -164,8 +167,8 @@ def make_persons(rng: np.random.Generator, first: int, n: int, start: int, end: 
     if first == 0:  # person 1 is the textbook case every demo shows: Sophia, known as Sofietje
         so = [i for i, (f, _, _) in enumerate(voc.FIRST_NAMES) if f == "Sophia"][0]
         gender[0], formal[0], nick[0], last[0] = "V", "Sophia", "Sofietje", "de Vries"
-        email[0] = "sophia.devries1@" + voc.EMAIL_DOMAINS[0]
-        alt_email[0] = "sofietje_1@" + voc.EMAIL_DOMAINS[3]
+        email[0] = "sophia.devries@" + voc.EMAIL_DOMAINS[0]  # generated addresses all carry digits
+        alt_email[0] = "sofietje.dv@" + voc.EMAIL_DOMAINS[3]
         has_crm[0] = has_newsletter[0] = True
         crm_duplicate[0] = erased[0] = False
         intent[0] = max(intent[0], 0.6)

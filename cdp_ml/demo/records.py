@@ -122,7 +122,7 @@ def newsletter(p: PersonBlock, rng: np.random.Generator, next_id: int, end: int)
     n = len(rows)
     signup = np.clip(p.joined_at[rows] + rng.integers(0, 30 * WEEK, n), 0, end - DAY)
     use_alt = (rng.random(n) < 0.55) | ~p.has_crm[rows]
-    use_alt[rows == 0] = True  # Sophia: sofietje_1@...
+    use_alt[(rows == 0) & (p.index[0] == 0)] = True  # Sophia: sofietje.dv@...
     email = np.where(use_alt, p.alt_email.to_numpy(dtype=object)[rows], p.email.to_numpy(dtype=object)[rows])
     email = messy_email(pd.Series(email), rng).to_numpy(dtype=object)
     first = _first_names(p, rows, rng, 0.1).to_numpy(dtype=object)
