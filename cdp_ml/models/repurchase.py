@@ -557,16 +557,28 @@ def load_champion(ws: Workspace) -> tuple[HazardModel, str]:
     return model, str(version.version)
 
 
+def fit(ws: Workspace, as_of: date) -> HazardModel:
+    """The hazard model fitted on data strictly before ``as_of`` (no evaluation, no MLflow)."""
+    horizon = ws.config.repurchase.horizon_weeks
+    model, _ = _fit(ws, _load(ws, as_of, horizon, evaluate=False), horizon, as_of)
+    return model
+
+
+def forecast_tracks(ws: Workspace, model: HazardModel, as_of: date) -> tuple[pd.DataFrame, Forecast]:
+    """Every track at risk at ``as_of`` (features from data before it) and its weekly forecast."""
+    with ws.connect() as con:
+        inputs = fr.prepare(con, as_of, as_of, ws.config.repurchase.categories)
+        frame = fr.track_frame(con, inputs, [as_of], model.horizon, model.max_weeks_at_risk)
+    fc, _ = predict(model, frame, tuple(ws.config.features.holiday_peaks))
+    return frame, fc
+
+
 def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
     """Weekly next-purchase probabilities of every track at risk, into ``repurchase_scores`` (idempotent)."""
     model, version = load_champion(ws)
     as_of = fr.monday(as_of or default_as_of(ws))
-    peaks = tuple(ws.config.features.holiday_peaks)
     horizon = model.horizon
-    with ws.connect() as con:
-        inputs = fr.prepare(con, as_of, as_of, ws.config.repurchase.categories)
-        frame = fr.track_frame(con, inputs, [as_of], horizon, model.max_weeks_at_risk)
-    fc, _ = predict(model, frame, peaks)
+    frame, fc = forecast_tracks(ws, model, as_of)
     n = len(frame)
     week_starts = np.array([as_of + timedelta(weeks=k) for k in range(horizon)], dtype="datetime64[D]")
     scores = pd.DataFrame({

@@ -1,0 +1,124 @@
+"""Repurchase timing: backtest contract, point-in-time correctness, cycle recovery, orders-only workspaces."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cdp_ml.errors import CdpError
+from cdp_ml.features import repurchase as fr
+from cdp_ml.models import repurchase, repurchase_simulation
+from cdp_ml.workspace import Workspace
+
+START = date(2024, 1, 1)  # a Monday
+CUTOFF = START + timedelta(weeks=90)
+SMALL = """
+repurchase:
+  n_estimators: 80
+  threads: 1
+  training_cutoffs: 8
+  min_positives: 50
+  min_negatives: 50
+"""
+
+
+def _workspace(root, orders: pd.DataFrame, settings: str = SMALL) -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cdp_ml.yaml").write_text("sources: []\n" + settings)
+    ws = Workspace.open(root)
+    with ws.connect() as con:
+        repurchase_simulation.write_warehouse(con, orders)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def orders() -> pd.DataFrame:
+    return repurchase_simulation.orders(700, START, weeks=104, seed=3)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, orders) -> Workspace:
+    return _workspace(tmp_path_factory.mktemp("rep"), orders)
+
+
+def test_backtest_writes_one_row_per_track_and_week(ws, tmp_path):
+    out = tmp_path / "bt.parquet"
+    result = repurchase.backtest(ws, CUTOFF + timedelta(days=2), horizon_weeks=6, out=out)
+    assert result.cutoff == CUTOFF and "not a Monday" in result.note
+    pred = pd.read_parquet(out)
+    assert list(pred.columns[:7]) == ["person_id", "category", "week", "week_start", "p_week", "p_cumulative", "actual"]
+    assert len(pred) == result.tracks * 6
+    assert set(pred["category"]) == {"(any)", *repurchase_simulation.CYCLES}
+    wide = pred.pivot_table(index=["person_id", "category"], columns="week", values="p_cumulative")
+    assert (np.diff(wide.to_numpy(), axis=1) >= -1e-12).all() and (wide.to_numpy() <= 1).all()
+    assert set(result.metrics["model"]) == {"model", "bgnbd", "naive"}
+    assert {"roc_auc_1w", "roc_auc_4w", "roc_auc_6w", "pr_auc_6w", "concordance", "precision_top10"} <= set(result.metrics)
+    assert "bgnbd" in str(result) and "actual_next_purchases" in str(result)
+    # actuals match the orders in the window
+    first_any = pred[(pred["category"] == "(any)") & (pred["actual"] == 1)]
+    assert first_any["week_start"].min() >= pd.Timestamp(CUTOFF)
+
+
+def test_backtest_refuses_a_window_past_the_data(ws):
+    with pytest.raises(CdpError, match="earlier --cutoff"):
+        repurchase.backtest(ws, START + timedelta(weeks=102), horizon_weeks=8)
+
+
+def test_truncating_data_at_the_cutoff_gives_identical_predictions(ws, orders, tmp_path):
+    truncated = _workspace(tmp_path / "cut", orders[orders["ordered_at"] < pd.Timestamp(CUTOFF)])
+    forecasts = []
+    for w in (ws, truncated):
+        model = repurchase.fit(w, CUTOFF)
+        frame, fc = repurchase.forecast_tracks(w, model, CUTOFF)
+        forecasts.append((frame.drop(columns="mask"), fc.p_week))
+    (fa, pa), (fb, pb) = forecasts
+    pd.testing.assert_frame_equal(fa, fb)
+    np.testing.assert_array_equal(pa, pb)
+
+
+def test_model_recovers_each_category_cycle(ws):
+    """Tracks that bought in the week before the cutoff peak near their category's cycle."""
+    model = repurchase.fit(ws, CUTOFF)
+    frame, fc = repurchase.forecast_tracks(ws, model, CUTOFF)
+    for category, cycle in repurchase_simulation.CYCLES.items():
+        if cycle > model.horizon:
+            continue
+        sel = ((frame["category"] == category) & (frame["weeks_since_origin"] == 1)).to_numpy()
+        assert sel.sum() >= 10
+        peak = fc.p_week[sel].mean(axis=0).argmax() + 1  # weeks after the cutoff
+        assert abs(peak - cycle) <= 1.5, (category, peak, cycle)
+
+
+def test_train_registers_gates_and_score_is_idempotent(ws):
+    as_of = CUTOFF + timedelta(weeks=8)
+    trained = repurchase.train(ws, as_of)
+    assert trained.promoted and trained.version == "1"
+    first = repurchase.score(ws, as_of)
+    again = repurchase.score(ws, as_of)
+    with ws.connect() as con:
+        rows = con.execute("select count(*), count(distinct week), min(p_week), max(p_cumulative), "
+                           "count(distinct model_version) from repurchase_scores where as_of = ?", [as_of]).fetchall()[0]
+    assert rows[0] == first.rows == again.rows and rows[1] == 8 and rows[2] >= 0 and rows[3] <= 1 and rows[4] == 1
+    assert "(any)" in str(first)
+
+
+def test_missing_identity_is_a_clear_error(tmp_path):
+    (tmp_path / "cdp_ml.yaml").write_text("sources: []\n")
+    ws = Workspace.open(tmp_path)
+    with ws.connect() as con:
+        con.execute("create table orders (order_id varchar, customer_ref varchar, ordered_at timestamp)")
+    with pytest.raises(CdpError, match="cdp-ml resolve"):
+        repurchase.backtest(ws, CUTOFF)
+
+
+def test_not_enough_history_names_the_settings(tmp_path, orders):
+    ws = _workspace(tmp_path, orders[orders["customer_ref"].isin(["C1", "C2", "C3"])], "repurchase: {threads: 1}\n")
+    with pytest.raises(CdpError, match="min_positives"):
+        repurchase.fit(ws, CUTOFF)
+
+
+def test_first_week_decodes_the_window_mask():
+    assert list(fr.first_week(np.array([0, 1, 2, 6, 128]))) == [0, 1, 2, 2, 8]
