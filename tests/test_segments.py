@@ -288,7 +288,8 @@ def test_report_is_self_contained_without_personal_data(tmp_path):
 
 def test_quality_in_words_warns_on_stale_or_rejected_models():
     champion = {"version": "2", "created": "2026-09-01T00:00:00+00:00", "gate": "promoted",
-                "metrics": {"backtest_roc_auc": 0.83, "train_roc_auc": 0.95, "backtest_audience_reduction_99": 0.4}}
+                "metrics": {"backtest_roc_auc": 0.83, "train_roc_auc": 0.95, "backtest_logistic_roc_auc": 0.9,
+                            "backtest_audience_reduction_99": 0.4}}
     latest = {"version": "3", "created": "2026-11-20T00:00:00+00:00", "gate": "rejected",
               "gate_reason": "roc_auc 0.7100 vs champion 0.8300", "metrics": {}}
     words, warnings = quality_in_words("conversion-intent", {"champion": champion, "latest": latest}, AS_OF, 4)
@@ -298,4 +299,8 @@ def test_quality_in_words_warns_on_stale_or_rejected_models():
     assert any("failed its quality gate (roc_auc 0.7100 vs champion 0.8300)" in w for w in warnings)
     fresh = dict(champion, created="2026-11-20T00:00:00+00:00")
     assert quality_in_words("m", {"champion": fresh, "latest": fresh}, AS_OF, 4)[1] == []
+    repurchase = dict(fresh, metrics={"gate_bgnbd_all_roc_auc_1w": 0.9, "gate_model_any_roc_auc_1w": 0.7,
+                                      "gate_model_all_roc_auc_1w": 0.76}, data_as_of="2026-11-23")
+    words = " ".join(quality_in_words("repurchase-timing", {"champion": repurchase, "latest": None}, AS_OF, 4)[0])
+    assert "76%" in words and "useful" in words and "(this week)" in words
     assert "no approved (champion) model" in quality_in_words("m", {"champion": None, "latest": None}, AS_OF, 4)[1][0]

@@ -17,14 +17,18 @@ MODEL_NAMES = ("conversion-intent", "repurchase-timing")
 def _describe(client: Any, mv: Any) -> dict[str, Any]:
     created = datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, tz=UTC)
     metrics: dict[str, float] = {}
+    data_as_of = None
     if mv.run_id:
         try:
-            metrics = {k: float(v) for k, v in client.get_run(mv.run_id).data.metrics.items()}
+            run = client.get_run(mv.run_id)
+            metrics = {k: float(v) for k, v in run.data.metrics.items()}
+            data_as_of = run.data.params.get("as_of")
         except Exception:  # noqa: BLE001 - a deleted run leaves the version without metrics, not an error
             metrics = {}
     tags = dict(mv.tags or {})
     return {"version": str(mv.version), "run_id": mv.run_id, "created": created.isoformat(timespec="seconds"),
-            "gate": tags.get("gate"), "gate_reason": tags.get("gate_reason"), "metrics": metrics}
+            "data_as_of": data_as_of, "gate": tags.get("gate"), "gate_reason": tags.get("gate_reason"),
+            "metrics": metrics}
 
 
 def model_status(ws: Workspace) -> dict[str, Any]:

@@ -65,11 +65,23 @@ def _pyplot() -> Any:
     return plt
 
 
-def _metric(metrics: dict[str, float], suffix: str) -> float | None:
-    """A metric by name suffix, preferring backtest/test keys (models log e.g. ``backtest_roc_auc``)."""
-    keys = sorted((k for k in metrics if k == suffix or k.endswith("_" + suffix) or k.endswith("." + suffix)),
-                  key=lambda k: (("backtest" not in k and "test" not in k), len(k)))
-    return metrics[keys[0]] if keys else None
+BASELINES = ("heuristic", "logistic", "bgnbd", "naive", "baseline")
+
+
+def _metric(metrics: dict[str, float], *suffixes: str) -> float | None:
+    """The champion's own metric by name suffix, whatever prefix the model stage used.
+
+    Models log their metric next to baselines' (``backtest_roc_auc``, ``backtest_logistic_roc_auc``,
+    ``gate_model_all_roc_auc_1w``): baseline keys are skipped, backtest/gate keys and the all-tracks
+    aggregate are preferred, then the shortest name.
+    """
+    for suffix in suffixes:
+        keys = [k for k in metrics if (k == suffix or k.endswith("_" + suffix))
+                and not any(b in k for b in BASELINES)]
+        if keys:
+            keys.sort(key=lambda k: ("backtest" not in k and "gate" not in k, "_all_" not in k, len(k)))
+            return metrics[keys[0]]
+    return None
 
 
 def quality_in_words(name: str, status: dict[str, Any], as_of: date, retrain_after_weeks: int) -> tuple[list[str], list[str]]:
@@ -79,11 +91,12 @@ def quality_in_words(name: str, status: dict[str, Any], as_of: date, retrain_aft
     if champion is None:
         warnings.append(f"{name}: no approved (champion) model in the registry")
         return words, warnings
-    created = datetime.fromisoformat(champion["created"]).date()
-    age_weeks = (as_of - created).days // 7
-    words.append(f"Version {champion['version']} is in use, trained on {created} ({age_weeks} weeks before this run).")
+    trained = date.fromisoformat(str(champion.get("data_as_of") or champion["created"])[:10])
+    age_weeks = max(0, (as_of - trained).days // 7)
+    words.append(f"Version {champion['version']} is in use, trained on data up to {trained}"
+                 + (f" ({age_weeks} weeks before this run)." if age_weeks else " (this week)."))
     m = champion.get("metrics") or {}
-    auc = _metric(m, "roc_auc") if _metric(m, "roc_auc") is not None else _metric(m, "auc")
+    auc = _metric(m, "roc_auc", "roc_auc_1w", "auc")
     if auc is not None:
         grade = "strong" if auc >= 0.8 else "useful" if auc >= 0.7 else "weak" if auc >= 0.6 else "barely better than chance"
         words.append(f"In the backtest it put a random buyer above a random non-buyer {auc:.0%} of the time ({grade}).")
