@@ -169,25 +169,51 @@ def _mix(number: np.ndarray, seed: int) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def devices(p: PersonBlock, rng: np.random.Generator, counters: dict[str, int], seed: int) -> tuple[np.ndarray, np.ndarray, pd.Series, np.ndarray]:
-    """Cookies and app installs: (owner row, is_app, anonymous_id, first device offset per person)."""
+@dataclass
+class Devices:
+    """Browsers and app installs of a block's persons (one row per device)."""
+
+    owner: np.ndarray  # person row
+    is_app: np.ndarray
+    number: np.ndarray  # global device number (uint64), the seed of its ids
+    lifetime: np.ndarray  # seconds a browser keeps its cookie (apps: forever)
+    phase: np.ndarray
+    count: np.ndarray  # devices per person
+    offset: np.ndarray  # first device row per person
+
+
+def devices(p: PersonBlock, rng: np.random.Generator, counters: dict[str, int]) -> Devices:
+    """One to four devices per person; the first is always a browser."""
     count = 1 + np.minimum(rng.poisson(0.7, len(p)), 3)
     owner = np.repeat(np.arange(len(p)), count)
     offset = np.concatenate([[0], np.cumsum(count)[:-1]])
     k = counters["device"]
-    number = np.arange(k, k + len(owner), dtype=np.uint64)
     counters["device"] = k + len(owner)
     is_app = (rng.random(len(owner)) < 0.25) & (np.arange(len(owner)) != offset[owner])
-    hi = pd.Series(_mix(number, seed)).map("{:016x}".format)
-    lo = pd.Series(_mix(number, seed + 1_000_003)).map("{:016x}".format)
-    anon = pd.Series(np.where(is_app, "app-" + hi.str[:12],
-                              hi.str[:8] + "-" + hi.str[8:12] + "-4" + hi.str[13:16] + "-" + lo.str[:4] + "-" + lo.str[4:16]))
-    return owner, is_app, anon, offset
+    # browsers lose their cookie every few months (tracking prevention, clearing); some keep it for years
+    lifetime = np.where(rng.random(len(owner)) < 0.3, 1 << 40,
+                        (np.exp(rng.normal(np.log(20), 0.5, len(owner))).clip(3, 200) * WEEK).astype(np.int64))
+    phase = (rng.random(len(owner)) * np.minimum(lifetime, 400 * WEEK)).astype(np.int64)
+    return Devices(owner, is_app, np.arange(k, k + len(owner), dtype=np.uint64), lifetime, phase, count, offset)
+
+
+def cookies(s: pd.DataFrame, d: Devices, start: int, seed: int) -> tuple[np.ndarray, pd.Series, np.ndarray]:
+    """The anonymous_id each session was seen with: (index per session, ids, device of each id)."""
+    dev = s["device"].to_numpy()
+    gen = np.where(d.is_app[dev], 0, (s["ts"].to_numpy() - start + d.phase[dev]) // d.lifetime[dev])
+    key = (dev.astype(np.int64) << 20) | gen.clip(0, (1 << 20) - 1)
+    uniq, index = np.unique(key, return_inverse=True)
+    udev, ugen = uniq >> 20, (uniq & ((1 << 20) - 1)).astype(np.uint64)
+    seedling = (d.number[udev] << np.uint64(20)) | ugen
+    hi = pd.Series(_mix(seedling, seed)).map("{:016x}".format)
+    lo = pd.Series(_mix(seedling, seed + 1_000_003)).map("{:016x}".format)
+    ids = pd.Series(np.where(d.is_app[udev], "app-" + hi.str[:12],
+                             hi.str[:8] + "-" + hi.str[8:12] + "-4" + hi.str[13:16] + "-" + lo.str[:4] + "-" + lo.str[4:16]))
+    return index, ids, udev
 
 
 def sessions(p: PersonBlock, b: Behaviour, keys: CustomerKeys, occ: pd.DataFrame, rng: np.random.Generator,
-             start: int, end: int, device_count: np.ndarray, device_offset: np.ndarray,
-             device_is_app: np.ndarray) -> pd.DataFrame:
+             start: int, end: int, d: Devices) -> pd.DataFrame:
     """Sessions: checkout sessions for web orders, research visits in the days before any order (the
     signal the intent model learns), and plain browsing (mostly never converting)."""
     n = len(p)
@@ -218,12 +244,12 @@ def sessions(p: PersonBlock, b: Behaviour, keys: CustomerKeys, occ: pd.DataFrame
     s = s[(s["ts"] >= start) & (s["ts"] < end)].reset_index(drop=True)
     rows = s["row"].to_numpy()
     # device: a random one of the person's; household partners sometimes use the head's first device
-    dev = device_offset[rows] + (rng.random(len(s)) * device_count[rows]).astype(np.int64)
+    dev = d.offset[rows] + (rng.random(len(s)) * d.count[rows]).astype(np.int64)
     partner = p.partner_of[rows]
     shared = (partner >= 0) & (rng.random(len(s)) < 0.3)
-    dev = np.where(shared, device_offset[np.maximum(partner, 0)], dev)
+    dev = np.where(shared, d.offset[np.maximum(partner, 0)], dev)
     s["device"] = dev
-    s["app"] = device_is_app[dev]
+    s["app"] = d.is_app[dev]
     # logged in: always for checkout, sometimes otherwise; needs a webshop account at that time
     has_acct = (keys.crm_id[rows] != None) & (s["ts"].to_numpy() >= keys.crm_created[rows])  # noqa: E711
     s["logged_in"] = has_acct & ((s["kind"].to_numpy() == 2) | (rng.random(len(s)) < 0.12))
@@ -252,7 +278,7 @@ class EventBlock:
     refs: pd.DataFrame  # customer_ref, row: who each logged-in reference belongs to
 
 
-def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Series,
+def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Series, cookie: np.ndarray,
            rng: np.random.Generator, counters: dict[str, int]) -> EventBlock:
     """Expand sessions into clickstream events: page_view, [login], [search], product_view*, [add_to_cart,
     checkout_start, purchase]; one vectorised pass over all sessions of the block."""
@@ -304,12 +330,11 @@ def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Seri
     counters["session"] = k + m
     k_event = counters["event"]
     counters["event"] = k_event + len(sess)
-    dev = s["device"].to_numpy()[sess]
     table = pa.table({
         "event_no": np.arange(k_event, k_event + len(sess), dtype=np.int64) * 2_246_822_519 % (1 << 44) + (1 << 44),
         "ts": ts,
         "type": _dict(etype, _TYPES),
-        "anonymous_id": _dict(dev, anon.tolist()),
+        "anonymous_id": _dict(cookie[sess], anon.tolist()),
         "user_id": _dict(np.maximum(ref_code[sess], 0), ref_values.tolist(), has_ref),
         "session_no": (np.arange(k, k + m, dtype=np.int64) * 40_503 % (1 << 36) + (1 << 36))[sess],
         "product_id": _dict(sku, _SKUS, with_product),

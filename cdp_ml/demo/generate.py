@@ -192,10 +192,10 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
         orders_sink.write(_with_duplicates(web_lines, rng, 0.004))
         store_sink.write(_with_duplicates(store_lines, rng, 0.004))
 
-        owner, is_app, anon, offset = activity.devices(p, rng, counters, seed)
-        count = np.bincount(owner, minlength=n)
-        sess = activity.sessions(p, beh, keys, occ, rng, t0, t1, count, offset, is_app)
-        ev = activity.events(sess, occ, keys, anon, rng, counters)
+        dev = activity.devices(p, rng, counters)
+        sess = activity.sessions(p, beh, keys, occ, rng, t0, t1, dev)
+        cookie, anon, cookie_device = activity.cookies(sess, dev, t0, seed)
+        ev = activity.events(sess, occ, keys, anon, cookie, rng, counters)
         _write_events(events_sink, ev.table, rng)
 
         it = activity.interactions(p, occ, keys, rng, t0, t1, counters)
@@ -208,7 +208,7 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
         cons_out.loc[rng.random(len(cons_out)) < 0.001, "changed_at"] = "2025-13-01 25:00:00"
         consent_sink.write(cons_out)
 
-        ident_sink.write(_identifiers(p, owner, anon, sess, ev.refs, occ, it, cons))
+        ident_sink.write(_identifiers(p, dev.owner[cookie_device], anon, cookie, sess, ev.refs, occ, it, cons))
         truth_frames.append(_persons_truth(p, beh, occ, sess, t1))
     for sink in (crm_sink, nl_sink, loyalty_sink, orders_sink, store_sink, consent_sink, identity_sink, ident_sink):
         sink.close()
@@ -275,17 +275,16 @@ def _write_events(sink: JsonlSink, ev: pa.Table, rng: np.random.Generator) -> No
         sink.append_text(text_bytes(lines), key=key, rows=len(lines), extra_lines=extra)
 
 
-def _identifiers(p: people.PersonBlock, owner: np.ndarray, anon: pd.Series, sess: pd.DataFrame, refs: pd.DataFrame,
+def _identifiers(p: people.PersonBlock, owner: np.ndarray, anon: pd.Series, cookie: np.ndarray, sess: pd.DataFrame,
+                 refs: pd.DataFrame,
                  occ: pd.DataFrame, it: pd.DataFrame, cons: pd.DataFrame) -> pd.DataFrame:
     """Truth for every non-record identifier written: anonymous ids (owner = device owner), customer refs,
     e-mails and phones used by service and consents."""
     ent = p.entity.to_numpy(dtype=object)
-    used = np.unique(sess["device"].to_numpy())
-    shared = np.zeros(len(owner), dtype=bool)
-    s_dev, s_row = sess["device"].to_numpy(), sess["row"].to_numpy()
-    shared[np.unique(s_dev[owner[s_dev] != s_row])] = True
-    parts = [pd.DataFrame({"source": "web", "id_type": "anonymous_id", "identifier": anon.to_numpy(dtype=object)[used],
-                           "entity": ent[owner[used]], "shared": shared[used]})]
+    shared = np.zeros(len(anon), dtype=bool)  # an id a household partner also browsed with
+    shared[np.unique(cookie[owner[cookie] != sess["row"].to_numpy()])] = True
+    parts = [pd.DataFrame({"source": "web", "id_type": "anonymous_id", "identifier": anon.to_numpy(dtype=object),
+                           "entity": ent[owner], "shared": shared})]
     parts.append(pd.DataFrame({"source": "web", "id_type": "customer_ref", "identifier": refs["customer_ref"].to_numpy(),
                                "entity": ent[refs["row"].to_numpy()], "shared": False}))
     for source, channel in (("orders", "web"), ("store_orders", "store")):
