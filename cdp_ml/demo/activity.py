@@ -45,7 +45,7 @@ def _season_windows(start: int, end: int, month: int, day_from: int, day_to: int
 
 def behaviour(p: PersonBlock, rng: np.random.Generator, end: int) -> Behaviour:
     n = len(p)
-    buys = rng.random((n, len(CAT_NAMES))) < CAT_SHARE * (0.35 + 1.0 * p.intent[:, None])
+    buys = rng.random((n, len(CAT_NAMES))) < CAT_SHARE * (0.08 + 0.5 * p.intent[:, None])
     spread = np.exp(rng.normal(0, 0.3, (n, len(CAT_NAMES)))).clip(0.5, 2.0)
     cycle = np.where(buys, CAT_CYCLE * spread, np.nan)
     cycle[:, GIFT] = np.where(buys[:, GIFT], 52.0, np.nan)
@@ -59,7 +59,7 @@ def purchases(p: PersonBlock, b: Behaviour, rng: np.random.Generator, start: int
     """Purchase occasions (person row, time, category): a renewal process per (person, category) plus
     seasonal gifts in the run-up to Sinterklaas/Christmas and Mother's Day."""
     parts = []
-    keep_p = 0.08 + 0.37 * p.intent  # the other occasions are bought elsewhere (drugstore, gifts)
+    keep_p = 0.7 + 0.25 * p.intent  # the other occasions are bought elsewhere (drugstore, a gift received)
     for c in CYCLED:
         rows = np.flatnonzero(~np.isnan(b.cycle_weeks[:, c]))
         if len(rows) == 0:
