@@ -99,6 +99,8 @@ def test_identifiers_and_references_are_consistent(demo):
         assert (records.loc[truth["identifier"]].to_numpy() == truth["entity"].to_numpy()).all()
     web = _read(ws, "web")
     assert set(web["anonymous_id"]) <= set(idents.loc[idents["id_type"] == "anonymous_id", "identifier"])
+    browsers = idents[(idents["id_type"] == "anonymous_id") & ~idents["identifier"].str.startswith("app-")]
+    assert (browsers.groupby("entity").size() > 1).any(), "browser cookies should rotate"
     assert web.duplicated().any(), "exact duplicate events expected"
 
 
