@@ -37,8 +37,14 @@ def default_definitions(con: duckdb.DuckDBPyConnection, rep_as_of: Any, conv_as_
         cats = [r[0] for r in con.execute(
             "select distinct category from repurchase_scores where as_of = ? and category <> ? and category is not null "
             "order by 1", [rep_as_of, ANY]).fetchall()]
-        out += [SegmentDefinition(name=f"repurchase_next_week_{slug(c)}", template="repurchase_next_week",
-                                  channel="email", categories=(c,), top_percent=10.0) for c in cats]
+        seen: set[str] = set()
+        for c in cats:
+            name = f"repurchase_next_week_{slug(c)}"
+            while name in seen:  # two spellings of a category slugging alike keep their own segments
+                name += "_"
+            seen.add(name)
+            out.append(SegmentDefinition(name=name, template="repurchase_next_week", channel="email",
+                                         categories=(c,), top_percent=10.0))
         out.append(SegmentDefinition(name="back_in_market_4w", template="back_in_market_4w", channel="email",
                                      top_percent=20.0))
         out.append(SegmentDefinition(name="lapsing", template="lapsing", channel="email"))
