@@ -161,3 +161,12 @@ def test_sophia_case_exists(demo):
     found = set(other_email["entity"]) & whatsapp_entities & browsing_entities
     assert found, "no Sophia-like person"
     assert re.match(r"^P\d{7}$", sorted(found)[0])
+
+
+@pytest.mark.parametrize(("persons", "weeks"), [(1, 4), (2, 4), (40, 10)])
+def test_tiny_worlds_still_make_a_valid_workspace(tmp_path, persons, weeks):
+    result = generate(tmp_path, persons=persons, seed=5, weeks=weeks)
+    ws = Workspace.open(tmp_path, check_files=True)
+    assert dict(result.files)["raw/crm_klanten.csv"] >= 1
+    assert len(_read(ws, "web")) > 0
+    assert (result.end - result.start).days == 7 * weeks

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from cdp_ml.demo import vocabulary as voc
-from cdp_ml.demo.people import DAY, WEEK, PersonBlock, format_phones, local_time, messy_email
+from cdp_ml.demo.people import DAY, WEEK, PersonBlock, format_phones, hex_text, local_time, messy_email
 from cdp_ml.demo.records import CustomerKeys, phone_at
 
 CAT_NAMES = np.array([c for c, _, _, _ in voc.CATEGORIES], dtype=object)
@@ -205,8 +205,8 @@ def cookies(s: pd.DataFrame, d: Devices, start: int, seed: int) -> tuple[np.ndar
     uniq, index = np.unique(key, return_inverse=True)
     udev, ugen = uniq >> 20, (uniq & ((1 << 20) - 1)).astype(np.uint64)
     seedling = (d.number[udev] << np.uint64(20)) | ugen
-    hi = pd.Series(_mix(seedling, seed)).map("{:016x}".format)
-    lo = pd.Series(_mix(seedling, seed + 1_000_003)).map("{:016x}".format)
+    hi = hex_text(_mix(seedling, seed), 16)
+    lo = hex_text(_mix(seedling, seed + 1_000_003), 16)
     ids = pd.Series(np.where(d.is_app[udev], "app-" + hi.str[:12],
                              hi.str[:8] + "-" + hi.str[8:12] + "-4" + hi.str[13:16] + "-" + lo.str[:4] + "-" + lo.str[4:16]))
     return index, ids, udev
@@ -240,7 +240,10 @@ def sessions(p: PersonBlock, b: Behaviour, keys: CustomerKeys, occ: pd.DataFrame
     liked = np.where(np.isnan(b.cycle_weeks[rows]), 0.2, 1.0)
     pick = (liked * rng.random(liked.shape)).argmax(axis=1)
     c = pd.DataFrame({"row": rows, "ts": ts, "cat": pick, "kind": 0, "order": -1})
-    s = pd.concat([a, bb, c], ignore_index=True)
+    parts = [a, bb, c]
+    if p.index[0] == 0:  # Sophia always browses anonymously a few days before the end of history
+        parts.append(pd.DataFrame({"row": [0], "ts": [max(start, end - 3 * DAY)], "cat": [0], "kind": [1], "order": [-1]}))
+    s = pd.concat(parts, ignore_index=True)
     s = s[(s["ts"] >= start) & (s["ts"] < end)].reset_index(drop=True)
     rows = s["row"].to_numpy()
     # device: a random one of the person's; household partners sometimes use the head's first device
@@ -296,7 +299,7 @@ def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Seri
     bounds = np.cumsum(np.stack([np.ones(m, dtype=np.int64), login, search, views, cart, checkout, purchase]), axis=0)
     total = bounds[-1]
     sess = np.repeat(np.arange(m), total)
-    first = np.concatenate([[0], np.cumsum(total)[:-1]])
+    first = np.cumsum(total) - total
     pos = np.arange(len(sess)) - first[sess]
     etype = (pos[None, :] >= bounds[:, sess]).sum(axis=0)  # index into _TYPES
     gap = (rng.exponential(40.0, len(sess)) + 3).astype(np.int64)

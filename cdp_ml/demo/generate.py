@@ -210,6 +210,8 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
 
         ident_sink.write(_identifiers(p, dev.owner[cookie_device], anon, cookie, sess, ev.refs, occ, it, cons))
         truth_frames.append(_persons_truth(p, beh, occ, sess, t1))
+    if not events_sink.files:  # a tiny world where nobody browsed: the export is an empty month
+        events_sink.append_text(b"", key=first_day.strftime("%Y-%m"), rows=0)
     for sink in (crm_sink, nl_sink, loyalty_sink, orders_sink, store_sink, consent_sink, identity_sink, ident_sink):
         sink.close()
     truth = pd.concat(truth_frames, ignore_index=True)
@@ -249,6 +251,8 @@ def _write_events(sink: JsonlSink, ev: pa.Table, rng: np.random.Generator) -> No
     """Monthly event files in time order, with a few double-fired events and a few malformed lines
     (impossible timestamps, a record cut off mid-line) for quarantine to show."""
     n = ev.num_rows
+    if n == 0:
+        return
     take = np.repeat(np.arange(n), 1 + (rng.random(n) < 0.002))
     ts = ev["ts"].to_numpy()[take]
     month = ts.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)

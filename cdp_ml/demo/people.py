@@ -82,6 +82,11 @@ _DOMAINS = np.array(voc.EMAIL_DOMAINS, dtype=object)
 _LETTERS = np.array(list(voc.POSTCODE_LETTERS), dtype=object)
 
 
+def hex_text(values: np.ndarray, width: int) -> pd.Series:
+    """Zero-padded lower-case hex text (a text Series even when empty)."""
+    return pd.Series([format(int(v), f"0{width}x") for v in values.tolist()], dtype=object)
+
+
 def slug(names: pd.Series) -> pd.Series:
     """Lower-case name without spaces, as people put it in an e-mail address."""
     return names.str.lower().str.replace(" ", "", regex=False).str.replace("'", "", regex=False)
@@ -132,7 +137,8 @@ def make_persons(rng: np.random.Generator, first: int, n: int, start: int, end: 
     household = pd.Series(np.where(pair | np.isin(np.arange(n), head[pair]), "H" + pd.Series(household).str[1:], None))
 
     moved = rng.random(n) < 0.12
-    moved_at = np.where(moved, rng.integers(start + 8 * WEEK, end - 4 * WEEK, n), 0)
+    span = end - start
+    moved_at = np.where(moved, start + (span * rng.uniform(0.08, 0.95, n)).astype(np.int64), 0)
     moved_at[pair] = moved_at[head[pair]]  # households move together
     new_street, new_house, new_postcode, new_city = _addresses(rng, n)
     new_street, new_house, new_postcode, new_city = (
@@ -155,7 +161,7 @@ def make_persons(rng: np.random.Generator, first: int, n: int, start: int, end: 
     phone = _unique_digits(index, 7_654_321, seed * 1_000_003 % 40_000_000, 10_000_000)
     new_phone = _unique_digits(index, 3_333_337, seed * 999_983 % 40_000_000, 50_000_000)
     changed = rng.random(n) < 0.10
-    phone_changed_at = np.where(changed, rng.integers(start + 4 * WEEK, end - 2 * WEEK, n), 0)
+    phone_changed_at = np.where(changed, start + (span * rng.uniform(0.04, 0.97, n)).astype(np.int64), 0)
 
     intent = rng.beta(1.3, 3.2, n)
     joined_at = rng.integers(start - 150 * WEEK, end - 6 * WEEK, n)

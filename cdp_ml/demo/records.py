@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cdp_ml.demo import vocabulary as voc
-from cdp_ml.demo.people import DAY, WEEK, PersonBlock, format_phones, local_time, messy_email, typo
+from cdp_ml.demo.people import DAY, WEEK, PersonBlock, format_phones, hex_text, local_time, messy_email, typo
 
 _SEGMENTS = np.array(["brons", "zilver", "goud", "platina"], dtype=object)
 _STORES = np.array(["Amsterdam Kalverstraat", "Rotterdam Lijnbaan", "Utrecht Hoog Catharijne", "Den Haag Spuistraat",
@@ -130,7 +130,7 @@ def newsletter(p: PersonBlock, rng: np.random.Generator, next_id: int, end: int)
     first = np.where(r < 0.3, None, first)
     first = np.where((r >= 0.3) & (r < 0.32), "onbekend", first)
     counter = next_id + np.arange(n, dtype=np.int64)
-    ids = pd.Series((counter * 2_654_435_761 + 977) % (1 << 40)).map("{:010x}".format)
+    ids = hex_text((counter * 2_654_435_761 + 977) % (1 << 40), 10)
     df = pd.DataFrame({
         "subscriber_id": ids,
         "email": email,
