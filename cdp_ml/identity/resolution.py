@@ -85,8 +85,15 @@ def resolve(ws: Workspace, as_of: date | None = None) -> ResolveResult:
             matching._empty_pairs(con)
             outcome = matching.MatchOutcome(0, 0, 0, (), False, ())
         _cluster(con)
-        ids = assign_person_ids(con, "_id_clusters", datetime.now(UTC).replace(tzinfo=None))
-        _write_tables(con, ws, as_of)
+        # one transaction: a crash (e.g. a killed weekly refresh) leaves the previous persons intact
+        con.execute("begin transaction")
+        try:
+            ids = assign_person_ids(con, "_id_clusters", datetime.now(UTC).replace(tzinfo=None))
+            _write_tables(con, ws, as_of)
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
         stats = con.execute("""select
             (select count(distinct person_id) from person_map where person_id is not null),
             (select count(*) from person_map where id_type = 'record'),
