@@ -86,14 +86,18 @@ class ConversionModel:
         return {name: float(g) for name, g in zip(self.booster.feature_name(), gains, strict=True)}
 
 
-class ConversionPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper: ``predict`` returns calibrated probabilities for a feature frame."""
+# MLflow warns about untyped predict at class creation; the signature is given explicitly at logging.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
 
-    def __init__(self, model: ConversionModel):
-        self.model = model
+    class ConversionPyfunc(mlflow.pyfunc.PythonModel):
+        """MLflow pyfunc wrapper: ``predict`` returns calibrated probabilities for a feature frame."""
 
-    def predict(self, context, model_input, params=None):
-        return pd.Series(self.model.predict(model_input), name="probability")
+        def __init__(self, model: ConversionModel):
+            self.model = model
+
+        def predict(self, context, model_input, params=None):
+            return pd.Series(self.model.predict(model_input), name="probability")
 
 
 def _time_slices(n: int, s: ConversionSettings) -> tuple[slice, slice, slice]:
@@ -281,6 +285,26 @@ class BacktestResult:
             lines.append(f"  mlflow run: {self.run_id}")
         return "\n".join(lines)
 
+    def charts(self) -> dict[str, Any]:
+        """ROC and gains of the model and both baselines, calibration and feature importance (matplotlib)."""
+        y = self.predictions["label"].to_numpy()
+        curves = {"lightgbm": (y, self.predictions["probability"]), "logistic": (y, self.predictions["p_logistic"]),
+                  "heuristic": (y, self.predictions["p_heuristic"])}
+        return {"roc": metrics.roc_figure(curves, "ROC (backtest)"),
+                "gains": metrics.gains_figure(curves, "Cumulative gains (backtest)"),
+                "calibration": metrics.calibration_figure(y, self.predictions["probability"]),
+                "feature_importance": metrics.importance_figure(self.model.importance())}
+
+    def top_features(self, n: int = 15) -> pd.DataFrame:
+        """The ``n`` features with the highest total gain, as a share of all gain."""
+        imp = pd.Series(self.model.importance(), name="gain").sort_values(ascending=False)
+        return pd.DataFrame({"gain_share": (imp / max(imp.sum(), 1e-12)).head(n).round(4)})
+
+    def comparison(self) -> pd.DataFrame:
+        """Model vs baselines on the evaluation window, one row per model."""
+        return pd.DataFrame(self.metrics).T[["roc_auc", "pr_auc", "log_loss", "brier", "audience_reduction_95",
+                                             "audience_reduction_99"]]
+
     def _repr_html_(self) -> str:
         table = pd.DataFrame(self.metrics).T[["roc_auc", "pr_auc", "log_loss", "brier", "audience_reduction_95",
                                               "audience_reduction_99"]]
@@ -399,17 +423,8 @@ def _log_backtest(result: BacktestResult, prefix: str = "backtest") -> None:
                        f"{prefix}_heuristic": result.heuristic})
     mlflow.log_table(result.calibration, artifact_file=f"{prefix}/calibration.json")
     mlflow.log_table(result.gains, artifact_file=f"{prefix}/gains.json")
-    y = result.predictions["label"].to_numpy()
-    curves = {"lightgbm": (y, result.predictions["probability"]), "logistic": (y, result.predictions["p_logistic"]),
-              "heuristic": (y, result.predictions["p_heuristic"])}
-    import matplotlib.pyplot as plt
-
-    for name, fig in (("roc", metrics.roc_figure(curves, "ROC (backtest)")),
-                      ("gains", metrics.gains_figure(curves, "Cumulative gains (backtest)")),
-                      ("calibration", metrics.calibration_figure(y, result.predictions["probability"])),
-                      ("feature_importance", metrics.importance_figure(result.model.importance()))):
+    for name, fig in result.charts().items():
         mlflow.log_figure(fig, f"{prefix}/{name}.png")
-        plt.close(fig)
 
 
 def _check_window(ws: Workspace, cutoff: date, until: date) -> None:
@@ -499,7 +514,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         _log_backtest(result)
         if champion_auc is not None:
             mlflow.log_metric("gate_champion_roc_auc", champion_auc)
-        warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+        warnings.filterwarnings("ignore", message=".*(Add type hints to the `predict`|input example was not provided)")
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ConversionPyfunc(model),
             signature=infer_signature(sample, model.predict(sample)),

@@ -1,8 +1,8 @@
 """Evaluation metrics shared by the models: ranking, probability quality and the retargeting saving.
 
 Every function takes plain arrays of 0/1 labels ``y`` and predicted probabilities ``p`` (any model kind),
-so the conversion and repurchase backtests report the same numbers the same way. Figures use matplotlib's
-Agg backend and return a ``Figure`` ready for ``mlflow.log_figure``.
+so the conversion and repurchase backtests report the same numbers the same way. Figures are standalone
+matplotlib ``Figure`` objects (no pyplot state), ready for ``mlflow.log_figure`` or a notebook.
 """
 
 from __future__ import annotations
@@ -139,19 +139,17 @@ def summary(y: Any, p: Any, keep_levels: Sequence[float] = KEEP_LEVELS) -> dict[
 
 # --- figures ------------------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
+def _figure(width: float, height: float):
+    """A standalone Figure (no pyplot state, any backend): safe in scripts, threads and notebooks."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
 
 
 def roc_figure(curves: Mapping[str, tuple[Any, Any]], title: str = "ROC"):
     """ROC curves of several models (name -> (y, p)) on the same window."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = _figure(5, 5)
     for name, (y, p) in curves.items():
         y_arr, p_arr = _arrays(y, p)
         if not _both_classes(y_arr):
@@ -168,8 +166,7 @@ def roc_figure(curves: Mapping[str, tuple[Any, Any]], title: str = "ROC"):
 def gains_figure(curves: Mapping[str, tuple[Any, Any]], title: str = "Cumulative gains",
                  keep_levels: Sequence[float] = KEEP_LEVELS):
     """Cumulative gains of several models; horizontal lines mark the kept shares of positives."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = _figure(5, 5)
     for name, (y, p) in curves.items():
         gains = cumulative_gains(y, p, points=100)
         ax.plot(gains["audience_share"], gains["positives_share"], label=name)
@@ -184,9 +181,8 @@ def gains_figure(curves: Mapping[str, tuple[Any, Any]], title: str = "Cumulative
 
 def calibration_figure(y: Any, p: Any, title: str = "Calibration", bins: int = 10):
     """Observed rate against mean predicted probability per decile."""
-    plt = _pyplot()
     table = calibration_table(y, p, bins)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = _figure(5, 5)
     top = float(max(table["mean_predicted"].max(), table["observed_rate"].max(), 0.01)) if len(table) else 1.0
     ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
     ax.plot(table["mean_predicted"], table["observed_rate"], marker="o")
@@ -197,9 +193,8 @@ def calibration_figure(y: Any, p: Any, title: str = "Calibration", bins: int = 1
 
 def importance_figure(importance: Mapping[str, float], title: str = "Feature importance (gain)", top: int = 25):
     """Horizontal bar chart of the ``top`` most important features."""
-    plt = _pyplot()
     items = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:top][::-1]
-    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.25 * len(items) + 1)))
+    fig, ax = _figure(6, max(2.5, 0.25 * len(items) + 1))
     ax.barh([k for k, _ in items], [v for _, v in items])
     ax.set(xlabel="importance", title=title)
     fig.tight_layout()

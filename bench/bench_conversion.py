@@ -1,0 +1,130 @@
+"""Benchmark conversion intent: backtest + train (with gate and registration) on a synthetic warehouse.
+
+    .venv/bin/python bench/bench_conversion.py --persons 1000000 [--sessions-per-person 8] [--weeks 32]
+                                               [--dir /tmp/conversion-bench]
+
+Generates staging ``events`` and ``orders`` in DuckDB SQL (a browsing funnel whose purchase probability
+rises with product views and cart adds; ~4 events per session; no real data), then times
+``conversion.backtest`` and ``conversion.train`` and prints wall time, scoring points per second and
+peak memory (RSS of this process). The target is training + backtest of 1M persons within 10 minutes on
+2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+
+from cdp_ml.models import conversion  # noqa: E402
+from cdp_ml.workspace import Workspace  # noqa: E402
+
+AS_OF = date(2026, 11, 23)
+
+
+def generate(ws: Workspace, persons: int, sessions_per_person: int, weeks: int) -> dict[str, int]:
+    """Synthetic staging events/orders: sessions with a funnel, logins, purchases and matching orders."""
+    start = AS_OF - timedelta(weeks=weeks)
+    with ws.connect() as con:
+        con.execute("select setseed(0.17)")
+        con.execute("""
+            create or replace temp table bench_sessions as
+            with s as (
+                select i as sid, (i % ?) as person, random() as intent,
+                       ?::timestamp + to_seconds((random() * ? * 604800)::bigint) as started
+                from range(?::bigint) t(i)
+            )
+            select *, 'd' || person || '-' || (sid % 2) as device,
+                   1 + (random() * (1 + 4 * intent))::int as views,
+                   random() < 0.05 + 0.5 * intent * intent as cart,
+                   random() < 0.3 as login
+            from s
+        """, [persons, start, weeks, persons * sessions_per_person])
+        con.execute("""
+            create or replace table events as
+            with s as (
+                select *, cart and random() < 0.6 as checkout from bench_sessions
+            ), s2 as (
+                select *, checkout and random() < 0.7 as purchase,
+                       list_concat(['page_view'], case when login or checkout then ['login'] else [] end,
+                                   list_transform(range(views), lambda x: 'product_view'),
+                                   case when cart then ['add_to_cart'] else [] end,
+                                   case when checkout then ['checkout_start'] else [] end) as steps
+                from s
+            ), s3 as (
+                select *, list_concat(steps, case when purchase then ['purchase'] else [] end) as all_steps from s2
+            )
+            select 'web' as source, 'crm' as ref_source, 'record_id' as ref_key,
+                   sid || '-' || k as event_id, started + to_seconds(k * 37) as "timestamp", event_type,
+                   device as anonymous_id,
+                   case when (login or checkout) and k >= 2 then 'c' || person end as customer_ref,
+                   sid::varchar as session_id,
+                   case when event_type in ('product_view', 'add_to_cart') then 'sku' || (sid % 50) end as product_id,
+                   case when event_type in ('product_view', 'add_to_cart') then 'cat' || (sid % 6) end as category,
+                   case when event_type in ('product_view', 'add_to_cart') then 5 + (sid % 50) end::double as value,
+                   'web' as channel, '/p' as url, null::varchar as referrer, '{}'::json as attributes
+            from (select *, unnest(all_steps) as event_type, generate_subscripts(all_steps, 1) as k from s3)
+        """)
+        con.execute("""
+            create or replace table orders as
+            select 'webshop' as source, 'crm' as ref_source, 'record_id' as ref_key,
+                   session_id as order_id, customer_ref, "timestamp" as ordered_at, 'cat1' as category,
+                   1.0 as quantity, 20.0 as amount, 'completed' as status, '{}'::json as attributes
+            from events where event_type = 'purchase'
+        """)
+        con.execute("drop table bench_sessions")
+        return {t: con.execute(f"select count(*) from {t}").fetchall()[0][0] for t in ("events", "orders")}
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--persons", type=int, default=100_000)
+    ap.add_argument("--sessions-per-person", type=int, default=8)
+    ap.add_argument("--weeks", type=int, default=32)
+    ap.add_argument("--dir", default="/tmp/conversion-bench")
+    args = ap.parse_args()
+    root = Path(args.dir)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (root / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": []}))
+    ws = Workspace.open(root)
+
+    t0 = time.perf_counter()
+    counts = generate(ws, args.persons, args.sessions_per_person, args.weeks)
+    gen_s = time.perf_counter() - t0
+    print(f"generated {counts['events']:,} events, {counts['orders']:,} orders for {args.persons:,} persons "
+          f"in {gen_s:.1f}s")
+
+    cutoff = AS_OF - timedelta(weeks=ws.config.conversion.backtest_weeks + 1)
+    t0 = time.perf_counter()
+    bt = conversion.backtest(ws, cutoff)
+    bt_s = time.perf_counter() - t0
+    print(bt)
+    t0 = time.perf_counter()
+    tr = conversion.train(ws, AS_OF)
+    tr_s = time.perf_counter() - t0
+    print(tr)
+    points = bt.train_rows + bt.eval_rows
+    for step, seconds, rows in (("generate", gen_s, counts["events"]), ("backtest", bt_s, points),
+                                ("train+gate+register", tr_s, tr.train_rows + tr.backtest.train_rows)):
+        print("BENCH " + json.dumps({"step": step, "seconds": round(seconds, 1), "rows": rows,
+                                     "rows_per_s": round(rows / max(seconds, 1e-9)), "peak_mb": round(peak_mb())}))
+    print(f"backtest {bt_s:.1f}s + train {tr_s:.1f}s = {bt_s + tr_s:.1f}s for {args.persons:,} persons "
+          f"({counts['events']:,} events); peak RSS {peak_mb():,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
