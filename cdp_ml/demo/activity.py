@@ -273,6 +273,13 @@ def _dict(indices: np.ndarray, values, valid: np.ndarray | None = None) -> pa.Di
     return pa.DictionaryArray.from_arrays(idx, pa.array(list(values), pa.string()))
 
 
+def _of_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """values[order] where order >= 0; placeholders elsewhere (callers mask them)."""
+    if len(values) == 0:
+        return np.zeros(len(order), dtype=values.dtype)
+    return values[np.maximum(order, 0)]
+
+
 @dataclass
 class EventBlock:
     """Events of a block as an Arrow table (text as dictionary codes) plus the logged-in references."""
@@ -308,19 +315,19 @@ def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Seri
     ts = s["ts"].to_numpy()[sess] + csum - csum[first][sess]
     order = order_s[sess]
     # who: customer_ref from the login on (app sessions are logged in throughout)
-    ref_session = np.where(order_s >= 0, occ["ref"].to_numpy()[np.maximum(order_s, 0)],
+    ref_session = np.where(order_s >= 0, _of_order(occ["ref"].to_numpy(), order_s),
                            keys.crm_id[s["row"].to_numpy()])
     ref_session = np.where(logged, ref_session, None)
     ref_code, ref_values = pd.factorize(ref_session)
     has_ref = logged[sess] & ((pos >= 1) | app[sess])
     cat = s["cat"].to_numpy()[sess]
-    product_no = np.where(order >= 0, occ["product"].to_numpy()[np.maximum(order, 0)],
+    product_no = np.where(order >= 0, _of_order(occ["product"].to_numpy(), order),
                           rng.integers(0, voc.PRODUCTS_PER_CATEGORY, len(sess)))
     sku = cat * voc.PRODUCTS_PER_CATEGORY + product_no
     is_product = (etype == 3) | (etype == 4)
     with_product = is_product | (etype == 6)
     price = np.round(CAT_PRICE[cat] * (0.7 + 0.6 * product_no / (voc.PRODUCTS_PER_CATEGORY - 1)), 1) - 0.05
-    value = np.where(etype == 6, occ["order_total"].to_numpy()[np.maximum(order, 0)], price)
+    value = np.where(etype == 6, _of_order(occ["order_total"].to_numpy(), order), price)
     n_pages, n_terms = len(_PAGES), len(voc.SEARCH_TERMS)
     url = np.select([etype == 0, etype == 2, is_product, etype == 1],
                     [rng.integers(0, n_pages, len(sess)), n_pages + rng.integers(0, n_terms, len(sess)),
