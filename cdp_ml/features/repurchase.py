@@ -38,8 +38,8 @@ TRACK_FEATURES = (
 # Features of the target week k after the origin (derived without looking past the origin).
 STEP_FEATURES = (
     "step", "weeks_since", "weeks_since_any", "ratio_median", "ratio_mean", "z_interval",
-    "weeks_past_median", "week_of_year", "weeks_to_peak",
-)
+    "weeks_past_median", "weeks_to_peak",
+)  # season enters as weeks to the next peak: week of year overfits when history holds one or two years
 FEATURES = ("category", *TRACK_FEATURES, *STEP_FEATURES)
 
 
@@ -332,7 +332,6 @@ def expand(frame: pd.DataFrame, horizon: int, observed_weeks: np.ndarray | None,
     out["weeks_past_median"] = ws - median
     week_start = pd.to_datetime(out["origin"]) + pd.to_timedelta((step - 1) * 7, unit="D")
     out["week_start"] = week_start.dt.date
-    out["week_of_year"] = week_start.dt.isocalendar().week.to_numpy(dtype=float)
     out["weeks_to_peak"] = _weeks_to_peak(week_start.to_numpy(), peaks)
     out["category"] = pd.Categorical(out["category"], categories=list(categories))
     return out

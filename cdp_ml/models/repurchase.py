@@ -35,11 +35,49 @@ except ImportError:  # pragma: no cover - mlflow is a dependency
     _PythonModel = object  # type: ignore[misc,assignment]
 
 
+# BG/NBD posterior quantities as hazard features: a smooth summary of frequency and recency per track,
+# with population parameters fitted on data before the earliest training origin (point-in-time).
+BGNBD_FEATURES = ("bg_p_alive", "bg_hazard", "bg_within")
+
+
+def bgnbd_feature_params(frame: pd.DataFrame) -> dict[str, bgnbd.BgNbdParams]:
+    """Per-category BG/NBD parameters from the earliest origin's tracks (week-level purchase counts)."""
+    first = frame[frame["origin"] == frame["origin"].min()]
+    params: dict[str, bgnbd.BgNbdParams] = {}
+    for category, group in [("", first), *first.groupby("category", sort=True, observed=True)]:
+        if len(group) >= 50:
+            params[str(category)] = bgnbd.fit(*_week_inputs(group))
+    return params
+
+
+def _week_inputs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    T = frame["tenure_weeks"].to_numpy(dtype=float)
+    return (frame["n_weeks_bought"].to_numpy(dtype=float) - 1,
+            T - frame["weeks_since_origin"].to_numpy(dtype=float), T)
+
+
+def _bgnbd_features(rows: pd.DataFrame, params: dict[str, bgnbd.BgNbdParams]) -> pd.DataFrame:
+    out = pd.DataFrame(np.nan, index=rows.index, columns=list(BGNBD_FEATURES))
+    x, t_x, T = _week_inputs(rows)
+    step = rows["step"].to_numpy(dtype=float)
+    for category, idx in rows.groupby(rows["category"].astype(str), sort=False).indices.items():
+        p = params.get(category, params.get(""))
+        if p is None:
+            continue
+        before = bgnbd.prob_no_purchase(p, x[idx], t_x[idx], T[idx], step[idx] - 1)
+        after = bgnbd.prob_no_purchase(p, x[idx], t_x[idx], T[idx], step[idx])
+        out.iloc[idx, 0] = bgnbd.p_alive(p, x[idx], t_x[idx], T[idx])
+        out.iloc[idx, 1] = 1 - after / np.maximum(before, 1e-12)
+        out.iloc[idx, 2] = 1 - after
+    return out
+
+
 class HazardModel(_PythonModel):
     """Fitted weekly hazard: LightGBM + Platt calibration + the category vocabulary it was trained on."""
 
     def __init__(self, booster: Any, features: list[str], categories: list[str], platt: tuple[float, float],
-                 horizon: int, max_weeks_at_risk: int, peaks: tuple[str, ...]):
+                 horizon: int, max_weeks_at_risk: int, peaks: tuple[str, ...],
+                 bg_params: dict[str, bgnbd.BgNbdParams] | None = None):
         self.booster = booster
         self.features = features
         self.categories = categories
@@ -47,11 +85,24 @@ class HazardModel(_PythonModel):
         self.horizon = horizon
         self.max_weeks_at_risk = max_weeks_at_risk
         self.peaks = peaks
+        self.bg_params = bg_params or {}
+
+    @property
+    def inputs(self) -> list[str]:
+        """Columns of person-period rows the model reads (its pyfunc input)."""
+        return [f for f in self.features if f not in BGNBD_FEATURES] + ["weeks_since_origin"]
+
+    def design(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The model's feature matrix for person-period rows."""
+        x = rows[[f for f in self.features if f not in BGNBD_FEATURES]].copy()
+        if any(f in BGNBD_FEATURES for f in self.features):
+            x = pd.concat([x, _bgnbd_features(rows, self.bg_params)], axis=1)
+        x = x[self.features]
+        x["category"] = pd.Categorical(rows["category"].astype(str), categories=self.categories)
+        return x
 
     def raw(self, rows: pd.DataFrame) -> np.ndarray:
-        x = rows[self.features].copy()
-        x["category"] = pd.Categorical(rows["category"].astype(str), categories=self.categories)
-        return self.booster.predict_proba(x)[:, 1]
+        return self.booster.predict_proba(self.design(rows))[:, 1]
 
     def hazard(self, rows: pd.DataFrame) -> np.ndarray:
         """Calibrated P(purchase in the row's week | none since the origin)."""
@@ -163,14 +214,14 @@ def _fit(ws: Workspace, window: _Window, horizon: int, end: date) -> tuple[Hazar
             f"repurchase: not enough history before {end} to train: {positives} repurchases and {negatives} "
             f"waiting weeks in {s.training_cutoffs} training windows (need {s.min_positives} and {s.min_negatives}; "
             f"settings repurchase.min_positives / min_negatives, or use a later date)")
-    features = list(fr.FEATURES)
+    features = [*fr.FEATURES, *BGNBD_FEATURES]
     model = lgb.LGBMClassifier(
         n_estimators=s.n_estimators, learning_rate=s.learning_rate, num_leaves=s.num_leaves,
-        min_child_samples=50, subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0,
+        min_child_samples=s.min_child_samples, subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0,
         max_bin=63, random_state=7, deterministic=True, force_row_wise=True, n_jobs=max(1, s.threads), verbose=-1)
-    x = rows[features]
-    model.fit(x, rows["label"], categorical_feature=["category"])
-    hazard = HazardModel(model, features, categories, (1.0, 0.0), horizon, s.max_weeks_at_risk, tuple(peaks))
+    hazard = HazardModel(model, features, categories, (1.0, 0.0), horizon, s.max_weeks_at_risk, tuple(peaks),
+                         bgnbd_feature_params(window.train))
+    model.fit(hazard.design(rows), rows["label"], categorical_feature=["category"])
     calib_rows = fr.expand(window.calibration, horizon, None, peaks, categories, stop_at_purchase=True)
     if len(calib_rows):
         hazard.platt = _platt(hazard.raw(calib_rows), calib_rows["label"].to_numpy())
@@ -242,6 +293,8 @@ class BacktestResult:
     metrics: pd.DataFrame = field(repr=False)  # one row per model x track set, metric columns
     weekly: pd.DataFrame = field(repr=False)  # per week: predicted vs actual next purchases per model
     importance: pd.DataFrame = field(repr=False)
+    weekly_by_category: pd.DataFrame = field(repr=False)  # category x week: actual vs predicted next purchases
+    within_horizon: pd.DataFrame = field(repr=False)  # per track: bought within H (y) and each model's score
     bgnbd_params: dict[str, str] = field(default_factory=dict)
     out: Path | None = None
     run_id: str | None = None
@@ -252,6 +305,23 @@ class BacktestResult:
                [f"pr_auc_{k}w" for k in _weeks(self.horizon_weeks)] + \
                ["precision_top10", "recall_top10", "concordance", "weekly_calibration_max_error"]
         return self.metrics.set_index(["tracks", "model"])[keys].round(3)
+
+    def top_features(self, n: int = 15) -> pd.DataFrame:
+        return self.importance.head(n)
+
+    def charts(self) -> dict[str, Any]:
+        """Figures for people: weekly calibration (all and per category), gains within H, feature importance."""
+        from cdp_ml.models import metrics as shared
+
+        y = self.within_horizon["y"].to_numpy()
+        return {
+            "weekly_calibration": rm.weekly_calibration_figure(self.weekly),
+            "weekly_calibration_by_category": rm.category_calibration_figure(self.weekly_by_category),
+            "gains": shared.gains_figure({m: (y, self.within_horizon[m].to_numpy()) for m in ("model", "bgnbd", "naive")},
+                                         title=f"Gains: buys within {self.horizon_weeks} weeks"),
+            "importance": shared.importance_figure(dict(zip(self.importance["feature"], self.importance["gain"],
+                                                            strict=True))),
+        }
 
     def __str__(self) -> str:
         lines = [f"repurchase backtest: cutoff {self.cutoff}, {self.horizon_weeks} weeks, {self.tracks} person x "
@@ -318,9 +388,14 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None) -> _E
     if out is not None:
         _write_predictions(out, test, forecasts, bought, week_starts)
     note = _targets_note(table, horizon)
+    category = test["category"].astype(str).to_numpy()
+    by_category = rm.weekly_by_category(category, {k: f.p_week for k, f in forecasts.items() if k != "naive"}, bought)
+    first = rm.next_purchase_week(bought)
+    within_h = pd.DataFrame({"y": (first > 0).astype(int), "category": category,
+                             **{k: f.p_cumulative[:, -1] for k, f in forecasts.items()}})
     result = BacktestResult(cutoff, horizon, len(test), int(test["person_id"].nunique()),
                             window.inputs.categories, info["training_rows"], info["training_positives"],
-                            table, weekly, importance, bg_params, out, None, note)
+                            table, weekly, importance, by_category, within_h, bg_params, out, None, note)
     return _Evaluation(result, model, test, forecasts, info["training_frame"])
 
 
@@ -369,8 +444,6 @@ def _log_evaluation(ev: _Evaluation, prefix: str = "") -> None:
     import matplotlib.pyplot as plt
     import mlflow
 
-    from cdp_ml.models import metrics as shared
-
     r = ev.result
     flat: dict[str, float] = {}
     for row in r.metrics.to_dict("records"):
@@ -385,19 +458,9 @@ def _log_evaluation(ev: _Evaluation, prefix: str = "") -> None:
         r.metrics.to_csv(Path(tmp) / "comparison.csv", index=False)
         r.importance.to_csv(Path(tmp) / "feature_importance.csv", index=False)
         mlflow.log_artifacts(tmp, artifact_path=f"{prefix}backtest")
-    fig = rm.weekly_calibration_figure(r.weekly)
-    mlflow.log_figure(fig, f"{prefix}backtest/weekly_calibration.png")
-    plt.close(fig)
-    bought = _bought(ev.test, r.horizon_weeks)
-    first = rm.next_purchase_week(bought)
-    y = (first > 0).astype(int)
-    fig = shared.gains_figure({k: (y, f.p_cumulative[:, -1]) for k, f in ev.forecasts.items()},
-                              title=f"Gains: buys within {r.horizon_weeks} weeks")
-    mlflow.log_figure(fig, f"{prefix}backtest/gains.png")
-    plt.close(fig)
-    fig = shared.importance_figure(dict(zip(r.importance["feature"], r.importance["gain"], strict=True)))
-    mlflow.log_figure(fig, f"{prefix}backtest/feature_importance.png")
-    plt.close(fig)
+    for name, fig in r.charts().items():
+        mlflow.log_figure(fig, f"{prefix}backtest/{name}.png")
+        plt.close(fig)
 
 
 def backtest(ws: Workspace, cutoff: date, horizon_weeks: int | None = None, out: Path | None = None,
@@ -505,7 +568,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         mlflow.log_dict(fp, "dataset_fingerprint.json")
         mlflow.log_metrics({"training_rows": info["training_rows"], "training_positives": info["training_positives"]})
         _log_evaluation(ev, prefix="gate_")
-        example = frame[model.features].head(50)
+        example = frame[model.inputs].head(50)
         info_model = mlflow.pyfunc.log_model(
             name="model", python_model=model, registered_model_name=MODEL_NAME,
             signature=infer_signature(example, model.hazard(example)), pip_requirements=["lightgbm", "scikit-learn"])

@@ -115,3 +115,43 @@ def weekly_calibration_figure(table: pd.DataFrame, title: str = "Next purchases 
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def weekly_by_category(category: np.ndarray, models: Mapping[str, np.ndarray], bought: np.ndarray) -> pd.DataFrame:
+    """Long table: category, week, actual next purchases and each model's predicted count."""
+    first = next_purchase_week(bought)
+    horizon = bought.shape[1]
+    actual = pd.crosstab(pd.Series(category, name="category"), pd.Series(first, name="week"))
+    actual = actual.reindex(columns=range(1, horizon + 1), fill_value=0)
+    parts = {"actual_next_purchases": actual.stack()}
+    for name, p_week in models.items():
+        wide = pd.DataFrame(p_week, columns=range(1, horizon + 1)).groupby(category).sum()
+        wide.columns.name, wide.index.name = "week", "category"
+        parts[f"predicted_{name}"] = wide.stack().round(1)
+    return pd.DataFrame(parts).fillna(0).reset_index()
+
+
+def category_calibration_figure(table: pd.DataFrame):
+    """Small multiples of :func:`weekly_calibration_figure`, one panel per category."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    cats = list(dict.fromkeys(table["category"]))
+    cols = min(3, len(cats))
+    rows = (len(cats) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, cat in zip(axes.ravel(), cats, strict=False):
+        part = table[table["category"] == cat]
+        ax.bar(part["week"], part["actual_next_purchases"], color="#cccccc", label="actual")
+        for col in part.columns:
+            if col.startswith("predicted_"):
+                ax.plot(part["week"], part[col], marker="o", label=col.removeprefix("predicted_"))
+        ax.set_title(cat)
+    for ax in axes.ravel()[len(cats):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Next purchases per week and category: predicted vs actual")
+    fig.tight_layout()
+    return fig

@@ -18,7 +18,7 @@ CYCLES = {"bath": 3.0, "skin": 5.0, "home": 7.0, "gift": 12.0}  # weeks
 
 
 def orders(persons: int, start: date, weeks: int = 104, seed: int = 0,
-           cycles: dict[str, float] = CYCLES) -> pd.DataFrame:
+           cycles: dict[str, float] = CYCLES, first_person: int = 0) -> pd.DataFrame:
     """One row per order line: order_id, customer_ref, ordered_at, category, quantity, amount, status."""
     rng = np.random.default_rng(seed)
     names = list(cycles)
@@ -41,7 +41,7 @@ def orders(persons: int, start: date, weeks: int = 104, seed: int = 0,
     december = when.month == 12
     extra = december & (rng.random(len(t)) < 0.3)  # seasonal extra purchase a few days later
     frame = pd.DataFrame({
-        "customer_ref": np.char.add("C", person[rows].astype(str)),
+        "customer_ref": np.char.add("C", (person[rows] + first_person).astype(str)),
         "ordered_at": when,
         "category": np.array(names)[cat[rows]],
         "quantity": rng.integers(1, 3, len(t)).astype(float),
@@ -50,16 +50,19 @@ def orders(persons: int, start: date, weeks: int = 104, seed: int = 0,
     dup = frame[extra].copy()
     dup["ordered_at"] = dup["ordered_at"] + pd.to_timedelta(rng.integers(1, 5, len(dup)), unit="D")
     frame = pd.concat([frame, dup], ignore_index=True).sort_values("ordered_at", kind="stable")
-    frame["order_id"] = np.char.add("O", np.arange(len(frame)).astype(str))
+    frame["order_id"] = np.char.add(f"O{first_person}-", np.arange(len(frame)).astype(str))
     frame["status"] = np.where(rng.random(len(frame)) < 0.03, "returned", "completed")
     return frame.reset_index(drop=True)[["order_id", "customer_ref", "ordered_at", "category", "quantity",
                                          "amount", "status"]]
 
 
-def write_warehouse(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> None:
+def write_warehouse(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, append: bool = False) -> None:
     """Store orders and a person_orders view (person = customer key, as identity does for orders-only data)."""
     con.register("sim_orders", frame)
-    con.execute("create or replace table orders as select *, 'shop' as source from sim_orders")
+    if append:
+        con.execute("insert into orders select *, 'shop' as source from sim_orders")
+    else:
+        con.execute("create or replace table orders as select *, 'shop' as source from sim_orders")
     con.unregister("sim_orders")
     con.execute("create or replace view person_orders as select *, 'P' || customer_ref as person_id from orders")
 

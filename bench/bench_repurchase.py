@@ -1,0 +1,90 @@
+"""Benchmark repurchase timing: backtest + train (gate backtest, final fit, MLflow registration) at scale.
+
+Standalone: simulates an orders-only warehouse (``cdp_ml.models.repurchase_simulation``: 104 weeks,
+known category cycles) for ``--persons`` persons in a scratch workspace, then times the stages and
+prints wall time, rows/s and peak memory. Target: training + backtest on 1M persons within 10 minutes
+on 2 cores.
+
+    .venv/bin/python bench/bench_repurchase.py --persons 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import psutil
+
+from cdp_ml.models import repurchase, repurchase_simulation
+from cdp_ml.workspace import Workspace
+
+START = date(2024, 1, 1)
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_row(step: str, seconds: float, rows: int) -> None:
+    """One row of the `make bench` table."""
+    print("BENCH " + json.dumps({"step": step, "seconds": round(seconds, 1), "rows": rows,
+                                 "rows_per_s": round(rows / max(seconds, 1e-9)), "peak_mb": round(peak_mb())}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--persons", type=int, default=100_000)
+    parser.add_argument("--weeks", type=int, default=104)
+    parser.add_argument("--block", type=int, default=200_000, help="persons simulated per block")
+    parser.add_argument("--dir", default=None, help="scratch workspace (default /tmp/repurchase-bench-N)")
+    parser.add_argument("--skip-train", action="store_true", help="only the backtest")
+    args = parser.parse_args()
+    root = Path(args.dir or f"/tmp/repurchase-bench-{args.persons}")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (root / "cdp_ml.yaml").write_text("sources: []\n")
+    ws = Workspace.open(root)
+    print(f"cores {psutil.cpu_count()}, memory {psutil.virtual_memory().total / 2**30:.0f} GB, "
+          f"threads {ws.config.repurchase.threads}")
+
+    t = time.perf_counter()
+    lines = 0
+    with ws.connect() as con:
+        for i, first in enumerate(range(0, args.persons, args.block)):
+            block = repurchase_simulation.orders(min(args.block, args.persons - first), START, args.weeks,
+                                                 seed=i, first_person=first)
+            repurchase_simulation.write_warehouse(con, block, append=i > 0)
+            lines += len(block)
+    print(f"simulate   {time.perf_counter() - t:8.1f} s  {lines:,} order lines")
+    bench_row("simulate orders", time.perf_counter() - t, lines)
+
+    end = START + timedelta(weeks=args.weeks)
+    cutoff = end - timedelta(weeks=2 * ws.config.repurchase.horizon_weeks)
+    t = time.perf_counter()
+    bt = repurchase.backtest(ws, cutoff)
+    wall = time.perf_counter() - t
+    print(f"backtest   {wall:8.1f} s  {bt.training_rows / wall:,.0f} training rows/s, {bt.tracks:,} tracks scored, "
+          f"peak {peak_mb():,.0f} MB")
+    bench_row("backtest (fit + evaluate)", wall, bt.training_rows)
+    print(bt.note)
+    print(bt.comparison().loc["all"].to_string())
+    total = wall
+    if not args.skip_train:
+        t = time.perf_counter()
+        tr = repurchase.train(ws, end - timedelta(weeks=ws.config.repurchase.horizon_weeks))
+        wall = time.perf_counter() - t
+        total += wall
+        print(f"train      {wall:8.1f} s  (gate backtest + final fit + registration) v{tr.version}, "
+              f"peak {peak_mb():,.0f} MB")
+        bench_row("train (gate backtest + fit + register)", wall, tr.backtest.training_rows)
+    bench_row("TOTAL backtest + train", total, lines)
+    print(f"total      {total:8.1f} s  for {args.persons:,} persons (target at 1M: 600 s), peak {peak_mb():,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
