@@ -97,6 +97,8 @@ class RefreshResult:
             lines.append(f"  models: {self.decision}")
         if self.run_dir:
             lines.append(f"  notebooks: {self.run_dir}/NN_step.ipynb (HTML without code: NN_step.html)")
+        if self.status == "succeeded" and self.run_dir:
+            lines.append(f"  published: {self.run_dir.parent / 'latest'} (pointer: {self.run_dir.parent / PUBLISHED_FILE})")
         if self.mlflow_run_id:
             lines.append(f"  MLflow: experiment '{EXPERIMENT}', run {self.mlflow_run_id} "
                          f"(mlflow ui --backend-store-uri sqlite:///{self.mlflow_db})")
@@ -331,7 +333,8 @@ class _Run:
                 "run_dir": rel(self.run_dir), "finished": self.state["finished"], "mlflow_run_id": self.parent_run,
                 "notebooks": [s.get("notebook") for s in self.state["steps"] if s.get("notebook")],
                 "html": [s.get("html") for s in self.state["steps"] if s.get("html")],
-                "segments_dir": rel(self.ws.segments_dir)}
+                "segments": rel(self.ws.segments_dir / self.week),
+                "report": rel(self.ws.path(self.ws.config.segments.report_dir) / f"report-{self.week}.html")}
         write_json_atomic(self.run_dir.parent / PUBLISHED_FILE, info)
         latest = self.run_dir.parent / "latest"
         tmp = self.run_dir.parent / f".latest.{self.run_id}"
