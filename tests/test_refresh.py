@@ -228,3 +228,16 @@ def test_latest_means_the_monday_after_the_newest_raw_data(tmp_path):
     assert resolve_as_of(ws, "latest") == date(2026, 11, 23)
     assert resolve_as_of(ws, "2026-W48") == date(2026, 11, 23)
     assert resolve_as_of(ws, None).weekday() == 0
+
+
+def test_a_check_that_cannot_run_is_reported_not_fatal(tmp_path):
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "cdp_ml.yaml").write_text("sources: []\n")
+    ws = Workspace.open(root)
+    with ws.connect() as con:  # an events table without event_type (another workspace's shape)
+        con.execute("create table events as select timestamp '2026-03-10' as timestamp, 'c1' as customer_ref, "
+                    "null::varchar as anonymous_id")
+    checks = {c.name: c for c in data_checks(ws, WEEK1)}
+    assert checks["psi_event_type"].score is None and "not computed" in checks["psi_event_type"].note
+    assert not checks["psi_event_type"].drift

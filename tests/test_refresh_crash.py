@@ -108,3 +108,28 @@ def test_sigkill_at_several_points_keeps_the_published_week_and_the_next_run_com
         assert leftovers == [], leftovers
         last = as_of
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_releases_the_lock_and_marks_the_run_killed(tmp_path):
+    root = tmp_path / "ws"
+    pipeline = make_workspace(root)
+    ws = Workspace.open(root)
+    marker = tmp_path / "marker"
+    env = {**os.environ, "REFRESH_TEST_PAUSE": "02_score:in_transaction", "REFRESH_TEST_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, str(RUNNER), "--workspace", str(root), "--as-of", WEEK1.isoformat(),
+                             "--pipeline", str(pipeline)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    assert not (ws.runs_dir / ".lock").exists()
+    state = json.loads(next((ws.runs_dir / "2026-W12").glob("*/state.json")).read_text())
+    assert state["status"] == "killed" and state["steps"][1]["status"] == "killed"
+    from cdp_ml import tracking
+
+    assert tracking.setup(ws).get_run(state["mlflow_run_id"]).info.status == "KILLED"
+    assert _read(ws, "select count(*) from scores", []) == [(0,)]
+    assert refresh(ws, as_of=WEEK1, resume=True, pipeline=pipeline).exit_code == 0

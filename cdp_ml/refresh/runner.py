@@ -222,6 +222,14 @@ class _Run:
                 for s in self.state["steps"]:
                     if s["status"] == "running":
                         s.update(status="killed", error="stopped by a signal")
+            except BaseException as exc:  # the runner itself failed: record it, then let the CLI report it
+                for s in self.state["steps"]:
+                    if s["status"] == "running":
+                        s.update(status="failed", error=f"runner: {_error_line(exc)}")
+                self.state.update(status="failed", finished=_now())
+                self._save()
+                self._end_mlflow("failed")
+                raise
         self.state.update(status=status if status != "interrupted" else "killed", finished=_now())
         self._save()
         if status == "succeeded":
@@ -410,7 +418,7 @@ class _Run:
             self._log(f"  check {check}")
 
     def _end_mlflow(self, status: str) -> None:
-        if not self.parent_run:
+        if not self.parent_run or self.client is None:
             return
         self.client.log_metric(self.parent_run, "seconds", time.monotonic() - self.started)
         self.client.set_tag(self.parent_run, "status", status)
@@ -520,7 +528,11 @@ def _peak_memory(interval: float = 0.25) -> Iterator[Any]:
     def sample() -> None:
         while True:
             total = 0
-            for proc in [me, *me.children(recursive=True)]:
+            try:
+                procs = [me, *me.children(recursive=True)]
+            except psutil.Error:
+                procs = [me]
+            for proc in procs:
                 try:
                     total += proc.memory_info().rss
                 except psutil.Error:
