@@ -114,6 +114,7 @@ def test_lock_refuses_a_second_run_and_a_dead_runs_lock_is_taken_over(tiny):
     assert blocked.exit_code == 3 and blocked.status == "locked"
     assert "run-that-runs" in str(blocked) and str(os.getpid()) in str(blocked)
     assert not (ws.runs_dir / "2026-W12").exists()
+    assert refresh(ws, as_of="latest", pipeline=pipeline).exit_code == 3  # refused before reading any data
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "run_id": "dead-run",

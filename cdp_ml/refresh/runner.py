@@ -122,19 +122,21 @@ def refresh(ws: Workspace, as_of: date | str | None = None, retrain: str = "auto
         raise CdpError("give --from or --resume, not both")
     settings = ws.config.refresh
     pipe = load_pipeline(Path(pipeline) if pipeline else (ws.path(settings.pipeline) if settings.pipeline else None))
-    day = resolve_as_of(ws, as_of)
-    week = iso_week(day)
-    runs_dir = ws.runs_dir
+    day = None if isinstance(as_of, str) and as_of.strip().lower() == "latest" else resolve_as_of(ws, as_of)
     run_id = new_run_id()
-    lock = RefreshLock(runs_dir)
-    try:
-        lock.acquire(run_id, week)
+    lock = RefreshLock(ws.runs_dir)
+    try:  # before 'latest' reads the warehouse, which a running refresh holds
+        lock.acquire(run_id, iso_week(day) if day else "")
     except LockHeld as exc:
-        return RefreshResult("locked", EXIT_LOCKED, week, day, message=f"{exc} (exit code {EXIT_LOCKED})")
+        return RefreshResult("locked", EXIT_LOCKED, iso_week(day) if day else "?", day,
+                             message=f"{exc} (exit code {EXIT_LOCKED})")
     try:
         if lock.stale is not None:
             _bury_dead_run(ws, lock.stale)
-        return _Run(ws, pipe, day, week, run_id, retrain, from_step, resume, lock).execute()
+        if day is None:
+            day = resolve_as_of(ws, as_of)
+            lock.update(week=iso_week(day))
+        return _Run(ws, pipe, day, iso_week(day), run_id, retrain, from_step, resume, lock).execute()
     finally:
         lock.release()
 
@@ -462,7 +464,7 @@ def _last_run_state(week_dir: Path) -> dict[str, Any] | None:
 def _bury_dead_run(ws: Workspace, holder: Any) -> None:
     """A refresh was killed (its lock was stale): mark its state and MLflow runs as killed."""
     state_path = ws.runs_dir / holder.week / holder.run_id / STATE_FILE
-    state = read_json(state_path)
+    state = read_json(state_path) if holder.week else None
     if isinstance(state, dict) and state.get("status") == "running":
         for s in state.get("steps", []):
             if s.get("status") == "running":
