@@ -38,7 +38,7 @@ TRACK_FEATURES = (
 # Features of the target week k after the origin (derived without looking past the origin).
 STEP_FEATURES = (
     "step", "weeks_since", "weeks_since_any", "ratio_median", "ratio_mean", "z_interval",
-    "weeks_past_median", "weeks_to_peak",
+    "weeks_past_median", "weeks_to_peak", "bought_last_year", "season_index",
 )  # season enters as weeks to the next peak: week of year overfits when history holds one or two years
 FEATURES = ("category", *TRACK_FEATURES, *STEP_FEATURES)
 
@@ -244,6 +244,11 @@ def track_frame(con: duckdb.DuckDBPyConnection, inputs: Inputs, origins: Sequenc
         ), ncat as (
             select origin, person_id, count(*) filter (where track <> '{ANY}') as n_categories
             from rp_base group by all
+        ), last_year as (
+            select o.origin, p.person_id, p.track,
+                   bit_or((1::bigint) << ((p.week - (o.origin - 371)) // 7)::int) as ly_mask
+            from rp_origins o join rp_pw p on p.week >= o.origin - 371 and p.week < o.origin - 371 + ?
+            group by all
         ), window_weeks as (
             select o.origin, p.person_id, p.track, bit_or((1::bigint) << ((p.week - o.origin) // 7)::int) as mask
             from rp_origins o join rp_pw p on p.week >= o.origin and p.week < o.origin + ?
@@ -262,16 +267,17 @@ def track_frame(con: duckdb.DuckDBPyConnection, inputs: Inputs, origins: Sequenc
                (a.n_13w_any - case when b.track = '{ANY}' then 0 else b.n_13w end)::double as other_13w,
                n.n_categories::double as n_categories, ((b.origin - a.first_week_any) // 7)::double as tenure_weeks_any,
                {ev_cols}, {ix_cols},
-               coalesce(w.mask, 0) as mask
+               coalesce(ly.ly_mask, 0) as ly_mask, coalesce(w.mask, 0) as mask
         from rp_base b
         join anyt a using (origin, person_id)
         join ncat n using (origin, person_id)
         left join window_weeks w on w.origin = b.origin and w.person_id = b.person_id and w.track = b.track
+        left join last_year ly on ly.origin = b.origin and ly.person_id = b.person_id and ly.track = b.track
         {events}
         {contacts}
         order by b.origin, b.person_id, b.track
     """
-    frame = con.execute(query, [horizon * 7]).df()
+    frame = con.execute(query, [(horizon + 2) * 7, horizon * 7]).df()
     frame["origin"] = pd.to_datetime(frame["origin"]).dt.date
     return frame
 
@@ -298,8 +304,32 @@ def _weeks_to_peak(week_start: np.ndarray, peaks: Sequence[str]) -> np.ndarray:
     return best
 
 
+def season_table(con: duckdb.DuckDBPyConnection, before: date) -> pd.DataFrame:
+    """Buyers per category track and week before ``before``: last year's seasonal pattern per category."""
+    return con.execute("select track as category, week, count(*) as buyers from rp_pw where week < ? group by all",
+                       [before]).df()
+
+
+def _season_index(season: pd.DataFrame, category: np.ndarray, week_start: pd.Series) -> np.ndarray:
+    """Buyers in the same week last year relative to the 17 weeks around it (1 = an ordinary week).
+
+    Looks at weeks 44..60 before the target week only, so it is known at any origin up to 44 weeks earlier.
+    """
+    if not len(season):
+        return np.full(len(category), np.nan)
+    wide = season.assign(week=pd.to_datetime(season["week"])).pivot_table(
+        index="week", columns="category", values="buyers", aggfunc="sum")
+    wide = wide.reindex(pd.date_range(wide.index.min(), wide.index.max(), freq="7D")).fillna(0.0)
+    around = wide.rolling(17, center=True, min_periods=9).mean()
+    index = (wide / around.where(around > 0)).stack()
+    index.index.names = ["week", "category"]
+    key = pd.MultiIndex.from_arrays([pd.to_datetime(week_start) - pd.Timedelta(weeks=52), category],
+                                    names=["week", "category"])
+    return index.reindex(key).to_numpy(dtype=float)
+
+
 def expand(frame: pd.DataFrame, horizon: int, observed_weeks: np.ndarray | None, peaks: Sequence[str],
-           categories: Sequence[str], stop_at_purchase: bool) -> pd.DataFrame:
+           categories: Sequence[str], stop_at_purchase: bool, season: pd.DataFrame | None = None) -> pd.DataFrame:
     """Turn (origin, track) rows into (origin, track, week k) rows with step features and labels.
 
     Training (``stop_at_purchase``): steps run until the first purchase in the window (label 1) or until
@@ -333,6 +363,10 @@ def expand(frame: pd.DataFrame, horizon: int, observed_weeks: np.ndarray | None,
     week_start = pd.to_datetime(out["origin"]) + pd.to_timedelta((step - 1) * 7, unit="D")
     out["week_start"] = week_start.dt.date
     out["weeks_to_peak"] = _weeks_to_peak(week_start.to_numpy(), peaks)
+    # the track bought in the same week of last year (+-1 week): bits k-1..k+1 of the mask starting 53 weeks back
+    out["bought_last_year"] = ((out["ly_mask"].to_numpy(dtype=np.int64) >> (step - 1)) & 7 > 0).astype(float)
+    out["season_index"] = _season_index(season, out["category"].astype(str).to_numpy(), week_start) \
+        if season is not None else np.nan
     out["category"] = pd.Categorical(out["category"], categories=list(categories))
     return out
 

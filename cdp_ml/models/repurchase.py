@@ -165,6 +165,7 @@ class _Window:
     bgnbd: pd.DataFrame | None
     naive: pd.DataFrame | None
     sample: float
+    season: pd.DataFrame  # buyers per category and week before the end (seasonal index)
 
 
 def _origins(end: date, horizon: int, n: int, spacing: int) -> tuple[date, list[date]]:
@@ -182,6 +183,7 @@ def _load(ws: Workspace, end: date, horizon: int, evaluate: bool) -> _Window:
         if evaluate and _last_day(con) < end + timedelta(weeks=horizon - 1):
             raise CdpError(f"repurchase backtest: the data ends {_last_day(con)}, before the last of the {horizon} "
                            f"weeks after cutoff {end}; choose an earlier --cutoff or a smaller --horizon-weeks")
+        season = fr.season_table(con, end)
         tracks = fr.tracks_before(con, end)
         expected_rows = tracks * s.training_cutoffs * horizon * 0.5  # about half the window at risk on average
         sample = min(1.0, s.max_training_rows / max(expected_rows, 1.0))
@@ -192,7 +194,7 @@ def _load(ws: Workspace, end: date, horizon: int, evaluate: bool) -> _Window:
             test = fr.track_frame(con, inputs, [end], horizon, s.max_weeks_at_risk)
             bg = fr.bgnbd_frame(con, end)
             naive = fr.naive_frame(con, end)
-    return _Window(inputs, train, calib, test, bg, naive, sample)
+    return _Window(inputs, train, calib, test, bg, naive, sample, season)
 
 
 def _last_day(con) -> date:
@@ -206,7 +208,7 @@ def _fit(ws: Workspace, window: _Window, horizon: int, end: date) -> tuple[Hazar
     s = ws.config.repurchase
     peaks = ws.config.features.holiday_peaks
     categories = [fr.ANY, *window.inputs.categories]
-    rows = fr.expand(window.train, horizon, None, peaks, categories, stop_at_purchase=True)
+    rows = fr.expand(window.train, horizon, None, peaks, categories, stop_at_purchase=True, season=window.season)
     positives = int(rows["label"].sum()) if len(rows) else 0
     negatives = int(len(rows) - positives)
     if positives < s.min_positives or negatives < s.min_negatives:
@@ -222,7 +224,8 @@ def _fit(ws: Workspace, window: _Window, horizon: int, end: date) -> tuple[Hazar
     hazard = HazardModel(model, features, categories, (1.0, 0.0), horizon, s.max_weeks_at_risk, tuple(peaks),
                          bgnbd_feature_params(window.train))
     model.fit(hazard.design(rows), rows["label"], categorical_feature=["category"])
-    calib_rows = fr.expand(window.calibration, horizon, None, peaks, categories, stop_at_purchase=True)
+    calib_rows = fr.expand(window.calibration, horizon, None, peaks, categories, stop_at_purchase=True,
+                           season=window.season)
     if len(calib_rows):
         hazard.platt = _platt(hazard.raw(calib_rows), calib_rows["label"].to_numpy())
     info = {"training_rows": len(rows), "training_positives": positives,
@@ -231,9 +234,10 @@ def _fit(ws: Workspace, window: _Window, horizon: int, end: date) -> tuple[Hazar
     return hazard, info
 
 
-def predict(model: HazardModel, frame: pd.DataFrame, peaks: tuple[str, ...]) -> tuple[Forecast, pd.DataFrame]:
+def predict(model: HazardModel, frame: pd.DataFrame, peaks: tuple[str, ...], season: pd.DataFrame
+            ) -> tuple[Forecast, pd.DataFrame]:
     """Forecast all H weeks of every (origin, track) row; returns the forecast and the expanded rows."""
-    rows = fr.expand(frame, model.horizon, None, peaks, model.categories, stop_at_purchase=False)
+    rows = fr.expand(frame, model.horizon, None, peaks, model.categories, stop_at_purchase=False, season=season)
     if not len(rows):
         empty = np.zeros((0, model.horizon))
         return Forecast(empty, empty, np.zeros(0)), rows
@@ -353,6 +357,7 @@ class _Evaluation:
     test: pd.DataFrame
     forecasts: dict[str, Forecast]
     training_frame: pd.DataFrame
+    season: pd.DataFrame
 
 
 def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None) -> _Evaluation:
@@ -364,7 +369,7 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None) -> _E
     model, info = _fit(ws, window, horizon, cutoff)
     peaks = tuple(ws.config.features.holiday_peaks)
     test = window.test
-    fc, _ = predict(model, test, peaks)
+    fc, _ = predict(model, test, peaks, window.season)
     bg, bg_params = _bgnbd_forecast(window.bgnbd, test, horizon)
     naive = _naive_forecast(window.naive, test, cutoff, horizon)
     forecasts = {"model": fc, "bgnbd": bg, "naive": naive}
@@ -396,7 +401,7 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None) -> _E
     result = BacktestResult(cutoff, horizon, len(test), int(test["person_id"].nunique()),
                             window.inputs.categories, info["training_rows"], info["training_positives"],
                             table, weekly, importance, by_category, within_h, bg_params, out, None, note)
-    return _Evaluation(result, model, test, forecasts, info["training_frame"])
+    return _Evaluation(result, model, test, forecasts, info["training_frame"], window.season)
 
 
 def _targets_note(table: pd.DataFrame, horizon: int) -> str:
@@ -546,7 +551,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
     if champion is not None:
         try:
             old = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").unwrap_python_model()
-            fc, _ = predict(old, ev.test, tuple(ws.config.features.holiday_peaks))
+            fc, _ = predict(old, ev.test, tuple(ws.config.features.holiday_peaks), ev.season)
             if fc.p_week.shape[1] == horizon:
                 sel = (ev.test["category"] == fr.ANY).to_numpy()
                 bought = _bought(ev.test, horizon)
@@ -632,7 +637,8 @@ def forecast_tracks(ws: Workspace, model: HazardModel, as_of: date) -> tuple[pd.
     with ws.connect() as con:
         inputs = fr.prepare(con, as_of, as_of, ws.config.repurchase.categories)
         frame = fr.track_frame(con, inputs, [as_of], model.horizon, model.max_weeks_at_risk)
-    fc, _ = predict(model, frame, tuple(ws.config.features.holiday_peaks))
+        season = fr.season_table(con, as_of)
+    fc, _ = predict(model, frame, tuple(ws.config.features.holiday_peaks), season)
     return frame, fc
 
 
