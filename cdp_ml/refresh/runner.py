@@ -174,6 +174,7 @@ class _Run:
                 raise CdpError(f"--resume: no earlier run of week {week} in {ws.runs_dir / week}; run without --resume")
             self.resume_of = previous
             run_id = previous["run_id"]
+            self.as_of = date.fromisoformat(previous["as_of"])  # the week's run may have used a mid-week date
         self.run_id = run_id
         self.run_dir = ws.runs_dir / week / run_id
         self.state_path = self.run_dir / STATE_FILE
@@ -232,10 +233,11 @@ class _Run:
                 self._save()
                 self._end_mlflow("failed")
                 raise
-        self.state.update(status=status if status != "interrupted" else "killed", finished=_now())
-        self._save()
-        if status == "succeeded":
+        self.state["finished"] = _now()
+        if status == "succeeded":  # publish first: a crash in between leaves a run that --resume re-publishes
             self._publish()
+        self.state["status"] = status if status != "interrupted" else "killed"
+        self._save()
         self._end_mlflow(status)
         seconds = time.monotonic() - self.started
         self._log(f"refresh {self.week}: {status} in {_duration(seconds)}")
