@@ -167,10 +167,11 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
     counters = {k: 0 for k in ("crm", "newsletter", "loyalty", "web_order", "store_order", "device", "session",
                                "event", "interaction")}
     truth_frames = []
+    taken: set[str] = {"sophia.devries@gmail.com", "sofietje.dv@ziggo.nl"}  # e-mail addresses handed out
     for block_no, first in enumerate(range(0, persons, BLOCK)):
         rng = np.random.default_rng([seed, block_no])
         n = min(BLOCK, persons - first)
-        p = people.make_persons(rng, first, n, t0, t1, seed)
+        p = people.make_persons(rng, first, n, t0, t1, seed, taken)
         crm_df, crm_truth, k1 = records.crm(p, rng, counters["crm"], t1)
         counters["crm"] += len(crm_df)
         nl_df, nl_truth, k2 = records.newsletter(p, rng, counters["newsletter"], t1)

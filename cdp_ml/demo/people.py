@@ -109,8 +109,18 @@ def _unique_digits(index: np.ndarray, multiplier: int, offset: int, low: int) ->
     return low + (index.astype(np.int64) * multiplier + offset) % 40_000_000
 
 
-def make_persons(rng: np.random.Generator, first: int, n: int, start: int, end: int, seed: int) -> PersonBlock:
-    """Persons ``first .. first+n-1``; pairs (even, odd) form a household with some probability."""
+def unique_addresses(candidates: pd.Series, fallback: pd.Series, taken: set[str]) -> pd.Series:
+    """Keep each candidate address unless someone earlier has it; clashes take their (unique) fallback."""
+    clash = (candidates.duplicated() | candidates.isin(taken)).to_numpy()
+    out = pd.Series(np.where(clash, fallback.to_numpy(dtype=object), candidates.to_numpy(dtype=object)))
+    taken.update(out.tolist())
+    return out
+
+
+def make_persons(rng: np.random.Generator, first: int, n: int, start: int, end: int, seed: int,
+                 taken: set[str]) -> PersonBlock:
+    """Persons ``first .. first+n-1``; pairs (even, odd) form a household with some probability.
+    ``taken`` holds every e-mail address handed out so far (kept unique across blocks)."""
     index = np.arange(first, first + n, dtype=np.int64)
     entity = pd.Series(index + 1).map("P{:07d}".format)
     gender = np.where(rng.random(n) < 0.72, "V", "M")  # a cosmetics retailer: mostly women
@@ -145,18 +155,37 @@ def make_persons(rng: np.random.Generator, first: int, n: int, start: int, end: 
         pd.Series(s.to_numpy()[head]) for s in (new_street, new_house, new_postcode, new_city))
 
     f_slug, l_slug, n_slug = slug(formal), slug(last), slug(nick)
-    # numbers in addresses are distinct per person but unrelated between a person's addresses, so they
-    # make every address unique without giving the resolver a shared number to match on
-    def number(mult: int, off: int) -> pd.Series:
-        return pd.Series(((index * mult + off * (seed + 1)) % (1 << 24)).astype(str))
-    style = rng.integers(0, 3, n)
-    local = np.select([style == 0, style == 1],
-                      [(n_slug + "." + l_slug).to_numpy(), (n_slug.str[0] + "." + l_slug).to_numpy()],
-                      (f_slug + l_slug).to_numpy())
-    email = pd.Series(local) + number(2_654_435, 17) + "@" + pd.Series(_DOMAINS[rng.integers(0, len(_DOMAINS), n)])
-    alt_local = np.where(rng.random(n) < 0.5, n_slug + "_", n_slug + pd.Series(birth.astype("datetime64[Y]").astype(int) % 100).astype(str).str.zfill(2) + "_")
-    alt_email = pd.Series(alt_local) + number(7_919_981, 91) + "@" + pd.Series(_DOMAINS[rng.integers(0, len(_DOMAINS), n)])
-    new_email = f_slug + "." + l_slug + "." + number(5_099_517, 3) + "@" + pd.Series(_DOMAINS[rng.integers(0, len(_DOMAINS), n)])
+    yy = pd.Series(birth.astype("datetime64[Y]").astype(int) % 100).astype(str).str.zfill(2)
+    yyyy = pd.Series(birth.astype("datetime64[Y]").astype(int) + 1970).astype(str)
+
+    def domains() -> pd.Series:
+        return pd.Series(_DOMAINS[rng.integers(0, len(_DOMAINS), n)])
+
+    def pick(options: list[pd.Series]) -> pd.Series:
+        choice = rng.integers(0, len(options), n)
+        out = options[0].to_numpy(dtype=object).copy()
+        for k in range(1, len(options)):
+            out = np.where(choice == k, options[k].to_numpy(dtype=object), out)
+        return pd.Series(out)
+
+    def fallback(mult: int, off: int) -> pd.Series:
+        # 5+ digits, distinct per person: never equal to a name(+year) address of anyone else
+        return pd.Series((10_000 + (index * mult + off * (seed + 1)) % (1 << 24)).astype(str))
+
+    # addresses are built from the names and birth year like people do; a clash with an address taken
+    # earlier (in this or a previous block) falls back to a form made unique by a per-person number
+    webshop = pick([n_slug + "." + l_slug, f_slug + "." + l_slug, n_slug.str[0] + "." + l_slug, f_slug + l_slug,
+                    n_slug + l_slug + yy, n_slug + "." + l_slug + yy])
+    email = unique_addresses(webshop + "@" + domains(),
+                             webshop.str.replace(r"\d+$", "", regex=True) + fallback(2_654_435, 17) + "@" + domains(),
+                             taken)
+    personal = pick([n_slug + yy, n_slug + "." + l_slug.str[:1] + yy, n_slug + "_" + l_slug, n_slug + yyyy,
+                     n_slug + "." + l_slug])
+    alt_email = unique_addresses(personal + "@" + domains(), n_slug + "_" + fallback(7_919_981, 91) + "@" + domains(),
+                                 taken)
+    later = pick([f_slug + "." + l_slug + yyyy, n_slug + "." + l_slug + "." + yy, f_slug.str[0] + l_slug + yy])
+    new_email = unique_addresses(later + "@" + domains(),
+                                 f_slug + "." + l_slug + "." + fallback(5_099_517, 3) + "@" + domains(), taken)
 
     phone = _unique_digits(index, 7_654_321, seed * 1_000_003 % 40_000_000, 10_000_000)
     new_phone = _unique_digits(index, 3_333_337, seed * 999_983 % 40_000_000, 50_000_000)
@@ -173,9 +202,9 @@ def make_persons(rng: np.random.Generator, first: int, n: int, start: int, end: 
     if first == 0:  # person 1 is the textbook case every demo shows: Sophia, known as Sofietje
         so = [i for i, (f, _, _) in enumerate(voc.FIRST_NAMES) if f == "Sophia"][0]
         gender[0], formal[0], nick[0], last[0] = "V", "Sophia", "Sofietje", "de Vries"
-        email[0] = "sophia.devries@" + voc.EMAIL_DOMAINS[0]  # generated addresses all carry digits
+        email[0] = "sophia.devries@" + voc.EMAIL_DOMAINS[0]  # reserved in `taken` by generate
         alt_email[0] = "sofietje.dv@" + voc.EMAIL_DOMAINS[3]
-        has_crm[0] = has_newsletter[0] = True
+        has_crm[0] = has_newsletter[0] = has_loyalty[0] = True
         crm_duplicate[0] = erased[0] = False
         intent[0] = max(intent[0], 0.6)
         joined_at[0] = min(joined_at[0], start - 20 * WEEK)

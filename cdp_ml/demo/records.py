@@ -87,6 +87,8 @@ def crm(p: PersonBlock, rng: np.random.Generator, next_id: int, end: int) -> tup
     r = rng.random(n)
     phone = np.where(r < 0.15, None, phone)
     phone = np.where((r >= 0.15) & (r < 0.17), rng.choice(np.array(voc.PLACEHOLDER_PHONES, dtype=object), n), phone)
+    sophia = (rows == 0) & (p.index[0] == 0) & ~is_dup
+    phone[sophia] = format_phones(phone_at(p, rows[sophia], updated[sophia]), np.array([2] * int(sophia.sum())))
     birth = pd.Series(p.birth[rows]).dt.strftime("%d-%m-%Y").to_numpy(dtype=object)
     birth = np.where(rng.random(n) < 0.3, None, birth)
     gender = np.where(rng.random(n) < 0.08, None, p.gender[rows].astype(object))
@@ -159,10 +161,17 @@ def loyalty(p: PersonBlock, rng: np.random.Generator, next_id: int, end: int) ->
     r = rng.random(n)
     phone = np.where(r < 0.2, None, phone)
     phone = np.where((r >= 0.2) & (r < 0.23), rng.choice(np.array(voc.PLACEHOLDER_PHONES, dtype=object), n), phone)
-    email = messy_email(pd.Series(p.email.to_numpy(dtype=object)[rows]), rng).to_numpy(dtype=object)
+    # at the till people often give their personal address (the one the newsletter goes to)
+    personal = rng.random(n) < 0.35
+    sophia = (rows == 0) & (p.index[0] == 0)
+    personal |= sophia
+    email = np.where(personal, p.alt_email.to_numpy(dtype=object)[rows], p.email.to_numpy(dtype=object)[rows])
+    email = messy_email(pd.Series(email), rng).to_numpy(dtype=object)
     r = rng.random(n)
+    r[sophia] = 0.9
     email = np.where(r < 0.55, None, email)
     email = np.where((r >= 0.55) & (r < 0.59), rng.choice(np.array(voc.PLACEHOLDER_EMAILS, dtype=object), n), email)
+    phone[sophia] = format_phones(phone_at(p, rows[sophia], registered[sophia]), np.array([1] * int(sophia.sum())))
     counter = next_id + np.arange(n, dtype=np.int64)
     ids = pd.Series(2_900_000_000_000 + (counter * 48_271 + 11) % 1_000_000_000).astype(str)
     df = pd.DataFrame({

@@ -57,6 +57,17 @@ FIRST_NAMES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Priya", "V", ()),
     ("Nicolaas", "M", ("Klaas", "Niek", "Nico")),
     ("Dirk", "M", ("Dick", "Dik")),
+    ("Hendrika", "V", ("Riek", "Rika", "Henny")),
+    ("Cornelia", "V", ("Corrie", "Cor", "Nelly")),
+    ("Adriana", "V", ("Ria", "Jaantje")),
+    ("Josephina", "V", ("Josje", "Fien", "Fenna")),
+    ("Charlotte", "V", ("Charlie", "Lotte")),
+    ("Rebecca", "V", ("Becky", "Bekkie")),
+    ("Evelien", "V", ("Eef", "Eva")),
+    ("Jasmijn", "V", ("Jas", "Mijn")),
+    ("Laura", "V", ()), ("Noor", "V", ()), ("Lisa", "V", ()), ("Sara", "V", ()), ("Mila", "V", ()),
+    ("Nina", "V", ()), ("Lieke", "V", ()), ("Iris", "V", ()), ("Maud", "V", ()), ("Marieke", "V", ()),
+    ("Pieter", "M", ("Piet", "Peter")), ("Gerrit", "M", ("Gert", "Gerry")), ("Joost", "M", ()), ("Stijn", "M", ()),
 )
 
 LAST_NAMES: tuple[str, ...] = (
@@ -68,6 +79,16 @@ LAST_NAMES: tuple[str, ...] = (
     "Verhoeven", "Koster", "van Dam", "van der Wal", "Prins", "Blom", "Huisman", "Peeters", "de Leeuw",
     "Kuipers", "van Wijk", "Postma", "Kramer", "van den Bosch", "Schipper", "Vink", "Timmermans",
     "Yilmaz", "El Amrani", "Bouzid", "Kaya", "Nguyen", "Sarmo", "Ramdin", "Tjon", "Zuiderveld", "Oosterhuis",
+    "Boer", "Groen", "Wouters", "Verbeek", "Lammers", "Hermans", "Evers", "van Wijngaarden", "Sanders", "Koning",
+    "van Rijn", "Gerritsen", "Verschuren", "de Lange", "Aalbers", "Molenaar", "van Es", "Hofman", "Bosman",
+    "Veenstra", "Jonker", "Kuiper", "van Doorn", "Pronk", "Brink", "Wijnands", "Claassen", "Martens", "van Os",
+    "Heemskerk", "Rutten", "Goossens", "Driessen", "Kusters", "Geurts", "Linssen", "Hoogendoorn", "Vonk",
+    "Sluiter", "de Ruiter", "van Zanten", "Steenbergen", "Boersma", "Wiersma", "Terpstra", "Kingma", "Mulders",
+    "Wolters", "Mol", "Hoekman", "van Vugt", "Scholten", "Nijhuis", "Ten Hove", "Lubbers", "Haverkamp",
+    "Meulenbelt", "Brinkman", "Dijkman", "van Gils", "Ouwehand", "Overbeek", "Roos", "Plasman", "Zwart",
+    "Visscher", "van Loon", "Schreurs", "Bruins", "Kroon", "Admiraal", "Ozturk", "Demir", "Benali", "Haddou",
+    "Mahabier", "Soekhoe", "Pinas", "Tan", "Lim", "Wong", "Kowalski", "Nowak", "Rossi", "Garcia", "Smeets",
+    "Cornelissen", "Verhagen", "van Beers", "Eijkelenboom", "Blokland", "Vroom", "Ploeg", "Dam", "de Kok",
 )
 
 STREETS: tuple[str, ...] = (
