@@ -184,12 +184,18 @@ def track_frame(con: duckdb.DuckDBPyConnection, inputs: Inputs, origins: Sequenc
 
     A track is at risk at an origin when it has a purchase before it, at most ``max_weeks_at_risk``
     weeks earlier. ``mask`` has bit k-1 set when the track bought in week k after the origin (k <= H).
-    ``sample`` < 1 keeps a deterministic hash sample of persons per origin (training at scale).
+    ``sample`` < 1 keeps a deterministic hash sample of persons (the same at every origin; training at scale).
     """
     con.execute("create or replace temp table rp_origins (origin date)")
     con.executemany("insert into rp_origins values (?)", [[o] for o in sorted(set(origins))])
-    keep = "" if sample >= 1.0 else "and hash(p.person_id || o.origin::varchar) % 1000000 < ?"
-    params: list = ([int(sample * 1_000_000)] if sample < 1.0 else []) + [max_weeks_at_risk * 7]
+    pw, ev, ix = "rp_pw", "rp_ev", "rp_ix"
+    if sample < 1.0:  # the same persons at every origin; filtered before the range joins
+        threshold = int(sample * 1_000_000)
+        tables = ["rp_pw"] + ["rp_ev"] * inputs.has_events + ["rp_ix"] * inputs.has_interactions
+        for table in tables:
+            con.execute(f"create or replace temp table {table}_s as select * from {table} "
+                        "where hash(person_id) % 1000000 < ?", [threshold])
+        pw, ev, ix = "rp_pw_s", "rp_ev_s", "rp_ix_s"
     con.execute(f"""
         create or replace temp table rp_base as
         select o.origin, p.person_id, p.track,
@@ -202,11 +208,11 @@ def track_frame(con: duckdb.DuckDBPyConnection, inputs: Inputs, origins: Sequenc
                count(*) filter (where p.week >= o.origin - 91) as n_13w,
                count(*) filter (where p.week >= o.origin - 182) as n_26w,
                count(*) filter (where p.week >= o.origin - 364) as n_52w
-        from rp_origins o join rp_pw p on p.week < o.origin {keep}
+        from rp_origins o join {pw} p on p.week < o.origin
         group by all
         having max(p.week) >= o.origin - ?
-    """, params)
-    events = """
+    """, [max_weeks_at_risk * 7])
+    events = f"""
         left join (
             select o.origin, e.person_id, e.track,
                    sum(e.views) filter (where e.week >= o.origin - 7) as views_1w,
@@ -220,15 +226,15 @@ def track_frame(con: duckdb.DuckDBPyConnection, inputs: Inputs, origins: Sequenc
                    sum(e.events) filter (where e.week >= o.origin - 28) as events_4w,
                    sum(e.events) as events_12w,
                    length(list_distinct(flatten(list(e.channels)))) as channels_12w
-            from rp_origins o join rp_ev e on e.week < o.origin and e.week >= o.origin - 84
+            from rp_origins o join {ev} e on e.week < o.origin and e.week >= o.origin - 84
             group by all
         ) ev on ev.origin = b.origin and ev.person_id = b.person_id and ev.track = b.track""" if inputs.has_events else ""
-    contacts = """
+    contacts = f"""
         left join (
             select o.origin, i.person_id, i.track, sum(i.complaints) as complaints,
                    sum(i.complaints) filter (where i.week >= o.origin - 84) as complaints_12w,
                    sum(i.contacts) filter (where i.week >= o.origin - 84) as contacts_12w
-            from rp_origins o join rp_ix i on i.week < o.origin
+            from rp_origins o join {ix} i on i.week < o.origin
             group by all
         ) ix on ix.origin = b.origin and ix.person_id = b.person_id and ix.track = b.track""" if inputs.has_interactions else ""
     ev_cols = ", ".join(f"coalesce(ev.{c}, 0)::double as {c}" if inputs.has_events else f"0::double as {c}"
@@ -247,11 +253,11 @@ def track_frame(con: duckdb.DuckDBPyConnection, inputs: Inputs, origins: Sequenc
         ), last_year as (
             select o.origin, p.person_id, p.track,
                    bit_or((1::bigint) << ((p.week - (o.origin - 371)) // 7)::int) as ly_mask
-            from rp_origins o join rp_pw p on p.week >= o.origin - 371 and p.week < o.origin - 371 + ?
+            from rp_origins o join {pw} p on p.week >= o.origin - 371 and p.week < o.origin - 371 + ?
             group by all
         ), window_weeks as (
             select o.origin, p.person_id, p.track, bit_or((1::bigint) << ((p.week - o.origin) // 7)::int) as mask
-            from rp_origins o join rp_pw p on p.week >= o.origin and p.week < o.origin + ?
+            from rp_origins o join {pw} p on p.week >= o.origin and p.week < o.origin + ?
             group by all
         )
         select b.origin, b.person_id, b.track as category,

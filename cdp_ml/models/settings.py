@@ -35,7 +35,7 @@ class RepurchaseSettings:
     cutoff_spacing_weeks: int = 2  # weeks between training cutoffs
     max_weeks_at_risk: int = 52  # weeks after a purchase a person stays at risk
     categories: tuple[str, ...] = ()  # restrict to these categories (default: all seen in orders)
-    max_training_rows: int = 2_000_000  # person-weeks; beyond this, persons are hash-sampled per cutoff
+    max_training_rows: int = 2_000_000  # person-weeks; beyond this, persons are hash-sampled
     n_estimators: int = 200  # LightGBM boosting rounds
     learning_rate: float = 0.05
     num_leaves: int = 15
