@@ -170,3 +170,19 @@ def test_tiny_worlds_still_make_a_valid_workspace(tmp_path, persons, weeks):
     assert dict(result.files)["raw/crm_klanten.csv"] >= 1
     assert len(_read(ws, "web")) > 0
     assert (result.end - result.start).days == 7 * weeks
+
+
+def test_an_email_address_belongs_to_one_person(demo):
+    """Addresses look like people's (names, birth years) yet never collide between two persons."""
+    ws = Workspace.open(demo)
+    identity = pd.read_csv(demo / "ground_truth" / "identity.csv", dtype=str)
+    owners = []
+    for src in ws.sources_of("customers"):
+        df = _read(ws, src.name)[[src.columns["record_id"], src.columns["email"]]].dropna()
+        df.columns = ["record_id", "email"]
+        df = df.astype(str).merge(identity[identity["source"] == src.name], on="record_id")
+        owners.append(df.assign(email=df["email"].str.strip().str.lower()))
+    emails = pd.concat(owners)
+    emails = emails[~emails["email"].isin(["test@test.com", "geen@email.nl", "noreply@rituals.com"])]
+    assert emails.groupby("email")["entity"].nunique().max() == 1
+    assert (~emails["email"].str.contains(r"\d{5,}@")).mean() > 0.9, "most addresses carry no long number"
