@@ -121,7 +121,7 @@ def prepare(con: duckdb.DuckDBPyConnection, ws: Workspace, settings: IdentitySet
 def _records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, as_of: date | None) -> None:
     if not table_exists(con, "customers"):
         con.execute("""create or replace temp table _id_records(source varchar, record_id varchar,
-            customer_id varchar, email varchar, phone varchar, email_number varchar, first_name varchar, first_canon varchar,
+            customer_id varchar, email varchar, phone varchar, email_number varchar, first_name varchar, first_key varchar, first_canon varchar,
             last_name varchar, dob date, street varchar, house_number varchar, address varchar,
             postcode varchar, city varchar, created_at timestamp, updated_at timestamp)""")
         return
@@ -174,12 +174,14 @@ def _records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, as_of: 
                else r.phone end as phone,
           nullif(regexp_extract(split_part(r.email, '@', 1), '([0-9]+)$', 1), '') as email_number,
           r.first_token as first_name,
+          nullif(regexp_replace(r.first_full, '[^a-z]', '', 'g'), '') as first_key,
           coalesce(n.canonical, r.first_token) as first_canon,
           r.last_name, r.dob, r.street, r.house_number,
           case when r.street is not null and r.house_number is not null then r.street || ' ' || r.house_number end
             as address,
           r.postcode, r.city, r.created_at, r.updated_at {extra_cols}
-        from named r left join _id_nicknames n on n.nick = r.first_token""")
+        from named r left join _id_nicknames n on n.nick = r.first_token
+""")
     con.execute("drop table _id_raw")
 
 
@@ -306,13 +308,25 @@ def _nodes_and_edges(con: duckdb.DuckDBPyConnection) -> None:
           select r.node as a, c.node as b, 'same_row' as method from same_row_ok s
           join _id_values v on v.kind = s.id_type and v.value = s.value and v.status <> 'blocked'
           join n r on r.id_type = 'customer_ref' and r.source = s.source and r.record_id = s.customer_ref
-          join n c on c.id_type = s.id_type and c.source = s.source and c.record_id = s.value)
+          join n c on c.id_type = s.id_type and c.source = s.source and c.record_id = s.value),
+        contact_pairs as (  -- an email and a phone given together (a WhatsApp message signed with an email)
+          select source, email, min(phone) as phone from _id_refs where email is not null and phone is not null
+          group by source, email having count(distinct phone) = 1),
+        contact_pair_edges as (
+          select e.node as a, p.node as b, 'same_row' as method from contact_pairs x
+          join _id_values ve on ve.kind = 'email' and ve.value = x.email and ve.status not in ('blocked', 'shared')
+          join _id_values vp on vp.kind = 'phone' and vp.value = x.phone and vp.status not in ('blocked', 'shared')
+          join n e on e.id_type = 'email' and e.source = x.source and e.record_id = x.email
+          join n p on p.id_type = 'phone' and p.source = x.source and p.record_id = x.phone
+          where (select count(distinct y.email) from _id_refs y
+                 where y.source = x.source and y.phone = x.phone and y.email is not null) = 1)
         select a, b, method, 1.0::double as match_probability from rec_hub
         union all select * , 1.0 from ref_record
         union all select *, 1.0 from ref_account
         union all select *, 1.0 from ref_key
         union all select *, 1.0 from contact_hub
-        union all select *, 1.0 from same_row_edges""")
+        union all select *, 1.0 from same_row_edges
+        union all select *, 1.0 from contact_pair_edges""")
 
 
 def _match_columns(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> list[MatchColumn]:

@@ -33,7 +33,8 @@ from cdp_ml.identity.settings import IdentitySettings
 MODEL_FILE = "identity_splink_model.json"
 EM_MAX_PAIRS = 2e6
 EM_MAX_ITERATIONS = 12  # unobserved levels decay towards m = 0, which Splink rejects after many iterations
-M_FLOOR = 1e-3  # no single disagreeing field may veto a match with a near-infinite negative weight
+M_FLOOR = 1e-3
+MIN_RULE_BUDGET = 100_000  # small workspaces keep every blocking rule  # no single disagreeing field may veto a match with a near-infinite negative weight
 # Blocking rules in order of preference; a rule is used when all its columns are compared.
 PREDICTION_RULES: tuple[tuple[str, ...], ...] = (
     ("email",), ("phone",), ("first_canon", "last_name"), ("last_name", "dob"), ("first_canon", "dob"),
@@ -71,13 +72,16 @@ def _comparison(col: MatchColumn):
                 cll.NullLevel("first_name"),
                 cll.ExactMatchLevel("first_name", term_frequency_adjustments=True),
                 cll.ExactMatchLevel("first_canon").configure(label_for_charts="Nickname of the same name"),
+                cll.JaroWinklerLevel("first_canon", 0.9).configure(label_for_charts="Nickname of a similar name"),
                 cll.JaroWinklerLevel("first_name", 0.92),
                 cll.JaroWinklerLevel("first_name", 0.8),
+                cll.CustomLevel("first_key_l = last_name_r and last_name_l = first_key_r",
+                                label_for_charts="First and last name swapped"),
                 cll.CustomLevel("(length(first_name_l) = 1 or length(first_name_r) = 1) "
                                 "and first_name_l[1] = first_name_r[1]", label_for_charts="Initial matches"),
                 cll.ElseLevel(),
             ],
-        )
+        ).configure(m_probabilities=[0.6, 0.15, 0.04, 0.05, 0.03, 0.02, 0.06, 0.05])  # starting values for EM
     if col.comparison == "last_name":
         return cl.NameComparison("last_name", jaro_winkler_thresholds=[0.92, 0.8])
     if col.comparison in ("dob", "date"):
@@ -98,7 +102,17 @@ def _comparison(col: MatchColumn):
     if col.comparison == "city":
         return cl.JaroWinklerAtThresholds("city", [0.9]).configure(term_frequency_adjustments=True)
     if col.comparison == "email":
-        return cl.EmailComparison("email")
+        # no fuzzy levels: similar local parts mostly mean similar names (already compared), not one person
+        return cl.CustomComparison(
+            output_column_name="email",
+            comparison_levels=[
+                cll.NullLevel("email"),
+                cll.ExactMatchLevel("email", term_frequency_adjustments=True),
+                cll.CustomLevel("split_part(email_l, '@', 1) = split_part(email_r, '@', 1)",
+                                label_for_charts="Same local part, other domain"),
+                cll.ElseLevel(),
+            ],
+        )
     if col.comparison == "email_number":
         return cl.ExactMatch("email_number").configure(term_frequency_adjustments=True)
     if col.comparison == "phone":
@@ -153,7 +167,7 @@ def match(con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], settings: Ide
     extra = [c.name for c in cols if c.comparison not in
              ("first_name", "last_name", "dob", "address", "postcode", "city", "email", "phone", "email_number")]
     select = ["n.node as unique_id", "r.source as source_name"]
-    for c in ("first_name", "first_canon", "last_name", "dob", "street", "house_number", "address", "postcode",
+    for c in ("first_name", "first_canon", "first_key", "last_name", "dob", "street", "house_number", "address", "postcode",
               "city", "email", "phone", "email_number"):
         select.append(f"r.{c}")
     select += [f'r."{e}"' for e in extra]
@@ -177,7 +191,7 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
     usable = _rule_columns(cols)
     candidates = [r for r in PREDICTION_RULES if set(r) <= usable]
     candidates += [(c.name,) for c in cols if c.block]
-    budget = settings.max_rule_comparisons_per_record * max(n_records, 1)
+    budget = max(settings.max_rule_comparisons_per_record * n_records, MIN_RULE_BUDGET)
     rules: list[tuple[str, ...]] = []
     comparisons = 0
     for rule in candidates:
@@ -228,18 +242,34 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
     rel = pairs.as_duckdbpyrelation()  # noqa: F841 - used by name in the SQL below
     gammas = {c.name: f'"gamma_{c.name}"' for c in cols}
     person_level = [c.name for c in cols if c.person_level]
-    # an initial alone ("T.") is no evidence about which household member a record is
     evidence = " or ".join(f"{gammas[n]} > {1 if n == 'first_name' else 0}" for n in person_level) or "false"
     first_conflict = f"{gammas['first_name']} = 0" if "first_name" in gammas else "false"
-    con.execute(f"""create or replace temp table _id_pairs as
+    initial = f"{gammas['first_name']} = 1" if "first_name" in gammas else "false"
+    con.execute(f"""create or replace temp table _id_scored as
         select least(unique_id_l, unique_id_r) as node_l, greatest(unique_id_l, unique_id_r) as node_r,
           match_probability, match_weight, map([{', '.join(repr(c.name) for c in cols)}],
             [{', '.join(f'"mw_{c.name}"' for c in cols)}]) as field_weights,
           case when match_probability < ? then 'below threshold'
                when {first_conflict} then 'first names disagree'
+               when not ({evidence}) and {initial} then 'initial only'
                when not ({evidence}) then 'no individual evidence (household fields only)'
           end as reason
         from rel""", [settings.match_threshold])
+    # an initial alone ("T.") is evidence only when it fits one first name among the record's candidates:
+    # "T. van Vliet" next to both Tessa and Thom van Vliet at one address joins neither
+    con.execute("""create or replace temp table _id_pairs as
+        with initial_pairs as (
+          select s.node_l, s.node_r, case when length(l.first_name) <= 1 then s.node_l else s.node_r end as short,
+                 case when length(l.first_name) <= 1 then r.first_canon else l.first_canon end as other_name
+          from _id_scored s join _id_match l on l.unique_id = s.node_l join _id_match r on r.unique_id = s.node_r
+          where s.reason = 'initial only'),
+        unambiguous as (select short from initial_pairs group by short having count(distinct other_name) = 1)
+        select s.* replace (case when s.reason = 'initial only' and u.short is not null then null
+                                 when s.reason = 'initial only' then 'initial fits several people'
+                                 else s.reason end as reason)
+        from _id_scored s
+        left join initial_pairs i on i.node_l = s.node_l and i.node_r = s.node_r
+        left join unambiguous u on u.short = i.short""")
     wh.register("_id_pairs_arrow", con.sql("select *, reason is null as accepted from _id_pairs").to_arrow_table())
     wh.execute("create or replace temp table _id_pairs as select * from _id_pairs_arrow")
     wh.unregister("_id_pairs_arrow")

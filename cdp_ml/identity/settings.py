@@ -23,7 +23,7 @@ class MatchField:
 
 @dataclass(frozen=True)
 class IdentitySettings:
-    match_threshold: float = 0.9  # Splink match probability above which two records are one person
+    match_threshold: float = 0.7  # Splink match probability from which two records are one person (guardrails apply)
     blocklist: tuple[str, ...] = DEFAULT_BLOCKLIST  # placeholder values (a trailing '@' matches a local part)
     max_records_per_identifier: int = 10  # identifiers shared by more records never link deterministically
     source_priority: tuple[str, ...] = ()  # survivorship: most trusted source first (default: workspace order)
@@ -32,8 +32,8 @@ class IdentitySettings:
     max_pairs_u: float = 2e6  # random pairs sampled to estimate u
     link_type: Literal["link_and_dedupe", "link_only"] = "link_and_dedupe"  # link_only: never pair two records of one source
     probabilistic: bool = True  # false: deterministic stitching only (no Splink)
-    review_threshold: float = 0.5  # pairs above this (but below match_threshold) are kept in identity_edges for review
+    review_threshold: float = 0.3  # pairs above this (but below match_threshold) are kept in identity_edges for review
     min_field_coverage: float = 0.01  # a match field filled in fewer records than this share is left out
-    max_rule_comparisons_per_record: float = 200.0  # a blocking rule yielding more pairs than this x records is skipped
+    max_rule_comparisons_per_record: float = 10.0  # a blocking rule yielding more pairs than this x records is skipped
     seed: int = 42  # random sampling of u and of the prior
     nicknames: str | None = None  # extra nickname file (CSV: nickname,canonical), relative to the workspace
