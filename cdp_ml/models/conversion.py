@@ -513,7 +513,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         mlflow.log_metric("train_positives", int(final["label"].sum()))
         _log_backtest(result)
         if champion_auc is not None:
-            mlflow.log_metric("gate_champion_roc_auc", champion_auc)
+            mlflow.log_metric("gate_previous_champion_auc", champion_auc)
         warnings.filterwarnings("ignore", message=".*(Add type hints to the `predict`|input example was not provided)")
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ConversionPyfunc(model),
