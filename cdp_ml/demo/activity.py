@@ -45,7 +45,7 @@ def _season_windows(start: int, end: int, month: int, day_from: int, day_to: int
 
 def behaviour(p: PersonBlock, rng: np.random.Generator, end: int) -> Behaviour:
     n = len(p)
-    buys = rng.random((n, len(CAT_NAMES))) < CAT_SHARE * (0.08 + 0.5 * p.intent[:, None])
+    buys = rng.random((n, len(CAT_NAMES))) < CAT_SHARE * (0.15 + 0.65 * p.intent[:, None])
     spread = np.exp(rng.normal(0, 0.3, (n, len(CAT_NAMES)))).clip(0.5, 2.0)
     cycle = np.where(buys, CAT_CYCLE * spread, np.nan)
     cycle[:, GIFT] = np.where(buys[:, GIFT], 52.0, np.nan)
