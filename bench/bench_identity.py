@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,10 +68,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--dir", default=None, help="workspace directory (reused when already ingested)")
     parser.add_argument("--keep", action="store_true", help="keep a temporary workspace")
+    parser.add_argument("--customers-only", action="store_true",
+                        help="only the demo's three customers sources (no events): the 1M-record resolution target")
     args = parser.parse_args()
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="identity-bench-"))
     try:
-        ws = _prepared(root, args.persons, args.seed)
+        ws = _prepared(root, args.persons, args.seed, args.customers_only)
         from cdp_ml.identity import evaluate, resolve
 
         cpu0 = time.process_time()
@@ -99,13 +103,58 @@ def main() -> int:
     return 0
 
 
-def _prepared(root: Path, persons: int, seed: int) -> Workspace:
+def _customers_only(root: Path, persons: int, seed: int) -> None:
+    """The demo's CRM, newsletter and loyalty exports with their ground truth, without any activity."""
+    import importlib
+
+    import yaml
+
+    from cdp_ml.demo import people, records
+    from cdp_ml.demo.sinks import CsvSink, ParquetSink
+
+    demo = importlib.import_module("cdp_ml.demo.generate")  # the module; the package exports the function
+    t0, t1 = demo._epoch(demo.HISTORY_END) - 104 * 7 * 86400, demo._epoch(demo.HISTORY_END)
+    (root / "raw").mkdir(parents=True, exist_ok=True)
+    (root / "ground_truth").mkdir(parents=True, exist_ok=True)
+    crm = CsvSink(root / demo.FILES["crm"], delimiter=";")
+    nl = CsvSink(root / demo.FILES["newsletter"])
+    loyalty = ParquetSink(root / demo.FILES["loyalty"], demo.LOYALTY_SCHEMA)
+    truth = CsvSink(root / "ground_truth" / "identity.csv")
+    counters = {"crm": 0, "newsletter": 0, "loyalty": 0}
+    taken: set[str] = set()
+    for block_no, first in enumerate(range(0, persons, demo.BLOCK)):
+        rng = np.random.default_rng([seed, block_no])
+        p = people.make_persons(rng, first, min(demo.BLOCK, persons - first), t0, t1, seed, taken)
+        frames = []
+        for name, make in (("crm", records.crm), ("newsletter", records.newsletter), ("loyalty", records.loyalty)):
+            df, tr, _ = make(p, rng, counters[name], t1)
+            counters[name] += len(df)
+            frames.append(tr)
+            if name == "loyalty":
+                df["registered_at"] = pd.to_datetime(df["registered_at"])
+                loyalty.write(df)
+            else:
+                (crm if name == "crm" else nl).write(df)
+        truth.write(pd.concat(frames, ignore_index=True))
+    for sink in (crm, nl, loyalty, truth):
+        sink.close()
+    config = demo.workspace_yaml()
+    config["sources"] = [s for s in config["sources"] if s["kind"] == "customers"]
+    (root / "cdp_ml.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def _prepared(root: Path, persons: int, seed: int, customers_only: bool) -> Workspace:
     """Generate and ingest the demo workspace unless ``root`` already holds an ingested one."""
     if (root / "cdp_ml.yaml").is_file():
         ws = Workspace.open(root)
         with ws.connect() as con:
             if table_exists(con, "customers"):
                 return ws
+    elif customers_only:
+        t0 = time.perf_counter()
+        _customers_only(root, persons, seed)
+        print(f"customer exports generated in {time.perf_counter() - t0:.0f}s", flush=True)
+        ws = Workspace.open(root)
     else:
         from cdp_ml.demo import generate
 

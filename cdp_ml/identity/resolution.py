@@ -78,6 +78,9 @@ def resolve(ws: Workspace, as_of: date | None = None) -> ResolveResult:
     with ws.connect() as con:
         if not any(table_exists(con, k) for k in ("customers", *inputs.REFERENCE_COLUMNS)):
             raise CdpError("resolve: the warehouse has no staging tables yet (run: cdp-ml ingest)")
+        # DuckDB 2.0.0 can fail with "dict-surviving cache ... changed identity" when hash joins meet
+        # dictionary-compressed temp tables (seen at 100k persons); this run writes them uncompressed
+        con.execute("set disabled_compression_methods = 'dictionary,fsst,dict_fsst'")
         cols = inputs.prepare(con, ws, settings, as_of)
         if settings.probabilistic and cols:
             outcome = matching.match(con, cols, settings, ws.warehouse_path.parent, notes)
