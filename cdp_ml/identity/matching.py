@@ -102,14 +102,12 @@ def _comparison(col: MatchColumn):
     if col.comparison == "city":
         return cl.JaroWinklerAtThresholds("city", [0.9]).configure(term_frequency_adjustments=True)
     if col.comparison == "email":
-        # no fuzzy levels: similar local parts mostly mean similar names (already compared), not one person
+        # exact only: a similar or equal local part at another domain mostly repeats the name (namesakes)
         return cl.CustomComparison(
             output_column_name="email",
             comparison_levels=[
                 cll.NullLevel("email"),
                 cll.ExactMatchLevel("email", term_frequency_adjustments=True),
-                cll.CustomLevel("split_part(email_l, '@', 1) = split_part(email_r, '@', 1)",
-                                label_for_charts="Same local part, other domain"),
                 cll.ElseLevel(),
             ],
         )
@@ -242,7 +240,10 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
     rel = pairs.as_duckdbpyrelation()  # noqa: F841 - used by name in the SQL below
     gammas = {c.name: f'"gamma_{c.name}"' for c in cols}
     person_level = [c.name for c in cols if c.person_level]
-    evidence = " or ".join(f"{gammas[n]} > {1 if n == 'first_name' else 0}" for n in person_level) or "false"
+    # first-name levels (gamma): 7 exact, 6 nickname, 5 similar nickname, 4 JW>=0.92, 3 JW>=0.8, 2 swapped,
+    # 1 initial, 0 else; a merely similar name (Sophia ~ Joephina) is no evidence of the individual
+    evidence = " or ".join(f"{gammas[n]} in (2, 4, 5, 6, 7)" if n == "first_name" else f"{gammas[n]} > 0"
+                           for n in person_level) or "false"
     first_conflict = f"{gammas['first_name']} = 0" if "first_name" in gammas else "false"
     initial = f"{gammas['first_name']} = 1" if "first_name" in gammas else "false"
     con.execute(f"""create or replace temp table _id_scored as
