@@ -26,6 +26,9 @@ from cdp_ml.refresh.runner import iso_week
 
 pytestmark = pytest.mark.slow
 
+# smaller models for a 300-person workspace: the test is about the chain, not model quality
+SMALL_MODELS = {"conversion": {"n_estimators": 60, "min_positives": 20, "min_negatives": 20},
+                "repurchase": {"training_cutoffs": 6, "n_estimators": 60, "min_positives": 20, "min_negatives": 20}}
 SHIPPED = load_pipeline(check_notebooks=False)
 MISSING = [s.notebook.name for s in SHIPPED.steps if not s.optional and not s.notebook.is_file()]
 
@@ -68,6 +71,9 @@ def test_weekly_chain_failure_resume_lock_and_rerun_on_demo_data(tmp_path):
 
     root = tmp_path / "ws"
     generate(root, persons=300, seed=1)
+    config = yaml.safe_load((root / "cdp_ml.yaml").read_text())
+    config.update(SMALL_MODELS)
+    (root / "cdp_ml.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     ws = Workspace.open(root)
     week1, week2 = HISTORY_END - timedelta(days=7), HISTORY_END
 
