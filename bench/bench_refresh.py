@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                if k in ("rows_in", "rows_out")}}
             print("BENCH " + json.dumps(row), flush=True)
         target = TARGETS[label]
-        verdict = "ok" if wall <= target and peak <= PEAK_TARGET_MB else "over target"
+        if result.exit_code != 0:
+            verdict = f"not comparable: {result.status}"
+        else:
+            verdict = "ok" if wall <= target and peak <= PEAK_TARGET_MB else "over target"
         print("BENCH " + json.dumps({"run": label, "step": "TOTAL", "status": result.status, "seconds": round(wall, 1),
                                      "peak_mb": round(peak), "target": f"<= {target // 60} min, <= 12 GB: {verdict}"}),
               flush=True)
