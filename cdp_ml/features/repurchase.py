@@ -284,7 +284,7 @@ def track_frame(con: duckdb.DuckDBPyConnection, inputs: Inputs, origins: Sequenc
         order by b.origin, b.person_id, b.track
     """
     frame = con.execute(query, [(horizon + 2) * 7, horizon * 7]).df()
-    frame["origin"] = pd.to_datetime(frame["origin"]).dt.date
+    frame["origin"] = pd.to_datetime(frame["origin"])
     return frame
 
 
@@ -351,7 +351,7 @@ def expand(frame: pd.DataFrame, horizon: int, observed_weeks: np.ndarray | None,
     idx = np.repeat(np.arange(n), length)
     starts = np.repeat(np.cumsum(length) - length, length)
     step = np.arange(len(idx)) - starts + 1
-    out = frame.iloc[idx].reset_index(drop=True)
+    out = frame.drop(columns=["person_id"], errors="ignore").iloc[idx].reset_index(drop=True)
     out["step"] = step.astype(float)
     out["label"] = (first[idx] == step).astype(np.int8)
     out["bought"] = ((out["mask"].to_numpy() >> (step - 1)) & 1).astype(np.int8)
@@ -367,7 +367,7 @@ def expand(frame: pd.DataFrame, horizon: int, observed_weeks: np.ndarray | None,
         out["z_interval"] = np.where(sd > 0, (ws - mean) / sd, np.nan)
     out["weeks_past_median"] = ws - median
     week_start = pd.to_datetime(out["origin"]) + pd.to_timedelta((step - 1) * 7, unit="D")
-    out["week_start"] = week_start.dt.date
+    out["week_start"] = week_start.to_numpy()
     out["weeks_to_peak"] = _weeks_to_peak(week_start.to_numpy(), peaks)
     # the track bought in the same week of last year (+-1 week): bits k-1..k+1 of the mask starting 53 weeks back
     out["bought_last_year"] = ((out["ly_mask"].to_numpy(dtype=np.int64) >> (step - 1)) & 7 > 0).astype(float)

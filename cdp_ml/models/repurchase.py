@@ -234,18 +234,15 @@ def _fit(ws: Workspace, window: _Window, horizon: int, end: date) -> tuple[Hazar
     return hazard, info
 
 
-def predict(model: HazardModel, frame: pd.DataFrame, peaks: tuple[str, ...], season: pd.DataFrame
-            ) -> tuple[Forecast, pd.DataFrame]:
-    """Forecast all H weeks of every (origin, track) row; returns the forecast and the expanded rows."""
-    rows = fr.expand(frame, model.horizon, None, peaks, model.categories, stop_at_purchase=False, season=season)
-    if not len(rows):
-        empty = np.zeros((0, model.horizon))
-        return Forecast(empty, empty, np.zeros(0)), rows
-    h = np.empty(len(rows))
-    chunk = 2_000_000
-    for i in range(0, len(rows), chunk):
-        h[i:i + chunk] = model.hazard(rows.iloc[i:i + chunk])
-    return forecast_from_hazard(h.reshape(len(frame), model.horizon)), rows
+def predict(model: HazardModel, frame: pd.DataFrame, peaks: tuple[str, ...], season: pd.DataFrame,
+            chunk_tracks: int = 250_000) -> Forecast:
+    """Forecast all H weeks of every (origin, track) row, expanding a bounded number of tracks at a time."""
+    h = np.empty((len(frame), model.horizon))
+    for i in range(0, len(frame), chunk_tracks):
+        rows = fr.expand(frame.iloc[i:i + chunk_tracks], model.horizon, None, peaks, model.categories,
+                         stop_at_purchase=False, season=season)
+        h[i:i + chunk_tracks] = model.hazard(rows).reshape(-1, model.horizon)
+    return forecast_from_hazard(h)
 
 
 def _bgnbd_forecast(bg: pd.DataFrame, test: pd.DataFrame, horizon: int) -> tuple[Forecast, dict[str, str]]:
@@ -369,7 +366,7 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None) -> _E
     model, info = _fit(ws, window, horizon, cutoff)
     peaks = tuple(ws.config.features.holiday_peaks)
     test = window.test
-    fc, _ = predict(model, test, peaks, window.season)
+    fc = predict(model, test, peaks, window.season)
     bg, bg_params = _bgnbd_forecast(window.bgnbd, test, horizon)
     naive = _naive_forecast(window.naive, test, cutoff, horizon)
     forecasts = {"model": fc, "bgnbd": bg, "naive": naive}
@@ -551,7 +548,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
     if champion is not None:
         try:
             old = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").unwrap_python_model()
-            fc, _ = predict(old, ev.test, tuple(ws.config.features.holiday_peaks), ev.season)
+            fc = predict(old, ev.test, tuple(ws.config.features.holiday_peaks), ev.season)
             if fc.p_week.shape[1] == horizon:
                 sel = (ev.test["category"] == fr.ANY).to_numpy()
                 bought = _bought(ev.test, horizon)
@@ -638,7 +635,7 @@ def forecast_tracks(ws: Workspace, model: HazardModel, as_of: date) -> tuple[pd.
         inputs = fr.prepare(con, as_of, as_of, ws.config.repurchase.categories)
         frame = fr.track_frame(con, inputs, [as_of], model.horizon, model.max_weeks_at_risk)
         season = fr.season_table(con, as_of)
-    fc, _ = predict(model, frame, tuple(ws.config.features.holiday_peaks), season)
+    fc = predict(model, frame, tuple(ws.config.features.holiday_peaks), season)
     return frame, fc
 
 
