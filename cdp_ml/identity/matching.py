@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -233,7 +234,9 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
         linker = Linker(sdf, creator, log_level=logging.ERROR)
         _train(linker, con, cols, usable, settings, link_only, log)
         model_dir.mkdir(parents=True, exist_ok=True)
-        linker.misc.save_model_to_json(str(model_path), overwrite=True)
+        tmp_model = model_path.with_name(f".tmp-{model_path.name}")
+        linker.misc.save_model_to_json(str(tmp_model), overwrite=True)
+        os.replace(tmp_model, model_path)  # atomic: a killed refresh never leaves a torn model for the next run
 
     threshold = min(settings.review_threshold, settings.match_threshold)
     pairs = linker.inference.predict(threshold_match_probability=threshold)
