@@ -161,7 +161,7 @@ def test_pipeline_file_is_validated(tmp_path):
     bad.write_text("steps:\n  - name: 01_x\n    notebok: x.ipynb\n")
     with pytest.raises(CdpError, match="unknown key 'notebok'"):
         load_pipeline(bad)
-    shipped = load_pipeline(check_notebooks=False)
+    shipped = load_pipeline()  # every non-optional notebook of the shipped pipeline exists
     assert [s.name for s in shipped.steps][:4] == ["01_ingest", "02_identity", "03_conversion", "04_repurchase"]
     assert shipped.index_of("3") == shipped.index_of("conversion") == shipped.index_of("03_conversion") == 2
 
