@@ -43,7 +43,8 @@ def event_relation(con: duckdb.DuckDBPyConnection) -> str:
         return ("(with e as (select *, case when customer_ref is not null then "
                 "'ref:' || coalesce(ref_source, source) || ':' || customer_ref end as ref_person from events) "
                 "select * exclude (ref_person), coalesce(ref_person, last_value(ref_person ignore nulls) over "
-                "(partition by anonymous_id order by \"timestamp\" rows unbounded preceding)) as person_id from e)")
+                "(partition by anonymous_id order by \"timestamp\", ref_person nulls first rows unbounded preceding)) "
+                "as person_id from e)")
     raise CdpError("no events in the warehouse: run `cdp-ml ingest` (and `cdp-ml resolve`) first")
 
 
@@ -97,7 +98,8 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
             from ev
         ), ordered as (
             select *, row_number() over (partition by device_id
-                                         order by ts, is_purchase, event_type, product_id, url, referrer) as seq
+                                         order by ts, is_purchase, event_type, product_id, url, referrer,
+                                                  customer_ref, person_id, category, value, channel, utm_source) as seq
             from keyed where device_id is not null
         ), marked as (
             select *,
