@@ -490,6 +490,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
                             _midnight(as_of) - timedelta(days=lag), s.horizon_days)
     check_eligible(final, s)
     result = _evaluate(ws, spec, bt_train, evaluation, gate_cutoff, gate_window_end, None)
+    del bt_train  # memory: the gate's training frame is not needed for the final fit
     model = fit(final, spec, s)
     champion = tracking.champion_version(ws, MODEL_NAME)
     champion_auc, champion_note = None, "no champion yet"
@@ -500,6 +501,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
             champion_note = f"champion v{champion.version}"
         except CdpError as exc:  # a champion on other features (e.g. another input) cannot be compared
             champion_note = f"champion v{champion.version} cannot score this window ({exc})"
+    del evaluation
     sample = model.matrix(final.head(200))
     for col in spec.categorical:
         sample[col] = sample[col].astype("object")
