@@ -270,63 +270,61 @@ def _nodes_and_edges(con: duckdb.DuckDBPyConnection) -> None:
           union select '', 'hub_customer_key', customer_ref from _id_refs
             where customer_ref is not null and ref_source is null)
         select row_number() over (order by id_type, source, record_id) as node, source, id_type, record_id from ids""")
-    con.execute("""create or replace temp table _id_edges as
-        with n as (select * from _id_nodes),
-        rec_hub as (
-          select r.node as a, h.node as b, k.kind as method from _id_records x
-          join n r on r.id_type = 'record' and r.source = x.source and r.record_id = x.record_id
-          cross join (values ('email'), ('phone'), ('customer_id')) k(kind)
-          join n h on h.id_type = 'hub_' || k.kind and h.source = ''
-            and h.record_id = case k.kind when 'email' then x.email when 'phone' then x.phone else x.customer_id end),
-        ref_rows as (select distinct source, customer_ref, ref_source, ref_key from _id_refs where customer_ref is not null),
-        ref_record as (  -- customer_ref -> the record it names
-          select r.node as a, t.node as b, 'customer_ref' as method from ref_rows x
-          join n r on r.id_type = 'customer_ref' and r.source = x.source and r.record_id = x.customer_ref
-          join n t on x.ref_key = 'record_id' and t.id_type = 'record' and t.source = x.ref_source
-            and t.record_id = x.customer_ref),
-        ref_account as (  -- customer_ref by customer id -> that id's hub
-          select r.node as a, h.node as b, 'customer_ref' as method from ref_rows x
-          join n r on r.id_type = 'customer_ref' and r.source = x.source and r.record_id = x.customer_ref
-          join n h on x.ref_key = 'customer_id' and x.ref_source is not null and h.id_type = 'hub_customer_id'
-            and h.record_id = x.customer_ref),
-        ref_key as (  -- no customers source: the key itself is the customer
-          select r.node as a, h.node as b, 'customer_key' as method from ref_rows x
-          join n r on r.id_type = 'customer_ref' and r.source = x.source and r.record_id = x.customer_ref
-          join n h on x.ref_source is null and h.id_type = 'hub_customer_key' and h.record_id = x.customer_ref),
-        contact_hub as (  -- an email/phone on an interaction or consent -> its value's hub
-          select e.node as a, h.node as b, e.id_type as method from n e
-          join n h on e.id_type in ('email', 'phone') and h.id_type = 'hub_' || e.id_type and h.record_id = e.record_id),
-        same_row as (  -- a row naming both a customer and an email/phone ties them, unless the contact is shared
-          select source, customer_ref, 'email' as id_type, email as value from _id_refs
-          where customer_ref is not null and email is not null
-          union all select source, customer_ref, 'phone', phone from _id_refs
-          where customer_ref is not null and phone is not null),
-        same_row_ok as (
-          select source, id_type, value, min(customer_ref) as customer_ref from same_row
-          group by all having count(distinct customer_ref) = 1),
-        same_row_edges as (
-          select r.node as a, c.node as b, 'same_row' as method from same_row_ok s
-          join _id_values v on v.kind = s.id_type and v.value = s.value and v.status <> 'blocked'
-          join n r on r.id_type = 'customer_ref' and r.source = s.source and r.record_id = s.customer_ref
-          join n c on c.id_type = s.id_type and c.source = s.source and c.record_id = s.value),
-        contact_pairs as (  -- an email and a phone given together (a WhatsApp message signed with an email)
+    # one plain INSERT per kind of edge: DuckDB 2.0.0 raised "dict-surviving cache ... changed identity"
+    # on the single statement (a CTE reused by ten joins) at 100k persons
+    con.execute("""create or replace temp table _id_edges(a bigint, b bigint, method varchar,
+                   match_probability double)""")
+    for kind, column in (("email", "email"), ("phone", "phone"), ("customer_id", "customer_id")):
+        con.execute(f"""insert into _id_edges
+            select r.node, h.node, '{kind}', 1.0 from _id_records x
+            join _id_nodes r on r.id_type = 'record' and r.source = x.source and r.record_id = x.record_id
+            join _id_nodes h on h.id_type = 'hub_{kind}' and h.record_id = x.{column}""")
+    con.execute("""create or replace temp table _id_ref_rows as
+        select distinct source, customer_ref, ref_source, ref_key from _id_refs where customer_ref is not null""")
+    con.execute("""insert into _id_edges  -- customer_ref -> the record it names
+        select r.node, t.node, 'customer_ref', 1.0 from _id_ref_rows x
+        join _id_nodes r on r.id_type = 'customer_ref' and r.source = x.source and r.record_id = x.customer_ref
+        join _id_nodes t on t.id_type = 'record' and t.source = x.ref_source and t.record_id = x.customer_ref
+        where x.ref_key = 'record_id'""")
+    con.execute("""insert into _id_edges  -- customer_ref by customer id -> that id's hub
+        select r.node, h.node, 'customer_ref', 1.0 from _id_ref_rows x
+        join _id_nodes r on r.id_type = 'customer_ref' and r.source = x.source and r.record_id = x.customer_ref
+        join _id_nodes h on h.id_type = 'hub_customer_id' and h.record_id = x.customer_ref
+        where x.ref_key = 'customer_id' and x.ref_source is not null""")
+    con.execute("""insert into _id_edges  -- no customers source: the key itself is the customer
+        select r.node, h.node, 'customer_key', 1.0 from _id_ref_rows x
+        join _id_nodes r on r.id_type = 'customer_ref' and r.source = x.source and r.record_id = x.customer_ref
+        join _id_nodes h on h.id_type = 'hub_customer_key' and h.record_id = x.customer_ref
+        where x.ref_source is null""")
+    for kind in ("email", "phone"):  # an email/phone on an interaction or consent -> its value's hub
+        con.execute(f"""insert into _id_edges
+            select e.node, h.node, '{kind}', 1.0 from _id_nodes e
+            join _id_nodes h on h.id_type = 'hub_{kind}' and h.record_id = e.record_id
+            where e.id_type = '{kind}'""")
+        # a row naming both a customer and an email/phone ties them, unless the contact is blocked or
+        # appears with several customers
+        con.execute(f"""insert into _id_edges
+            with same_row as (
+              select source, {kind} as value, min(customer_ref) as customer_ref from _id_refs
+              where customer_ref is not null and {kind} is not null
+              group by all having count(distinct customer_ref) = 1)
+            select r.node, c.node, 'same_row', 1.0 from same_row s
+            join _id_values v on v.kind = '{kind}' and v.value = s.value and v.status <> 'blocked'
+            join _id_nodes r on r.id_type = 'customer_ref' and r.source = s.source and r.record_id = s.customer_ref
+            join _id_nodes c on c.id_type = '{kind}' and c.source = s.source and c.record_id = s.value""")
+    con.execute("""insert into _id_edges  -- an email and a phone given together (a WhatsApp message signed with an email)
+        with pairs as (
           select source, email, min(phone) as phone from _id_refs where email is not null and phone is not null
           group by source, email having count(distinct phone) = 1),
-        contact_pair_edges as (
-          select e.node as a, p.node as b, 'same_row' as method from contact_pairs x
-          join _id_values ve on ve.kind = 'email' and ve.value = x.email and ve.status not in ('blocked', 'shared')
-          join _id_values vp on vp.kind = 'phone' and vp.value = x.phone and vp.status not in ('blocked', 'shared')
-          join n e on e.id_type = 'email' and e.source = x.source and e.record_id = x.email
-          join n p on p.id_type = 'phone' and p.source = x.source and p.record_id = x.phone
-          where (select count(distinct y.email) from _id_refs y
-                 where y.source = x.source and y.phone = x.phone and y.email is not null) = 1)
-        select a, b, method, 1.0::double as match_probability from rec_hub
-        union all select * , 1.0 from ref_record
-        union all select *, 1.0 from ref_account
-        union all select *, 1.0 from ref_key
-        union all select *, 1.0 from contact_hub
-        union all select *, 1.0 from same_row_edges
-        union all select *, 1.0 from contact_pair_edges""")
+        phones as (
+          select source, phone from _id_refs where email is not null and phone is not null
+          group by source, phone having count(distinct email) = 1)
+        select e.node, p.node, 'same_row', 1.0 from pairs x
+        join phones y on y.source = x.source and y.phone = x.phone
+        join _id_values ve on ve.kind = 'email' and ve.value = x.email and ve.status not in ('blocked', 'shared')
+        join _id_values vp on vp.kind = 'phone' and vp.value = x.phone and vp.status not in ('blocked', 'shared')
+        join _id_nodes e on e.id_type = 'email' and e.source = x.source and e.record_id = x.email
+        join _id_nodes p on p.id_type = 'phone' and p.source = x.source and p.record_id = x.phone""")
 
 
 def _match_columns(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> list[MatchColumn]:
