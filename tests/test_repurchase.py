@@ -103,6 +103,9 @@ def test_train_registers_gates_and_score_is_idempotent(ws):
                            "count(distinct model_version) from repurchase_scores where as_of = ?", [as_of]).fetchall()[0]
     assert rows[0] == first.rows == again.rows and rows[1] == 8 and rows[2] >= 0 and rows[3] <= 1 and rows[4] == 1
     assert "(any)" in str(first)
+    # the champion has seen this gate window: the retrain is gated against BG/NBD on it instead
+    retrained = repurchase.train(ws, as_of)
+    assert retrained.version == "2" and "BG/NBD" in retrained.gate_reason
 
 
 def test_missing_identity_is_a_clear_error(tmp_path):
