@@ -13,6 +13,7 @@ import pytest
 from cdp_ml import CdpError, Workspace
 from cdp_ml.features import conversion as feats
 from cdp_ml.models import conversion
+from cdp_ml.privacy.profiling import profiling_objections
 
 FAST = {"training_weeks": 16, "n_estimators": 150, "learning_rate": 0.1}
 
@@ -121,3 +122,18 @@ def test_train_gates_the_champion_and_score_writes_the_audience(ws):
     assert set(scores["model_version"]) == {"1"} and (scores["as_of"] == pd.Timestamp(as_of)).all()
     assert scores["probability"].between(0, 1).all()
     assert scores["anonymous_id"].notna().all()
+    # persons who object to profiling (latest decision before as-of is a withdrawal) are never scored
+    objecting = sorted(scores["person_id"].dropna().unique())[:5]
+    assert objecting
+    with ws.connect() as con:
+        con.execute("""create or replace table person_consents as
+                       select unnest(?::varchar[]) as person_id, 'profiling' as purpose, false as granted,
+                              ?::timestamp - interval 1 day as "timestamp", 'test' as source""",
+                    [objecting, _midnight(as_of)])
+        assert {r[0] for r in con.execute(f"select person_id from {profiling_objections(con, as_of)}").fetchall()} \
+            == set(objecting)
+    conversion.score(ws, as_of)
+    with ws.connect() as con:
+        rescored = con.execute("select person_id from conversion_scores where as_of = ?", [as_of]).df()
+    assert not set(objecting) & set(rescored["person_id"].dropna())
+    assert len(rescored) == len(scores) - int(scores["person_id"].isin(objecting).sum())

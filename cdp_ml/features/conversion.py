@@ -254,15 +254,16 @@ def _label_sql(spec: PointsSpec, horizon_days: int) -> str:
 
 
 def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | None, end: datetime,
-          horizon_days: int) -> pd.DataFrame:
+          horizon_days: int, keep: str = "true") -> pd.DataFrame:
     """Scoring points with ``start <= scored_at < end`` and a known label, ordered by time.
 
     A label is known when its whole window ends before ``end + horizon`` lies in the data, which the caller
-    guarantees by choosing ``end`` (training: ``cutoff - horizon``).
+    guarantees by choosing ``end`` (training: ``cutoff - horizon``). ``keep`` is an extra SQL predicate
+    (the profiling objection: persons who objected are never training examples).
     """
     cols = ", ".join(f'"{c}"' for c in spec.features)
     label = _label_sql(spec, horizon_days)
-    where = "scored_at < ?" + (" and scored_at >= ?" if start is not None else "")
+    where = f"({keep}) and scored_at < ?" + (" and scored_at >= ?" if start is not None else "")
     if spec.kind == "sessions":
         where += " and converted is not null"
     params = [end] + ([start] if start is not None else [])
@@ -273,9 +274,11 @@ def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | No
     """, params).df()
 
 
-def fetch_audience(con: duckdb.DuckDBPyConnection, spec: PointsSpec, as_of: datetime, active_days: int) -> pd.DataFrame:
+def fetch_audience(con: duckdb.DuckDBPyConnection, spec: PointsSpec, as_of: datetime, active_days: int,
+                   keep: str = "true") -> pd.DataFrame:
     """The retargeting audience at ``as_of``: each visitor's latest scoring point in the last ``active_days``,
-    for visitors who have not purchased since (events) or whose latest session did not convert (sessions)."""
+    for visitors who have not purchased since (events) or whose latest session did not convert (sessions);
+    ``keep`` is an extra SQL predicate (the profiling objection)."""
     cols = ", ".join(f'"{c}"' for c in spec.features)
     not_purchased = ("next_purchase_at is null" if spec.kind == "events" else "coalesce(converted, false) = false")
     return con.execute(f"""
@@ -285,7 +288,7 @@ def fetch_audience(con: duckdb.DuckDBPyConnection, spec: PointsSpec, as_of: date
             qualify row_number() over (partition by visitor_id order by scored_at desc, session_id desc) = 1
         )
         select session_id, person_id, anonymous_id, scored_at, {cols}
-        from latest where {not_purchased}
+        from latest where {not_purchased} and ({keep})
         order by visitor_id
     """, [as_of - timedelta(days=active_days), as_of]).df()
 

@@ -30,6 +30,7 @@ from cdp_ml.errors import CdpError
 from cdp_ml.features import conversion as feats
 from cdp_ml.models import metrics
 from cdp_ml.models.settings import ConversionSettings
+from cdp_ml.privacy.profiling import profiling_excluded_sql
 from cdp_ml.workspace import Workspace
 
 MODEL_NAME = "conversion-intent"
@@ -366,8 +367,9 @@ def _frames(con, ws: Workspace, cutoff: date, until: date) -> tuple[feats.Points
     spec = feats.build_points(con, s, ws.config.features, _midnight(until))
     lag = timedelta(days=spec.label_lag_days)
     cut = _midnight(cutoff)
-    train = feats.fetch(con, spec, cut - timedelta(weeks=s.training_weeks) - lag, cut - lag, s.horizon_days)
-    evaluation = feats.fetch(con, spec, cut, _midnight(until) - lag, s.horizon_days)
+    keep = profiling_excluded_sql(con, cutoff)  # persons who objected to profiling are no examples
+    train = feats.fetch(con, spec, cut - timedelta(weeks=s.training_weeks) - lag, cut - lag, s.horizon_days, keep)
+    evaluation = feats.fetch(con, spec, cut, _midnight(until) - lag, s.horizon_days, keep)
     return spec, train, evaluation
 
 
@@ -556,7 +558,8 @@ def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
         if spec.kind != model.kind:
             raise CdpError(f"the champion conversion model was trained on {model.kind} but the workspace input is "
                            f"{spec.kind}: run `cdp-ml train conversion`")
-        audience = feats.fetch_audience(con, spec, _midnight(as_of), s.active_days)
+        audience = feats.fetch_audience(con, spec, _midnight(as_of), s.active_days,
+                                        keep=profiling_excluded_sql(con, as_of))  # objectors are never scored
         scores = pd.DataFrame({
             "as_of": pd.Series([as_of] * len(audience), dtype="object"),
             "person_id": audience["person_id"].astype("object"),
