@@ -323,6 +323,14 @@ class TrainResult:
     backtest: BacktestResult = field(repr=False)
     run_id: str | None = None
 
+    def headline(self) -> dict[str, float]:
+        """The figures a marketer asks first: retargeting saving and ranking quality vs the baselines."""
+        m = self.backtest.metrics
+        return {"audience_saved_at_99pct": m["lightgbm"]["audience_reduction_99"],
+                "audience_saved_at_95pct": m["lightgbm"]["audience_reduction_95"],
+                "roc_auc": m["lightgbm"]["roc_auc"], "roc_auc_logistic": m["logistic"]["roc_auc"],
+                "roc_auc_heuristic": m["heuristic"]["roc_auc"]}
+
     def __str__(self) -> str:
         decision = "promoted to champion" if self.promoted else "kept the current champion"
         return (f"conversion-intent v{self.version} trained as of {self.as_of} on {self.train_rows:,} scoring points "

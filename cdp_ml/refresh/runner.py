@@ -81,6 +81,8 @@ class RefreshResult:
     mlflow_db: Path | None = None
     seconds: float | None = None
     message: str = ""
+    warehouse: Path | None = None
+    workspace: Path | None = None
 
     def __str__(self) -> str:
         head = f"refresh {self.week}"
@@ -99,10 +101,27 @@ class RefreshResult:
             lines.append(f"  notebooks: {self.run_dir}/NN_step.ipynb (HTML without code: NN_step.html)")
         if self.status == "succeeded" and self.run_dir:
             lines.append(f"  published: {self.run_dir.parent / 'latest'} (pointer: {self.run_dir.parent / PUBLISHED_FILE})")
+            if self.warehouse:
+                lines.append(f"  warehouse: {self.warehouse}")
+            lines += _output_lines(self.workspace, self.run_dir.parent / PUBLISHED_FILE)
         if self.mlflow_run_id:
             lines.append(f"  MLflow: experiment '{EXPERIMENT}', run {self.mlflow_run_id} "
                          f"(mlflow ui --backend-store-uri sqlite:///{self.mlflow_db})")
         return "\n".join(lines)
+
+
+def _output_lines(root: Path | None, pointer: Path) -> list[str]:
+    """Where a published week's outputs are: segment folder and manifest, marketer report."""
+    published = read_json(pointer) or {}
+    if root is None:
+        return []
+    lines = []
+    if published.get("segments"):
+        folder = root / published["segments"]
+        lines.append(f"  segments: {folder} (manifest: {folder / 'manifest.json'})")
+    if published.get("report"):
+        lines.append(f"  report: {root / published['report']}")
+    return lines
 
 
 class _Interrupted(BaseException):
@@ -243,7 +262,8 @@ class _Run:
         self._log(f"refresh {self.week}: {status} in {_duration(seconds)}")
         return RefreshResult(status, code, self.week, self.as_of, self.run_id, self.run_dir, self._outcomes(),
                              str(self.decision) if self.decision else "", self.parent_run,
-                             self.ws.mlflow_dir / "mlflow.db", seconds)
+                             self.ws.mlflow_dir / "mlflow.db", seconds, warehouse=self.ws.warehouse_path,
+                             workspace=self.ws.root)
 
     def _run_step(self, step: Step) -> bool:
         record = self.state["steps"][step.index]
