@@ -98,7 +98,9 @@ def test_identifiers_and_references_are_consistent(demo):
         truth = idents[(idents["source"] == name) & (idents["id_type"] == "customer_ref")]
         assert (records.loc[truth["identifier"]].to_numpy() == truth["entity"].to_numpy()).all()
     web = _read(ws, "web")
-    assert set(web["anonymous_id"]) <= set(idents.loc[idents["id_type"] == "anonymous_id", "identifier"])
+    visitors = set(pd.read_csv(demo / "ground_truth" / "visitors.csv", dtype=str)["identifier"])
+    known = set(idents.loc[idents["id_type"] == "anonymous_id", "identifier"])
+    assert set(web["anonymous_id"]) <= known | visitors and not known & visitors
     browsers = idents[(idents["id_type"] == "anonymous_id") & ~idents["identifier"].str.startswith("app-")]
     assert (browsers.groupby("entity").size() > 1).any(), "browser cookies should rotate"
     assert web.duplicated().any(), "exact duplicate events expected"
@@ -186,3 +188,17 @@ def test_an_email_address_belongs_to_one_person(demo):
     emails = emails[~emails["email"].isin(["test@test.com", "geen@email.nl", "noreply@rituals.com"])]
     assert emails.groupby("email")["entity"].nunique().max() == 1
     assert (~emails["email"].str.contains(r"\d{5,}@")).mean() > 0.9, "most addresses carry no long number"
+
+
+def test_most_traffic_does_not_convert(demo):
+    """Realistic retargeting audience: most sessions end without a purchase, and anonymous visitors who
+    never log in (and never buy) outnumber the known persons."""
+    web = _read(Workspace.open(demo), "web")
+    sessions = web.groupby("session_id")["type"].agg(lambda t: (t == "purchase").any())
+    assert 0.03 < sessions.mean() < 0.25
+    visitors = pd.read_csv(demo / "ground_truth" / "visitors.csv", dtype=str)
+    assert 300 <= len(visitors) <= 900
+    anon = web[web["anonymous_id"].isin(set(visitors["identifier"]))]
+    assert anon["user_id"].isna().all() and not (anon["type"] == "purchase").any()
+    # idle visits are short: a visitor session averages under two events
+    assert anon.groupby("session_id").size().mean() < 2.0

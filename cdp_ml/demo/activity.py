@@ -31,6 +31,7 @@ class Behaviour:
     cycle_weeks: np.ndarray  # persons x categories
     churn_at: np.ndarray  # epoch s after which the person stops buying (end = never)
     browse_rate: np.ndarray  # sessions per week
+    idle_rate: np.ndarray  # low-intent visits per week (bounces, ad click-throughs, short looks)
 
 
 def _season_windows(start: int, end: int, month: int, day_from: int, day_to: int) -> list[tuple[int, int]]:
@@ -52,7 +53,9 @@ def behaviour(p: PersonBlock, rng: np.random.Generator, end: int) -> Behaviour:
     churn = rng.random(n) < 0.25 * (1 - p.intent)
     churn_at = np.where(churn, rng.integers(p.joined_at.clip(min=0), end + 1), end + 1)
     browse_rate = (0.01 + 0.07 * rng.gamma(1.5, 1.0, n) / 1.5 * (0.4 + p.intent)).clip(max=1.0)
-    return Behaviour(cycle, churn_at, browse_rate)
+    # most visits of real shops lead nowhere; persons who buy little visit aimlessly the most
+    idle_rate = ((0.08 + 0.36 * (1 - p.intent)) * rng.gamma(2.0, 0.5, n)).clip(max=2.0)
+    return Behaviour(cycle, churn_at, browse_rate, idle_rate)
 
 
 def purchases(p: PersonBlock, b: Behaviour, rng: np.random.Generator, start: int, end: int) -> pd.DataFrame:
@@ -215,7 +218,8 @@ def cookies(s: pd.DataFrame, d: Devices, start: int, seed: int) -> tuple[np.ndar
 def sessions(p: PersonBlock, b: Behaviour, keys: CustomerKeys, occ: pd.DataFrame, rng: np.random.Generator,
              start: int, end: int, d: Devices) -> pd.DataFrame:
     """Sessions: checkout sessions for web orders, research visits in the days before any order (the
-    signal the intent model learns), and plain browsing (mostly never converting)."""
+    signal the intent model learns), plain browsing, and idle visits (bounces, ad click-throughs) that
+    make most of a person's sessions end without a purchase."""
     n = len(p)
     # A. checkout sessions
     web = occ[occ["channel"] == "web"]
@@ -230,17 +234,17 @@ def sessions(p: PersonBlock, b: Behaviour, keys: CustomerKeys, occ: pd.DataFrame
     # C. browsing, thinned so late Nov-Dec gets twice the traffic
     active_from = np.maximum(p.joined_at - 8 * WEEK, start)
     weeks = np.maximum(end - active_from, 0) / WEEK
-    count = rng.poisson(b.browse_rate * weeks * 2.0)
-    rows = np.repeat(np.arange(n), count)
-    ts = active_from[rows] + (rng.random(len(rows)) * (end - active_from[rows])).astype(np.int64)
-    doy = pd.to_datetime(ts, unit="s").day_of_year.to_numpy()
-    accept = np.where((doy >= 324) & (doy <= 358), 1.0, 0.5)
-    keep = rng.random(len(rows)) < accept
-    rows, ts = rows[keep], ts[keep]
-    liked = np.where(np.isnan(b.cycle_weeks[rows]), 0.2, 1.0)
-    pick = (liked * rng.random(liked.shape)).argmax(axis=1)
-    c = pd.DataFrame({"row": rows, "ts": ts, "cat": pick, "kind": 0, "order": -1})
-    parts = [a, bb, c]
+    parts = [a, bb]
+    # C. browsing and D. idle visits, thinned so late Nov-Dec gets twice the traffic
+    for kind, rate in ((0, b.browse_rate), (3, b.idle_rate)):
+        count = rng.poisson(rate * weeks * 2.0)
+        rows = np.repeat(np.arange(n), count)
+        ts = active_from[rows] + (rng.random(len(rows)) * (end - active_from[rows])).astype(np.int64)
+        keep = rng.random(len(rows)) < _season_accept(ts)
+        rows, ts = rows[keep], ts[keep]
+        liked = np.where(np.isnan(b.cycle_weeks[rows]), 0.2, 1.0)
+        pick = (liked * rng.random(liked.shape)).argmax(axis=1)
+        parts.append(pd.DataFrame({"row": rows, "ts": ts, "cat": pick, "kind": kind, "order": -1}))
     if p.index[0] == 0:  # Sophia always browses anonymously a few days before the end of history
         parts.append(pd.DataFrame({"row": [0], "ts": [max(start, end - 3 * DAY)], "cat": [0], "kind": [1], "order": [-1]}))
     s = pd.concat(parts, ignore_index=True)
@@ -255,8 +259,50 @@ def sessions(p: PersonBlock, b: Behaviour, keys: CustomerKeys, occ: pd.DataFrame
     s["app"] = d.is_app[dev]
     # logged in: always for checkout, sometimes otherwise; needs a webshop account at that time
     has_acct = (keys.crm_id[rows] != None) & (s["ts"].to_numpy() >= keys.crm_created[rows])  # noqa: E711
-    s["logged_in"] = has_acct & ((s["kind"].to_numpy() == 2) | (rng.random(len(s)) < 0.12))
+    kind = s["kind"].to_numpy()
+    s["logged_in"] = has_acct & ((kind == 2) | (rng.random(len(s)) < np.where(kind == 3, 0.04, 0.12)))
     return s.sort_values(["row", "ts"], kind="stable").reset_index(drop=True)
+
+
+def _season_accept(ts: np.ndarray) -> np.ndarray:
+    """Acceptance probability for thinning uniform visit times: late Nov-Dec twice the rest of the year."""
+    doy = pd.to_datetime(ts, unit="s").day_of_year.to_numpy()
+    return np.where((doy >= 324) & (doy <= 358), 1.0, 0.5)
+
+
+@dataclass
+class Visitors:
+    """Cookies that never log in (ad click-throughs, search and social bounces): their sessions and devices."""
+
+    sessions: pd.DataFrame  # row = -1 (no person), visitor = owning visitor number in the block
+    devices: Devices
+
+
+def visitors(count: int, rng: np.random.Generator, start: int, end: int, counters: dict[str, int]) -> Visitors:
+    """Anonymous visitors: one cookie each, a first visit at a random time and a few return visits for the
+    curious minority; mostly bounces, some multi-page browsing, never a purchase (checkout needs an account)."""
+    k = counters["device"]
+    counters["device"] = k + count
+    is_app = rng.random(count) < 0.04
+    dev = Devices(np.full(count, -1), is_app, np.arange(k, k + count, dtype=np.uint64),
+                  np.full(count, 1 << 40, dtype=np.int64), np.zeros(count, dtype=np.int64),
+                  np.ones(count, dtype=np.int64), np.arange(count))
+    curious = rng.random(count) < 0.25
+    visits = 1 + np.minimum(rng.poisson(np.where(curious, 1.5, 0.15)), 8)
+    who = np.repeat(np.arange(count), visits)
+    first = np.cumsum(visits) - visits
+    gap = (rng.exponential(np.where(curious, 4.0, 10.0)[who]) * DAY).astype(np.int64)
+    gap[first] = 0
+    csum = np.cumsum(gap)
+    t0 = rng.integers(start, end, count)
+    ts = t0[who] + csum - csum[first][who]
+    keep = (ts < end) & (rng.random(len(ts)) < _season_accept(ts) * 2 * 0.6)
+    who, ts = who[keep], ts[keep]
+    kind = np.where(rng.random(len(who)) < np.where(curious[who], 0.45, 0.8), 3, 0)
+    cat = rng.choice(len(CAT_NAMES), len(who), p=CAT_SHARE / CAT_SHARE.sum())
+    s = pd.DataFrame({"row": -1, "ts": ts, "cat": cat, "kind": kind, "order": -1, "device": who,
+                      "app": is_app[who], "logged_in": False, "visitor": who})
+    return Visitors(s.sort_values(["visitor", "ts"], kind="stable").reset_index(drop=True), dev)
 
 
 _PAGES = ("/", "/nl-nl/home", "/nl-nl/nieuw", "/nl-nl/cadeaus", "/nl-nl/sale")
@@ -265,6 +311,27 @@ _SKUS = tuple(f"{code}-{k + 1:03d}" for code in CAT_CODE for k in range(voc.PROD
 _URLS = _PAGES + tuple(f"/nl-nl/zoeken?q={t}" for t in voc.SEARCH_TERMS) + tuple(f"/nl-nl/p/{s}" for s in _SKUS) \
     + ("/nl-nl/account/login", "/nl-nl/checkout")
 _TYPES = ("page_view", "login", "search", "product_view", "add_to_cart", "checkout_start", "purchase")
+
+
+# referrer (voc.REFERRERS order: google.com, google.nl, instagram, facebook, bing, direct, webmail) and
+# utm source (google, facebook, instagram, newsletter, tiktok, pinterest) probabilities per session kind
+_REFERRER_P = np.array([
+    [0.20, 0.20, 0.15, 0.15, 0.05, 0.20, 0.05],  # browse
+    [0.20, 0.20, 0.05, 0.05, 0.05, 0.30, 0.15],  # research
+    [0.15, 0.15, 0.04, 0.04, 0.04, 0.40, 0.18],  # checkout
+    [0.14, 0.14, 0.28, 0.28, 0.04, 0.10, 0.02],  # idle
+])
+_UTM_P = np.array([
+    [0.30, 0.20, 0.20, 0.10, 0.10, 0.10],
+    [0.30, 0.10, 0.10, 0.40, 0.05, 0.05],
+    [0.25, 0.05, 0.05, 0.60, 0.025, 0.025],
+    [0.20, 0.30, 0.25, 0.02, 0.15, 0.08],
+])
+
+
+def _draw(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One categorical draw per row of a probability matrix (inverse CDF, vectorised)."""
+    return (rng.random(len(probs))[:, None] > np.cumsum(probs, axis=1)[:, :-1]).sum(axis=1)
 
 
 def _dict(indices: np.ndarray, values, valid: np.ndarray | None = None) -> pa.DictionaryArray:
@@ -298,9 +365,10 @@ def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Seri
     logged = s["logged_in"].to_numpy()
     order_s = s["order"].to_numpy()
     login = logged & ~app
-    search = rng.random(m) < np.where(kind == 0, 0.3, 0.15)
-    views = np.where(kind == 1, 1 + rng.poisson(1.0, m), rng.poisson(np.where(kind == 0, 1.0, 0.6)))
-    cart = np.where(kind == 2, True, rng.random(m) < np.where(kind == 1, 0.35, 0.06))
+    # per kind (browse, research, checkout, idle): idle visits are one or two pages and rarely add to cart
+    search = rng.random(m) < np.array([0.3, 0.15, 0.15, 0.03])[kind]
+    views = np.where(kind == 1, 1 + rng.poisson(1.0, m), rng.poisson(np.array([1.0, 0.0, 0.6, 0.3])[kind]))
+    cart = np.where(kind == 2, True, rng.random(m) < np.array([0.06, 0.35, 1.0, 0.01])[kind])
     checkout = (kind == 2) | (cart & (rng.random(m) < 0.1))
     purchase = kind == 2
     bounds = np.cumsum(np.stack([np.ones(m, dtype=np.int64), login, search, views, cart, checkout, purchase]), axis=0)
@@ -316,7 +384,7 @@ def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Seri
     order = order_s[sess]
     # who: customer_ref from the login on (app sessions are logged in throughout)
     ref_session = np.where(order_s >= 0, _of_order(occ["ref"].to_numpy(), order_s),
-                           keys.crm_id[s["row"].to_numpy()])
+                           keys.crm_id[np.maximum(s["row"].to_numpy(), 0)])  # row -1: a visitor, never logged
     ref_session = np.where(logged, ref_session, None)
     ref_code, ref_values = pd.factorize(ref_session)
     has_ref = logged[sess] & ((pos >= 1) | app[sess])
@@ -333,9 +401,13 @@ def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Seri
                     [rng.integers(0, n_pages, len(sess)), n_pages + rng.integers(0, n_terms, len(sess)),
                      n_pages + n_terms + sku, len(_URLS) - 2], len(_URLS) - 1)
     entry = pos == 0
-    referrer = rng.integers(0, len(voc.REFERRERS), len(sess))
+    # where a visit comes from says something about intent: buyers come direct or from e-mail, idle
+    # visits mostly from social media and ads (noisy: every kind draws from every referrer)
+    kind_e = kind[sess]
+    referrer = _draw(rng, _REFERRER_P[kind_e])
     has_referrer = entry & (np.array(voc.REFERRERS, dtype=object)[referrer] != "")
-    utm = entry & (rng.random(len(sess)) < 0.35)
+    utm = entry & (rng.random(len(sess)) < np.array([0.3, 0.3, 0.35, 0.6])[kind_e])
+    utm_source = _draw(rng, _UTM_P[kind_e])
     k = counters["session"]
     counters["session"] = k + m
     k_event = counters["event"]
@@ -353,7 +425,7 @@ def events(s: pd.DataFrame, occ: pd.DataFrame, keys: CustomerKeys, anon: pd.Seri
         "channel": _dict(app[sess].astype(np.int64), ("web", "app")),
         "page_url": _dict(url, _URLS),
         "referrer": _dict(referrer, voc.REFERRERS, has_referrer),
-        "utm_source": _dict(rng.integers(0, len(voc.UTM_SOURCES), len(sess)), voc.UTM_SOURCES, utm),
+        "utm_source": _dict(utm_source, voc.UTM_SOURCES, utm),
     })
     refs = pd.DataFrame({"customer_ref": ref_session[logged], "row": s["row"].to_numpy()[logged]}).drop_duplicates()
     return EventBlock(table, refs)

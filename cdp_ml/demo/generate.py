@@ -25,6 +25,7 @@ from cdp_ml.errors import CdpError
 
 BLOCK = 50_000
 HISTORY_END = date(2026, 11, 23)  # fixed so demo runs do not depend on today's date
+VISITORS_PER_PERSON = 2.0  # anonymous cookies that never log in, per known person
 
 ORDER_SCHEMA = pa.schema([
     ("order_id", pa.string()), ("line_no", pa.int32()), ("customer_id", pa.string()),
@@ -164,6 +165,7 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
     events_sink = JsonlSink(root / "raw" / "events")
     identity_sink = CsvSink(root / "ground_truth" / "identity.csv")
     ident_sink = CsvSink(root / "ground_truth" / "identifiers.csv")
+    visitor_sink = CsvSink(root / "ground_truth" / "visitors.csv")
     counters = {k: 0 for k in ("crm", "newsletter", "loyalty", "web_order", "store_order", "device", "session",
                                "event", "interaction")}
     truth_frames = []
@@ -197,7 +199,14 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
         sess = activity.sessions(p, beh, keys, occ, rng, t0, t1, dev)
         cookie, anon, cookie_device = activity.cookies(sess, dev, t0, seed)
         ev = activity.events(sess, occ, keys, anon, cookie, rng, counters)
-        _write_events(events_sink, ev.table, rng)
+        vis = activity.visitors(int(round(n * VISITORS_PER_PERSON)), rng, t0, t1, counters)
+        v_cookie, v_anon, v_device = activity.cookies(vis.sessions, vis.devices, t0, seed)
+        v_ev = activity.events(vis.sessions, occ, keys, v_anon, v_cookie, rng, counters)
+        _write_events(events_sink, pa.concat_tables([ev.table, v_ev.table]).unify_dictionaries(), rng)
+        # never-logged-in visitors belong to no person: listed apart, not in identifiers.csv (not scored)
+        visitor_sink.write(pd.DataFrame({"source": "web", "id_type": "anonymous_id",
+                                         "identifier": v_anon.to_numpy(dtype=object),
+                                         "sessions": np.bincount(v_cookie, minlength=len(v_anon))}))
 
         it = activity.interactions(p, occ, keys, rng, t0, t1, counters)
         bad = rng.random(len(it)) < 0.002
@@ -213,7 +222,8 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
         truth_frames.append(_persons_truth(p, beh, occ, sess, t1))
     if not events_sink.files:  # a tiny world where nobody browsed: the export is an empty month
         events_sink.append_text(b"", key=first_day.strftime("%Y-%m"), rows=0)
-    for sink in (crm_sink, nl_sink, loyalty_sink, orders_sink, store_sink, consent_sink, identity_sink, ident_sink):
+    for sink in (crm_sink, nl_sink, loyalty_sink, orders_sink, store_sink, consent_sink, identity_sink, ident_sink,
+                 visitor_sink):
         sink.close()
     truth = pd.concat(truth_frames, ignore_index=True)
     truth.to_parquet(root / "ground_truth" / "persons.parquet", index=False, compression="zstd")
@@ -228,7 +238,8 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
         (FILES["web"] + f" ({len(events_sink.files)} files)", events_sink.rows), (FILES["orders"], orders_sink.rows),
         (FILES["store_orders"], store_sink.rows), (FILES["service"], service_sink.rows),
         (FILES["consents"], consent_sink.rows), ("ground_truth/identity.csv", identity_sink.rows),
-        ("ground_truth/identifiers.csv", ident_sink.rows), ("ground_truth/persons.parquet", len(truth)),
+        ("ground_truth/identifiers.csv", ident_sink.rows), ("ground_truth/visitors.csv", visitor_sink.rows),
+        ("ground_truth/persons.parquet", len(truth)),
         ("cdp_ml.yaml", len(workspace_yaml()["sources"])),
     )
     return DemoResult(root, persons, first_day, last_day, files, time.perf_counter() - began)

@@ -137,7 +137,7 @@ PLACEHOLDER_NAMES: tuple[str, ...] = ("onbekend", "test", "xxx")
 UTM_SOURCES: tuple[str, ...] = ("google", "facebook", "instagram", "newsletter", "tiktok", "pinterest")
 REFERRERS: tuple[str, ...] = (
     "https://www.google.com/", "https://www.google.nl/", "https://www.instagram.com/", "https://l.facebook.com/",
-    "https://www.bing.com/", "",
+    "https://www.bing.com/", "", "https://mail.google.com/",
 )
 SEARCH_TERMS: tuple[str, ...] = (
     "sakura", "karma", "ayurveda", "hammam", "mehr", "jing", "cadeau", "kaars", "douchegel", "bodycream",
