@@ -96,6 +96,7 @@ def test_train_registers_gates_and_score_is_idempotent(ws):
     as_of = CUTOFF + timedelta(weeks=8)
     trained = repurchase.train(ws, as_of)
     assert trained.promoted and trained.version == "1"
+    assert {"roc_auc_4w_model", "roc_auc_4w_bgnbd"} <= set(trained.headline())
     first = repurchase.score(ws, as_of)
     again = repurchase.score(ws, as_of)
     with ws.connect() as con:
@@ -106,6 +107,28 @@ def test_train_registers_gates_and_score_is_idempotent(ws):
     # the champion has seen this gate window: the retrain is gated against BG/NBD on it instead
     retrained = repurchase.train(ws, as_of)
     assert retrained.version == "2" and "BG/NBD" in retrained.gate_reason
+
+
+def test_persons_objecting_to_profiling_are_not_scored(ws):
+    as_of = CUTOFF + timedelta(weeks=8)
+    if repurchase.score(ws, as_of).rows == 0:
+        pytest.skip("nothing scored")
+    with ws.connect() as con:
+        before = {r[0] for r in con.execute("select distinct person_id from repurchase_scores where as_of = ?",
+                                            [as_of]).fetchall()}
+        objecting = sorted(before)[:3]
+        con.execute("""create or replace table person_consents as
+                       select unnest(?::varchar[]) as person_id, 'profiling' as purpose, false as granted,
+                              ?::timestamp - interval 1 day as "timestamp", 'test' as source""", [objecting, as_of])
+    try:
+        repurchase.score(ws, as_of)
+        with ws.connect() as con:
+            after = {r[0] for r in con.execute("select distinct person_id from repurchase_scores where as_of = ?",
+                                               [as_of]).fetchall()}
+    finally:
+        with ws.connect() as con:
+            con.execute("drop table person_consents")
+    assert after == before - set(objecting)
 
 
 def test_missing_identity_is_a_clear_error(tmp_path):

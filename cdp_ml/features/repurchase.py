@@ -22,6 +22,7 @@ import pandas as pd
 
 from cdp_ml.engine import columns, table_exists
 from cdp_ml.errors import CdpError
+from cdp_ml.privacy.profiling import profiling_excluded_sql
 
 ANY = "(any)"
 
@@ -78,6 +79,8 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
         raise CdpError("repurchase: no orders in the warehouse; map an orders source and run `cdp-ml ingest` "
                        "and `cdp-ml resolve` first")
     cols = columns(con, "person_orders")
+    # persons who objected to profiling (as of the prediction origin) are neither examples nor scored
+    keep = profiling_excluded_sql(con, categories_before)
     category = _col(cols, "category", "null")
     qty = _col(cols, "quantity", "1")
     amount = _col(cols, "amount", "null")
@@ -90,7 +93,7 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
                coalesce(lower({status}::varchar), 'completed') as status
         from person_orders
         where person_id is not null and ordered_at is not null and ordered_at < ?
-          and coalesce(lower({status}::varchar), 'completed') <> 'cancelled'
+          and coalesce(lower({status}::varchar), 'completed') <> 'cancelled' and {keep}
     """, [data_end])
     span = con.execute("select min(day), max(day), count(*) from rp_orders where day < ?",
                        [categories_before]).fetchall()[0]

@@ -519,6 +519,16 @@ class TrainResult:
     champion_backtest: dict[str, float] | None
     run_id: str
 
+    def headline(self) -> dict[str, float]:
+        """ROC-AUC of "buys within k weeks" for the person-level track, model vs BG/NBD (k = 4 and H)."""
+        t = self.backtest.metrics.set_index(["tracks", "model"])
+        out = {}
+        for k in sorted({min(4, self.backtest.horizon_weeks), self.backtest.horizon_weeks}):
+            for name in ("model", "bgnbd"):
+                if ("(any)", name) in t.index and np.isfinite(t.loc[("(any)", name), f"roc_auc_{k}w"]):
+                    out[f"roc_auc_{k}w_{name}"] = float(t.loc[("(any)", name), f"roc_auc_{k}w"])
+        return out
+
     def __str__(self) -> str:
         state = "promoted to champion" if self.promoted else "not promoted"
         return (f"repurchase-timing v{self.version} trained on data before {self.as_of}: {state} ({self.gate_reason})\n"
