@@ -88,8 +88,9 @@ def workspace_yaml() -> dict:
                          "postcode": "postcode", "city": "woonplaats", "country": "land", "gender": "geslacht",
                          "created_at": "aangemaakt_op", "updated_at": "gewijzigd_op"}},
             {"name": "newsletter", "kind": "customers", "path": FILES["newsletter"],
-             "columns": {"record_id": "subscriber_id", "email": "email", "first_name": "first_name",
-                         "created_at": "signup_date"}},
+             "columns": {"record_id": "subscriber_id", "customer_id": "customer_number", "email": "email",
+                         "first_name": "first_name", "last_name": "last_name", "date_of_birth": "birthday",
+                         "postcode": "postcode", "phone": "phone", "created_at": "signup_date"}},
             {"name": "loyalty", "kind": "customers", "path": FILES["loyalty"],
              "columns": {"record_id": "card_number", "first_name": "first_name", "last_name": "last_name",
                          "postcode": "postcode", "house_number": "house_number", "phone": "phone",
@@ -176,7 +177,7 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
         p = people.make_persons(rng, first, n, t0, t1, seed, taken)
         crm_df, crm_truth, k1 = records.crm(p, rng, counters["crm"], t1)
         counters["crm"] += len(crm_df)
-        nl_df, nl_truth, k2 = records.newsletter(p, rng, counters["newsletter"], t1)
+        nl_df, nl_truth, k2 = records.newsletter(p, rng, counters["newsletter"], t1, k1)
         counters["newsletter"] += len(nl_df)
         loy_df, loy_truth, k3 = records.loyalty(p, rng, counters["loyalty"], t1)
         counters["loyalty"] += len(loy_df)

@@ -118,13 +118,35 @@ def crm(p: PersonBlock, rng: np.random.Generator, next_id: int, end: int) -> tup
     return df, truth, keys
 
 
-def newsletter(p: PersonBlock, rng: np.random.Generator, next_id: int, end: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Newsletter subscribers: often a personal address other than the webshop one, first name only."""
+def newsletter(p: PersonBlock, rng: np.random.Generator, next_id: int, end: int,
+               crm_keys: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Newsletter subscribers as a Mailchimp/Klaviyo-style export.
+
+    Most rows carry a last name, some a birthday (for birthday mails), postcode or phone; subscribing while
+    logged in to the webshop stores the account e-mail and the klantnummer. A minority (footer and popup
+    sign-ups) carries only an e-mail and at most a first name - genuinely hard to link.
+    """
     rows = np.flatnonzero(p.has_newsletter)
     n = len(rows)
     signup = np.clip(p.joined_at[rows] + rng.integers(0, 30 * WEEK, n), 0, end - DAY)
     use_alt = (rng.random(n) < 0.55) | ~p.has_crm[rows]
-    use_alt[(rows == 0) & (p.index[0] == 0)] = True  # Sophia: sofietje.dv@...
+    sophia = (rows == 0) & (p.index[0] == 0)
+    use_alt[sophia] = True  # Sophia: sofietje.dv@...
+    # the profile fields draw from a child stream so the sources generated after this one stay unchanged
+    ex = rng.spawn(1)[0]
+    hard = (ex.random(n) < 0.2) & ~sophia  # only e-mail + first name
+    # logged in to the webshop at sign-up: the export carries the klantnummer and the account e-mail
+    account = np.full(n, None, dtype=object)
+    logged_in = np.zeros(n, dtype=bool)
+    if crm_keys is not None:
+        crm_rows, crm_ids, crm_created = crm_keys["crm_id"]
+        at = np.full(len(p), -1, dtype=np.int64)
+        at[crm_rows] = crm_created
+        number = np.full(len(p), None, dtype=object)
+        number[crm_rows] = crm_ids
+        logged_in = (at[rows] >= 0) & (signup >= at[rows]) & ~hard & ~sophia & (ex.random(n) < 0.45)
+        account = np.where(logged_in, number[rows], None)
+        use_alt &= ~logged_in
     email = np.where(use_alt, p.alt_email.to_numpy(dtype=object)[rows], p.email.to_numpy(dtype=object)[rows])
     email = messy_email(pd.Series(email), rng).to_numpy(dtype=object)
     first = _first_names(p, rows, rng, 0.1).to_numpy(dtype=object)
@@ -133,12 +155,28 @@ def newsletter(p: PersonBlock, rng: np.random.Generator, next_id: int, end: int)
     first = np.where((r >= 0.3) & (r < 0.32), "onbekend", first)
     counter = next_id + np.arange(n, dtype=np.int64)
     ids = hex_text((counter * 2_654_435_761 + 977) % (1 << 40), 10)
+    source = rng.choice(np.array(["footer", "checkout", "popup", "store"], dtype=object), n)
+    source = np.where(logged_in, "account", source)
+    last = typo(pd.Series(p.last_name.to_numpy(dtype=object)[rows]), ex, 0.03)
+    last = np.where(ex.random(n) < 0.1, last.str.lower(), last)  # typed in lower case in a popup
+    last = np.where(hard | (ex.random(n) < 0.1), None, last)
+    birth = pd.Series(p.birth[rows]).dt.strftime("%Y-%m-%d").to_numpy(dtype=object)
+    birth = np.where(hard | (ex.random(n) >= 0.4), None, birth)
+    postcode = np.where(hard | (ex.random(n) >= 0.25), None, _address_at(p, rows, signup)[2])
+    phone = format_phones(phone_at(p, rows, signup), ex.integers(0, 6, n)).to_numpy(dtype=object)
+    phone = np.where(hard | (ex.random(n) >= 0.1), None, phone)
+    source = np.where(hard, np.where(ex.random(n) < 0.5, "footer", "popup"), source)
     df = pd.DataFrame({
         "subscriber_id": ids,
         "email": email,
         "first_name": first,
+        "last_name": last,
+        "birthday": birth,
+        "postcode": postcode,
+        "phone": phone,
+        "customer_number": account,
         "signup_date": pd.Series(pd.to_datetime(signup, unit="s")).dt.strftime("%Y-%m-%d"),
-        "signup_source": rng.choice(np.array(["footer", "checkout", "popup", "store"], dtype=object), n),
+        "signup_source": source,
     })
     truth = pd.DataFrame({"source": "newsletter", "record_id": ids, "entity": p.entity.to_numpy(dtype=object)[rows]})
     return df, truth, {"newsletter": (rows, email, signup)}
