@@ -85,7 +85,7 @@ def write_activation(con: duckdb.DuckDBPyConnection, members: str, folder: str, 
     if channel == "email":
         con.execute(f"create or replace temp table _activation as select person_id, {_email('email')} as email "
                     f"from ({base}) where {_email('email')} is not null order by person_id")
-        con.execute(f"copy (select email, person_id from _activation) to '{folder}/{EMAIL_FILE}' (header)")
+        con.execute(f"copy (select email, person_id from _activation order by person_id) to '{folder}/{EMAIL_FILE}' (header)")
         counts["email"] = con.execute("select count(*) from _activation").fetchall()[0][0]
         return counts
     con.execute(f"""
@@ -96,7 +96,7 @@ def write_activation(con: duckdb.DuckDBPyConnection, members: str, folder: str, 
         from ({base})
         order by person_id
     """)
-    con.execute(f"copy _activation to '{folder}/activation.parquet' (format parquet)")
+    con.execute(f"copy (from _activation order by person_id) to '{folder}/activation.parquet' (format parquet)")
     counts["google"] = _copy_upload(con, "_activation", "google", f"{folder}/{GOOGLE_FILE}")
     counts["meta"] = _copy_upload(con, "_activation", "meta", f"{folder}/{META_FILE}")
     return counts
@@ -107,7 +107,8 @@ def _copy_upload(con: duckdb.DuckDBPyConnection, table: str, platform: str, path
     headers = ("Email", "Phone") if platform == "google" else ("email", "phone")
     query = (f'select {platform}_email as "{headers[0]}", {platform}_phone as "{headers[1]}" from {table} '
              f"where {platform}_email is not null or {platform}_phone is not null")
-    con.execute(f"copy ({query}) to '{path}' (header)")
+    # ordered so a re-run of the same week writes byte-identical files (set operations are unordered)
+    con.execute(f"copy ({query} order by person_id) to '{path}' (header)")
     return con.execute(f"select count(*) from ({query})").fetchall()[0][0]
 
 
