@@ -16,7 +16,7 @@ from segments_fixtures import AS_OF, make_workspace, write_scores
 
 from cdp_ml.errors import CdpError
 from cdp_ml.segments import activation, build_segments, write_report
-from cdp_ml.segments.build import week_folders
+from cdp_ml.segments.build import _recover_interrupted_swap, week_folders
 from cdp_ml.segments.report import quality_in_words
 
 
@@ -254,6 +254,21 @@ def test_failed_run_leaves_previous_week_untouched(tmp_path, monkeypatch):
         assert after == before
         assert [p.name for p in ws.segments_dir.iterdir()] == ["2026-W48"]  # no half week, no temp folder
     assert [p.name for p in week_folders(ws)] == ["2026-W48"]
+
+
+def test_rebuild_after_a_crash_mid_swap_restores_the_week(tmp_path):
+    """A kill between the swap's two renames leaves only the aside copy; the next build recovers it."""
+    ws = make_workspace(tmp_path / "ws", persons=40, seed=6)
+    w1 = build_segments(ws, AS_OF)
+    before = {p.relative_to(w1.folder): p.read_bytes() for p in w1.folder.rglob("*") if p.is_file()}
+    aside = w1.folder.with_name(f".{w1.folder.name}.old-deadbeef")
+    w1.folder.rename(aside)  # the state a crash right after the first rename leaves behind
+    _recover_interrupted_swap(w1.folder)
+    assert {p.relative_to(w1.folder): p.read_bytes() for p in w1.folder.rglob("*") if p.is_file()} == before
+    assert not aside.exists()
+    w1.folder.with_name(f".{w1.folder.name}.old-cafebabe").mkdir()  # crash after the second rename
+    again = build_segments(ws, AS_OF)
+    assert [p.name for p in ws.segments_dir.iterdir()] == [again.folder.name]
 
 
 # --- configuration and report --------------------------------------------------------------------------

@@ -311,6 +311,20 @@ def _score_versions(con: duckdb.DuckDBPyConnection, snapshots: dict[str, date | 
     return out
 
 
+def _recover_interrupted_swap(target: Path) -> None:
+    """Undo what a crash in the middle of ``_swap_into_place`` left behind.
+
+    The swap renames the old week aside before renaming the new one in; a crash between the two
+    renames leaves only the aside copy, which is restored here; asides a crash left after the swap
+    completed are removed.
+    """
+    asides = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if asides and not target.exists():
+        os.rename(asides.pop(), target)
+    for stale in asides:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _swap_into_place(tmp: Path, target: Path) -> None:
     """Rename the finished temp folder to the week's name, replacing a previous build of the same week."""
     backup = None
@@ -368,6 +382,7 @@ def build_segments(ws: Workspace, as_of: date | None = None) -> SegmentsResult:
     root = ws.segments_dir
     root.mkdir(parents=True, exist_ok=True)
     target = root / week
+    _recover_interrupted_swap(target)
     tmp = root / f".{week}.tmp-{uuid.uuid4().hex[:8]}"
     previous = _previous(ws, week)
     models = model_status(ws)
