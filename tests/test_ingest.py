@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -135,6 +137,72 @@ def test_ingest_is_idempotent_and_updates_changed_files(tmp_path):
     (tmp_path / "raw" / "web-1.jsonl").unlink()
     res = ingest(ws, source="web")
     assert res.removed_files == ("web: raw/web-1.jsonl",)
+
+
+def test_weekly_reingest_reads_no_unchanged_file(tmp_path, monkeypatch):
+    """Same size, mtime and settings: skipped unread; touched with the same bytes: hashed once, then skipped unread."""
+    from cdp_ml.sources import load
+
+    ws = _workspace(tmp_path)
+    ingest(ws)
+    hashed: list[str] = []
+    real_hash = load._file_hash
+    monkeypatch.setattr(load, "_file_hash", lambda path, src: hashed.append(path.name) or real_hash(path, src))
+    monkeypatch.setattr(load, "read_raw", lambda *a: pytest.fail("an unchanged file was read"))
+    assert all(f.status == "unchanged" for f in ingest(ws).files) and hashed == []
+    os.utime(tmp_path / "raw" / "crm.csv", ns=(1_700_000_000_000_000_000,) * 2)  # copied / touched, same bytes
+    assert all(f.status == "unchanged" for f in ingest(ws).files) and hashed == ["crm.csv"]
+    assert all(f.status == "unchanged" for f in ingest(ws).files) and hashed == ["crm.csv"]
+    assert _rows(ws, "select count(*) from loads") == [(2,)]  # skipping records no load
+
+
+def test_changed_workspace_defaults_reload_unchanged_files(tmp_path):
+    ws = _workspace(tmp_path)
+    ingest(ws)
+    assert _rows(ws, "select min(timestamp) from events")[0][0] == pd.Timestamp("2026-01-01 10:00:00")
+    config = yaml.safe_load((tmp_path / "cdp_ml.yaml").read_text())
+    config["timezone"] = "UTC"  # the events source has no timezone of its own: its rows change
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = ingest(Workspace.open(tmp_path))
+    assert {f.source: f.status for f in result.files} == {"crm": "loaded", "web": "loaded"}
+    assert _rows(ws, "select timestamp from events where event_type = 'login'") == [(pd.Timestamp("2026-01-02 10:00:00"),)]
+    assert all(f.status == "unchanged" for f in ingest(Workspace.open(tmp_path)).files)
+
+
+def test_reingest_keeps_retention_and_erasure_and_counts_reconcile(tmp_path):
+    from cdp_ml.privacy import apply_retention, forget
+    from cdp_ml.sources.quality import data_quality
+
+    ws = _workspace(tmp_path)
+    with (tmp_path / "cdp_ml.yaml").open("a", encoding="utf-8") as fh:
+        fh.write("privacy: {retention_days: {events: 1}}\n")
+    ws = Workspace.open(tmp_path)
+    ingest(ws)
+    assert apply_retention(ws, date(2026, 1, 3)).deleted == (("events", "2026-01-02", 1),)
+    assert forget(ws, email="jan@x.nl").exit_code == 0
+    for path in (tmp_path / "raw").iterdir():  # a weekly export rewrites files with the same bytes
+        path.write_bytes(path.read_bytes())
+    again = ingest(ws)
+    assert all(f.status == "unchanged" for f in again.files)
+    assert _rows(ws, "select count(*) from events") == [(1,)]  # the expired event stays deleted
+    assert _rows(ws, "select count(*) from customers where email = 'jan@x.nl'") == [(0,)]
+    assert data_quality(ws).sources["reconciles"].all()
+    (tmp_path / "raw" / "crm.csv").write_text(CRM.replace("Mien", "Mina"), encoding="utf-8")  # a real change
+    changed = {f.source: f.status for f in ingest(ws).files}
+    assert changed == {"crm": "loaded", "web": "unchanged"}
+    assert _rows(ws, "select count(*) from customers where email = 'jan@x.nl'") == [(0,)]  # tombstoned
+    assert _rows(ws, "select first_name from customers where record_id = 'K3'") == [("Mina",)]
+    assert data_quality(ws).sources["reconciles"].all()
+
+
+def test_loads_from_an_older_warehouse_are_trusted_by_content_hash(tmp_path):
+    ws = _workspace(tmp_path)
+    ingest(ws)
+    with duckdb.connect(str(ws.warehouse_path)) as con:  # as written before files were fingerprinted
+        for column in ("file_size", "file_mtime_ns", "settings_hash"):
+            con.execute(f"alter table loads drop column {column}")
+    assert all(f.status == "unchanged" for f in ingest(ws).files)
+    assert _rows(ws, "select count(*) from loads where file_size is null or settings_hash is null") == [(0,)]
 
 
 def test_mapping_validation_messages(tmp_path):

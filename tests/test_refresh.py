@@ -231,6 +231,25 @@ def test_latest_means_the_monday_after_the_newest_raw_data(tmp_path):
     assert resolve_as_of(ws, None).weekday() == 0
 
 
+def test_latest_reads_only_files_not_yet_loaded(tmp_path, monkeypatch):
+    from cdp_ml.sources import ingest, readers
+
+    root = tmp_path / "ws"
+    (root / "raw").mkdir(parents=True)
+    (root / "raw" / "events-w47.csv").write_text("id,ts,kind,who\n1,2026-11-18 10:00:00,page_view,a\n")
+    (root / "cdp_ml.yaml").write_text(
+        "sources:\n  - name: web\n    kind: events\n    path: raw/events-*.csv\n"
+        "    columns: {event_id: id, timestamp: ts, event_type: kind, anonymous_id: who}\n")
+    ws = Workspace.open(root)
+    ingest(ws)
+    read: list[str] = []
+    real = readers.read_raw
+    monkeypatch.setattr(readers, "read_raw", lambda con, src, path: read.append(path.name) or real(con, src, path))
+    assert resolve_as_of(ws, "latest") == date(2026, 11, 23) and read == []  # from the warehouse
+    (root / "raw" / "events-w48.csv").write_text("id,ts,kind,who\n2,2026-11-24 08:00:00,page_view,b\n")
+    assert resolve_as_of(ws, "latest") == date(2026, 11, 30) and read == ["events-w48.csv"]
+
+
 def test_a_check_that_cannot_run_is_reported_not_fatal(tmp_path):
     root = tmp_path / "ws"
     root.mkdir()

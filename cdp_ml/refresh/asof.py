@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 
 from cdp_ml import engine
 from cdp_ml.errors import CdpError
-from cdp_ml.workspace import Workspace, last_completed_week_end, parse_date
+from cdp_ml.workspace import SourceConfig, Workspace, last_completed_week_end, parse_date
 
 # canonical timestamp column per referencing kind
 TIME_FIELDS = {"events": "timestamp", "orders": "ordered_at", "sessions": "timestamp",
@@ -37,22 +38,25 @@ def latest_data_time(ws: Workspace) -> datetime | None:
 
 
 def _raw_latest(ws: Workspace) -> datetime | None:
-    """Newest timestamp over the referencing sources' raw files, read by the ingestion's own readers."""
+    """Newest timestamp over the referencing sources' raw files, read by the ingestion's own readers.
+
+    Files already loaded and unchanged since (size, mtime, settings) are not read: their newest row is in
+    the warehouse, which ``latest_data_time`` also consults. Only new or changed exports are read.
+    """
     from cdp_ml.sources.readers import RAW, read_raw
 
+    todo = _unloaded_files(ws)
     newest: datetime | None = None
     con = duckdb.connect()
     try:
         con.execute("set TimeZone='UTC'")
-        for src in ws.config.sources:
+        for src, paths in todo:
             column = src.columns.get(TIME_FIELDS.get(src.kind, ""))
-            if not column:
-                continue
             fmt = src.options.get("timestampformat")
             quoted = '"' + column.replace('"', '""') + '"'
             parsed = (f"try_strptime({quoted}, $fmt)" if fmt else
                       f"coalesce(try_cast({quoted} as timestamp), try_cast(try_cast({quoted} as timestamptz) as timestamp))")
-            for path in ws.source_files(src):
+            for path in paths:
                 try:
                     read_raw(con, src, path)
                     value = con.execute(f"select max({parsed}) from {RAW}", {"fmt": fmt} if fmt else {}).fetchall()[0][0]
@@ -63,6 +67,21 @@ def _raw_latest(ws: Workspace) -> datetime | None:
     finally:
         con.close()
     return newest
+
+
+def _unloaded_files(ws: Workspace) -> list[tuple[SourceConfig, list[Path]]]:
+    """Timestamped sources with the files ingestion would (re)load: new, changed, or never recorded."""
+    from cdp_ml.sources.load import unchanged_since_load
+
+    wanted = [(src, ws.source_files(src)) for src in ws.config.sources
+              if src.columns.get(TIME_FIELDS.get(src.kind, ""))]
+    if not ws.warehouse_path.exists():
+        return wanted
+    with ws.connect() as con:
+        if not engine.table_exists(con, "loads") or "settings_hash" not in engine.columns(con, "loads"):
+            return wanted
+        return [(src, [p for p in paths if not unchanged_since_load(con, ws, src, p, ws.relative(p))])
+                for src, paths in wanted]
 
 
 def _warehouse_latest(ws: Workspace) -> datetime | None:
