@@ -90,32 +90,33 @@ def _read_csv(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> 
 
 def _read_jsonl(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> RawRead:
     _check_options(src)
+    # One pass classifies every line (1 object, 0 blank, 2 malformed): JSON is validated once per line.
     try:
         con.execute(
-            f"create or replace temp table _lines as select line, row_number() over () as _row from read_csv("
+            f"create or replace temp table _lines as select line, _row, case "
+            f"when coalesce(json_valid(line) and starts_with(ltrim(line, ' \t\r'), '{{'), false) then 1 "
+            f"when line is null or trim(line) = '' then 0 else 2 end as _kind "
+            f"from (select line, row_number() over () as _row from read_csv("
             f"{lit(str(path))}, columns={{'line': 'VARCHAR'}}, delim='\\x01', quote='', escape='', "
-            f"header=false, auto_detect=false, {REJECTS}, max_line_size=67108864)"
+            f"header=false, auto_detect=false, {REJECTS}, max_line_size=67108864))"
         )
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise CdpError(f"source '{src.name}': cannot read {path.name} as JSON lines: {first}") from None
     rejects = _take_rejects(con)
-    con.execute("delete from _lines where line is null or trim(line) = ''")
-    bad = con.execute("select _row, line from _lines where not coalesce(json_valid(line), false) "
-                      "or json_type(line) <> 'OBJECT'").fetchall()
+    bad = con.execute("select _row, line from _lines where _kind = 2 order by _row").fetchall()
     rejects += [(row, line[:10000], "malformed JSON line") for row, line in bad]
-    con.execute("delete from _lines where not coalesce(json_valid(line), false) or json_type(line) <> 'OBJECT'")
     keys = [k for (k,) in con.execute(
-        "select k from (select unnest(json_keys(line)) as k, min(_row) as first from _lines group by k) "
-        "order by first").fetchall()]
+        "select k from (select unnest(json_keys(line)) as k, min(_row) as first from _lines where _kind = 1 "
+        "group by k) order by first").fetchall()]
     if not keys and not bad and not rejects:
         raise CdpError(f"source '{src.name}': file {path.name} has no JSON objects")
     # One parse per line: extracting a list of paths at once, then indexing it.
     paths = "[" + ", ".join(lit("$." + _json_key(k)) for k in keys) + "]"
     select = ", ".join(f"v[{i + 1}] as \"{_ident(k)}\"" for i, k in enumerate(keys))
     con.execute(f"create or replace temp table {RAW} as select {select + ', ' if select else ''}_row from "
-                f"(select json_extract_string(line, {paths}) as v, _row from _lines)" if keys else
-                f"create or replace temp table {RAW} as select _row from _lines")
+                f"(select json_extract_string(line, {paths}) as v, _row from _lines where _kind = 1)" if keys else
+                f"create or replace temp table {RAW} as select _row from _lines where _kind = 1")
     con.execute("drop table _lines")
     rows = con.execute(f"select count(*) from {RAW}").fetchall()[0][0]
     return RawRead(keys, rows, rejects)
