@@ -17,8 +17,11 @@ import duckdb
 import pyarrow as pa
 
 from cdp_ml.engine import table_exists
+from cdp_ml.identity.inputs import dob_conflict_sql
 
 MAX_PASSES = 200
+MAX_WEAK_ROUNDS = 12  # rounds of pairwise weak merges; what is still apart afterwards stays apart
+AMBIGUITY_BITS = 2.0  # a runner-up within this match weight (x4 odds) of the best makes a pick ambiguous
 
 
 def connected_components(con: duckdb.DuckDBPyConnection, nodes: str, edges: str, out: str) -> int:
@@ -51,6 +54,67 @@ def connected_components(con: duckdb.DuckDBPyConnection, nodes: str, edges: str,
     con.execute("drop table _cc_label")
     con.execute("drop table _cc_edges")
     return passes
+
+
+def component_conflicts(con: duckdb.DuckDBPyConnection, comp: str, pairs: str, out: str) -> None:
+    """``out(x, y)``: the component pairs of ``pairs(x, y)`` known to be different people.
+
+    Two components conflict when one holds a record whose birth date conflicts with a record of the
+    other, or when they hold different account ids (``customer_id``) of one account namespace: one
+    source, or sources that share at least one account id (a newsletter export carrying the webshop's
+    customer number). ``_id_facts(node, dob, source, account)`` holds the records' facts.
+    """
+    con.execute(f"""create or replace temp table {out} as
+        with facts as (select c.component, f.* from {comp} c join _id_facts f using (node))
+        select distinct p.x, p.y from {pairs} p
+        join facts a on a.component = p.x join facts b on b.component = p.y
+        where {dob_conflict_sql('a.dob', 'b.dob')}
+           or (a.account <> b.account and (a.source = b.source or exists (
+                 select 1 from _id_account_spaces s where s.source_a = a.source and s.source_b = b.source)))""")
+
+
+def merge_weak_edges(con: duckdb.DuckDBPyConnection, comp: str, weak: str) -> int:
+    """Attach components through weak edges (names only) by greedy, constrained merging; updates ``comp``.
+
+    ``weak(a, b, weight)`` are accepted record pairs whose only individual evidence is the name. Plain
+    connected components let one such record bridge two namesakes. Here, each round, every component
+    picks its best weak candidate that it does not conflict with (``component_conflicts``); two
+    components merge only when they pick each other, and not when either has a runner-up nearly as
+    good (within ``AMBIGUITY_BITS``): a record fitting two persons joins neither. Returns the number of
+    merges.
+    """
+    merges = 0
+    for _ in range(MAX_WEAK_ROUNDS):
+        con.execute(f"""create or replace temp table _wm_cand as
+            select least(ca.component, cb.component) as x, greatest(ca.component, cb.component) as y,
+                   max(w.weight) as weight
+            from {weak} w join {comp} ca on ca.node = w.a join {comp} cb on cb.node = w.b
+            where ca.component <> cb.component group by all""")
+        if con.execute("select count(*) from _wm_cand").fetchall()[0][0] == 0:
+            break
+        component_conflicts(con, comp, "_wm_cand", "_wm_conflict")
+        con.execute("""create or replace temp table _wm_ranked as
+            with ok as (select c.* from _wm_cand c anti join _wm_conflict k using (x, y)),
+            directed as (select x as u, y as v, weight from ok union all select y, x, weight from ok)
+            select u, v, weight, row_number() over (partition by u order by weight desc, v) as rank
+            from directed""")
+        # a runner-up nearly as good as the best: the picker fits two persons and waits (for them to
+        # merge first, when they are one) rather than bridging them
+        con.execute("""create or replace temp table _wm_merge as
+            with best as (
+              select b.u, b.v from _wm_ranked b
+              left join _wm_ranked r on r.u = b.u and r.rank = 2
+              where b.rank = 1 and (r.u is null or r.weight <= b.weight - ?))
+            select a.u as x, a.v as y from best a join best b on b.u = a.v and b.v = a.u where a.u < a.v""",
+                    [AMBIGUITY_BITS])
+        n = con.execute("select count(*) from _wm_merge").fetchall()[0][0]
+        if n == 0:
+            break
+        merges += n
+        con.execute(f"""update {comp} set component = m.x from _wm_merge m where {comp}.component = m.y""")
+    for t in ("_wm_cand", "_wm_conflict", "_wm_ranked", "_wm_merge"):
+        con.execute(f"drop table if exists {t}")
+    return merges
 
 
 def new_ids(con: duckdb.DuckDBPyConnection, n: int) -> list[str]:

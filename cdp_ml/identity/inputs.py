@@ -32,6 +32,7 @@ HUB_KINDS = ("email", "phone", "customer_id")
 # A first name and date of birth this different mean two people, whatever they share.
 NAME_CONFLICT_JW = 0.8
 DOB_CONFLICT_DAYS = 366
+ALIAS_MIN_SHARE = 0.05  # a learned first-name alias must cover this share of the rarer name's records
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class MatchColumn:
     comparison: str  # first_name, last_name, dob, address, postcode, city, email, phone, exact, levenshtein, jaro_winkler, date
     person_level: bool  # evidence about the individual (not shared by a household)
     block: bool = False
+
+
+def dob_conflict_sql(a: str, b: str) -> str:
+    """SQL: two known birth dates more than a year apart that are not one typo (1985 ~ 1958) of each other."""
+    return (f"coalesce(abs(datediff('day', {a}, {b})) > {DOB_CONFLICT_DAYS} and damerau_levenshtein("
+            f"strftime({a}, '%Y%m%d'), strftime({b}, '%Y%m%d')) > 1, false)")
 
 
 def load_nicknames(ws: Workspace, settings: IdentitySettings) -> list[tuple[str, str]]:
@@ -112,6 +119,7 @@ def prepare(con: duckdb.DuckDBPyConnection, ws: Workspace, settings: IdentitySet
         select distinct ltrim(regexp_replace(value, '[^0-9]', '', 'g'), '0') as digits from _id_blocklist
         where length(ltrim(regexp_replace(value, '[^0-9]', '', 'g'), '0')) >= 6""")
     _records(con, settings, as_of)
+    learn_name_aliases(con, settings)
     _references(con, as_of)
     _values(con, settings)
     _nodes_and_edges(con)
@@ -185,6 +193,43 @@ def _records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, as_of: 
     con.execute("drop table _id_raw")
 
 
+def learn_name_aliases(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> int:
+    """Extend the nickname table with first-name aliases this data set itself proves; returns their number.
+
+    Evidence: two records under one linkable email, phone or customer id, with the same last name, no
+    conflicting birth dates, and different first names (``Jaantje`` next to ``Adriana``). A pair of
+    names becomes an alias when families with at least two different last names show it and it covers
+    at least ``ALIAS_MIN_SHARE`` of the rarer name's records - a family mailbox shared by a ``Kees`` and
+    a ``Lotte`` does not make them one name. Initials and names already similar are not learned. An alias
+    is a pair, never chained into a class (``Ria`` may be short for Maria in one family and for Adriana
+    in another); it keeps a value holding both names from counting as shared by different people.
+    """
+    con.execute(f"""create or replace temp table _id_name_aliases as
+        with v as (
+          select 'email' as kind, email as value, source, record_id, first_canon, last_name, dob from _id_records
+          where email is not null and first_canon is not null and last_name is not null
+          union all select 'phone', phone, source, record_id, first_canon, last_name, dob from _id_records
+          where phone is not null and first_canon is not null and last_name is not null
+          union all select 'customer_id', customer_id, source, record_id, first_canon, last_name, dob from _id_records
+          where customer_id is not null and first_canon is not null and last_name is not null),
+        usable as (
+          select v.* from v join (select kind, value from v group by all having count(*) between 2 and ?) k
+          using (kind, value)),
+        shown as (
+          select least(a.first_canon, b.first_canon) as x, greatest(a.first_canon, b.first_canon) as y,
+                 count(distinct a.last_name) as families
+          from usable a join usable b on b.kind = a.kind and b.value = a.value and b.first_canon <> a.first_canon
+            and b.last_name = a.last_name and b.source || chr(31) || b.record_id > a.source || chr(31) || a.record_id
+          where not {dob_conflict_sql('a.dob', 'b.dob')} and least(length(a.first_canon), length(b.first_canon)) >= 2
+            and jaro_winkler_similarity(a.first_canon, b.first_canon) < {NAME_CONFLICT_JW}
+          group by all),
+        freq as (select first_canon as name, count(*) as n from _id_records where first_canon is not null group by 1)
+        select s.x, s.y from shown s join freq fx on fx.name = s.x join freq fy on fy.name = s.y
+        where s.families >= 2 and s.families >= ? * least(fx.n, fy.n)""",
+                [settings.max_records_per_identifier, ALIAS_MIN_SHARE])
+    return con.execute("select count(*) from _id_name_aliases").fetchall()[0][0]
+
+
 def _ref_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, set[str]]]:
     return [(kind, set(columns(con, kind))) for kind in REFERENCE_COLUMNS if table_exists(con, kind)]
 
@@ -219,9 +264,11 @@ def _references(con: duckdb.DuckDBPyConnection, as_of: date | None) -> None:
 def _values(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> None:
     """``_id_values(kind, value, n_records, status)``: may this email/phone/customer id link records?"""
     con.execute("""create or replace temp table _id_value_records as
-        select 'email' as kind, email as value, source, record_id, first_canon, first_name, dob from _id_records where email is not null
-        union all select 'phone', phone, source, record_id, first_canon, first_name, dob from _id_records where phone is not null
-        union all select 'customer_id', customer_id, source, record_id, first_canon, first_name, dob
+        select 'email' as kind, email as value, source, record_id, first_canon, first_name, first_key, last_name, dob
+        from _id_records where email is not null
+        union all select 'phone', phone, source, record_id, first_canon, first_name, first_key, last_name, dob
+        from _id_records where phone is not null
+        union all select 'customer_id', customer_id, source, record_id, first_canon, first_name, first_key, last_name, dob
           from _id_records where customer_id is not null""")
     con.execute(f"""create or replace temp table _id_values as
         with counts as (
@@ -232,8 +279,11 @@ def _values(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> None:
           join _id_value_records b on b.kind = a.kind and b.value = a.value
             and b.source || chr(31) || b.record_id > a.source || chr(31) || a.record_id
           where (a.first_canon <> b.first_canon and jaro_winkler_similarity(a.first_name, b.first_name) < {NAME_CONFLICT_JW}
-                 and not (least(length(a.first_name), length(b.first_name)) <= 1 and a.first_name[1] = b.first_name[1]))
-             or abs(datediff('day', a.dob, b.dob)) > {DOB_CONFLICT_DAYS}),
+                 and not (least(length(a.first_name), length(b.first_name)) <= 1 and a.first_name[1] = b.first_name[1])
+                 and not (a.first_key = b.last_name and a.last_name = b.first_key)  -- first and last name swapped
+                 and not exists (select 1 from _id_name_aliases n where n.x = least(a.first_canon, b.first_canon)
+                                 and n.y = greatest(a.first_canon, b.first_canon)))
+             or {dob_conflict_sql('a.dob', 'b.dob')}),
         ref_values as (
           select 'email' as kind, email as value from _id_refs where email is not null
           union select 'phone', phone from _id_refs where phone is not null

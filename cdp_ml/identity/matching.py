@@ -28,7 +28,7 @@ from splink import DuckDBAPI, Linker, SettingsCreator
 from splink.internals.comparison_level import M_U_CLAMP_MIN, ComparisonLevel
 
 from cdp_ml.errors import CdpError
-from cdp_ml.identity.inputs import MatchColumn
+from cdp_ml.identity.inputs import MatchColumn, dob_conflict_sql
 from cdp_ml.identity.settings import IdentitySettings
 
 MODEL_FILE = "identity_splink_model.json"
@@ -249,6 +249,10 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
                            for n in person_level) or "false"
     first_conflict = f"{gammas['first_name']} = 0" if "first_name" in gammas else "false"
     initial = f"{gammas['first_name']} = 1" if "first_name" in gammas else "false"
+    # corroborated: an individual field other than the name agrees (and the birth dates do not conflict);
+    # a pair resting on names (+ household fields) only is a weak edge that clustering attaches cautiously
+    beyond_name = " or ".join(f'"mw_{n}" > 0' for n in person_level if n != "first_name") or "false"
+    dob_conflict = dob_conflict_sql("dob_l", "dob_r") if "dob" in gammas else "false"
     con.execute(f"""create or replace temp table _id_scored as
         select least(unique_id_l, unique_id_r) as node_l, greatest(unique_id_l, unique_id_r) as node_r,
           match_probability, match_weight, map([{', '.join(repr(c.name) for c in cols)}],
@@ -257,7 +261,8 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
                when {first_conflict} then 'first names disagree'
                when not ({evidence}) and {initial} then 'initial only'
                when not ({evidence}) then 'no individual evidence (household fields only)'
-          end as reason
+          end as reason,
+          coalesce(({beyond_name}) and not ({dob_conflict}), false) as corroborated
         from rel""", [settings.match_threshold])
     # an initial alone ("T.") is evidence only when it fits one first name among the record's candidates:
     # "T. van Vliet" next to both Tessa and Thom van Vliet at one address joins neither
@@ -338,4 +343,5 @@ def _train(linker: Linker, con: duckdb.DuckDBPyConnection, cols: list[MatchColum
 
 def _empty_pairs(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("""create or replace temp table _id_pairs(node_l bigint, node_r bigint, match_probability double,
-        match_weight double, field_weights map(varchar, double), reason varchar, accepted boolean)""")
+        match_weight double, field_weights map(varchar, double), reason varchar, corroborated boolean,
+        accepted boolean)""")

@@ -12,7 +12,7 @@ import duckdb
 from cdp_ml.engine import table_exists
 from cdp_ml.errors import CdpError
 from cdp_ml.identity import inputs, matching, tables
-from cdp_ml.identity.clustering import assign_person_ids, connected_components
+from cdp_ml.identity.clustering import assign_person_ids, component_conflicts, connected_components, merge_weak_edges
 from cdp_ml.workspace import Workspace
 
 PARENT_RUN_ENV = "CDP_ML_PARENT_RUN_ID"  # = cdp_ml.tracking.PARENT_RUN_ENV, without importing MLflow
@@ -122,9 +122,11 @@ def _cluster(con: duckdb.DuckDBPyConnection) -> None:
     con.executemany("insert into _id_rank values (?, ?)", [[k, v] for k, v in _METHOD_RANK.items()])
     con.execute("""create or replace temp table _id_all_edges as
         select a, b, method, match_probability from _id_edges
-        union all select node_l, node_r, 'probabilistic', match_probability from _id_pairs where accepted""")
+        union all select node_l, node_r, 'probabilistic', match_probability from _id_pairs
+        where accepted and corroborated""")
     con.execute("create or replace temp table _id_core as select node from _id_nodes where id_type <> 'anonymous_id'")
     connected_components(con, "_id_core", "_id_all_edges", "_id_comp")
+    _attach_weak_pairs(con)
     # a component is a person when it holds a customer record, a customer key, or a linkable email/phone hub
     con.execute("""create or replace temp table _id_person_comp as
         select distinct c.component from _id_comp c join _id_nodes n using (node)
@@ -169,6 +171,32 @@ def _cluster(con: duckdb.DuckDBPyConnection) -> None:
         where n.id_type not like 'hub\\_%' escape '\\'""")
     con.execute("""create or replace temp table _id_clusters as
         select source, id_type, record_id, cluster from _id_members where cluster is not null""")
+
+
+def _attach_weak_pairs(con: duckdb.DuckDBPyConnection) -> None:
+    """Merge components through name-only pairs without conflicts or ambiguity; mark the rest not accepted."""
+    con.execute("""create or replace temp table _id_facts as
+        select n.node, r.dob, r.source, r.customer_id as account from _id_records r
+        join _id_nodes n on n.id_type = 'record' and n.source = r.source and n.record_id = r.record_id
+        where r.dob is not null or r.customer_id is not null""")
+    con.execute("""create or replace temp table _id_account_spaces as  -- sources whose account ids overlap
+        select distinct a.source as source_a, b.source as source_b from _id_records a
+        join _id_records b on b.customer_id = a.customer_id and b.source <> a.source""")
+    con.execute("""create or replace temp table _id_weak as
+        select node_l as a, node_r as b, match_weight as weight from _id_pairs where accepted and not corroborated""")
+    merge_weak_edges(con, "_id_comp", "_id_weak")
+    con.execute("""create or replace temp table _id_weak_left as
+        select least(ca.component, cb.component) as x, greatest(ca.component, cb.component) as y, w.a, w.b
+        from _id_weak w join _id_comp ca on ca.node = w.a join _id_comp cb on cb.node = w.b
+        where ca.component <> cb.component""")
+    component_conflicts(con, "_id_comp", "(select distinct x, y from _id_weak_left)", "_id_weak_conflict")
+    con.execute("""update _id_pairs set accepted = false,
+          reason = case when k.x is not null then 'names only; the persons conflict (birth date or account)'
+                        else 'names only; fits several persons' end
+        from _id_weak_left w left join _id_weak_conflict k using (x, y)
+        where _id_pairs.node_l = w.a and _id_pairs.node_r = w.b""")
+    con.execute("""insert into _id_all_edges
+        select node_l, node_r, 'probabilistic', match_probability from _id_pairs where accepted and not corroborated""")
 
 
 def _write_tables(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date | None) -> None:
