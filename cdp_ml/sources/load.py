@@ -460,13 +460,18 @@ def _record_field_issues(con: duckdb.DuckDBPyConnection, src: SourceConfig, rel:
         return
     checks = {"email": "not an e-mail address", "phone": "not a phone number", "date_of_birth": "not a plausible date",
               "created_at": "unparseable timestamp", "updated_at": "unparseable timestamp"}
-    for fname, why in checks.items():
-        column = src.columns.get(fname)
-        if not column:
-            continue
-        con.execute(f"""insert into load_issues select ?, ?, t._row, ?, ?, ? from _typed t join {RAW} r on r._row = t._row
-                        where t._reason is null and t."{fname}" is null and {nz.blank_to_null('r.' + _q(column))} is not null""",
-                    [src.name, rel, fname, f"{why} (column {column}); loaded empty", load_id])
+    fields = [(f, src.columns[f], why) for f, why in checks.items() if src.columns.get(f)]
+    if not fields:
+        return
+    # one join of typed and raw rows for all fields; each row yields the list of its fields loaded empty
+    issues = ", ".join(f"case when t.\"{f}\" is null and {nz.blank_to_null('r.' + _q(col))} is not null "
+                       f"then {nz.lit(f)} end" for f, col, _ in fields)
+    reason = "case f " + " ".join(f"when {nz.lit(f)} then {nz.lit(f'{why} (column {col}); loaded empty')}"
+                                  for f, col, why in fields) + " end"
+    con.execute(f"""insert into load_issues select ?, ?, _row, f, {reason}, ? from (
+                    select t._row, unnest(list_filter([{issues}], lambda x: x is not null)) as f
+                    from _typed t join {RAW} r on r._row = t._row where t._reason is null)""",
+                [src.name, rel, load_id])
 
 
 def _purge_erased(con: duckdb.DuckDBPyConnection) -> None:
