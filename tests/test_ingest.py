@@ -205,6 +205,16 @@ def test_loads_from_an_older_warehouse_are_trusted_by_content_hash(tmp_path):
     assert _rows(ws, "select count(*) from loads where file_size is null or settings_hash is null") == [(0,)]
 
 
+def test_jsonl_lines_are_objects_blank_or_malformed(tmp_path):
+    lines = ['{"ts":"2026-01-01 10:00:00","type":"page_view","cookie":"c1","klant":"K1"}', "",
+             ' \t{"ts":"2026-01-01 11:00:00","type":"page_view","cookie":"c2"}', "[1, 2]", '"just text"', "{broken", "   "]
+    ws = _workspace(tmp_path, events="\n".join(lines) + "\n")
+    web = next(f for f in ingest(ws).files if f.source == "web")
+    assert (web.rows_read, web.rows_loaded, web.rows_quarantined) == (5, 2, 3)  # blank lines are not rows
+    assert _rows(ws, "select line, reason from quarantine where source = 'web' order by line") == \
+        [(4, "malformed JSON line"), (5, "malformed JSON line"), (6, "malformed JSON line")]
+
+
 def test_mapping_validation_messages(tmp_path):
     base = {"name": "crm", "kind": "customers", "path": "x.csv", "columns": {"record_id": "id"}}
     with pytest.raises(CdpError, match=r"sources\[0\].kind: unknown kind 'klanten'"):
