@@ -73,23 +73,36 @@ def component_conflicts(con: duckdb.DuckDBPyConnection, comp: str, pairs: str, o
                  select 1 from _id_account_spaces s where s.source_a = a.source and s.source_b = b.source)))""")
 
 
-def merge_weak_edges(con: duckdb.DuckDBPyConnection, comp: str, weak: str) -> int:
+def merge_weak_edges(con: duckdb.DuckDBPyConnection, comp: str, weak: str, scored: str, records: str,
+                     compared: str, floor_weight: float, min_weight: float) -> int:
     """Attach components through weak edges (names only) by greedy, constrained merging; updates ``comp``.
 
-    ``weak(a, b, weight)`` are accepted record pairs whose only individual evidence is the name. Plain
-    connected components let one such record bridge two namesakes. Here, each round, every component
-    picks its best weak candidate that it does not conflict with (``component_conflicts``); two
-    components merge only when they pick each other, and not when either has a runner-up nearly as
-    good (within ``AMBIGUITY_BITS``): a record fitting two persons joins neither. Returns the number of
-    merges.
+    ``weak(a, b)`` are accepted record pairs whose only individual evidence is the name. Plain connected
+    components let one such record bridge two namesakes. Here two components are linked by the *average*
+    match weight of every record pair between them that was compared (``scored(a, b, weight)`` with
+    ``a < b``; a pair of ``records`` meeting the ``compared`` predicate - a blocking rule - but not
+    scored fell below the review threshold and counts as ``floor_weight``), and the link must reach
+    ``min_weight``: the webshop record that disagrees outweighs the loyalty card that agrees. Each
+    round, every component picks its best linked candidate that it does not conflict with
+    (``component_conflicts``); two components merge only when they pick each other, and not when either
+    has a runner-up nearly as good (within ``AMBIGUITY_BITS``): a record fitting two persons joins
+    neither. Returns the number of merges.
     """
     merges = 0
     for _ in range(MAX_WEAK_ROUNDS):
         con.execute(f"""create or replace temp table _wm_cand as
-            select least(ca.component, cb.component) as x, greatest(ca.component, cb.component) as y,
-                   max(w.weight) as weight
-            from {weak} w join {comp} ca on ca.node = w.a join {comp} cb on cb.node = w.b
-            where ca.component <> cb.component group by all""")
+            with c as (
+              select distinct least(ca.component, cb.component) as x, greatest(ca.component, cb.component) as y
+              from {weak} w join {comp} ca on ca.node = w.a join {comp} cb on cb.node = w.b
+              where ca.component <> cb.component),
+            recs as (select k.component, r.* from {comp} k join {records} r using (node)),
+            pairs as (
+              select c.x, c.y, least(a.node, b.node) as na, greatest(a.node, b.node) as nb, ({compared}) as compared
+              from c join recs a on a.component = c.x join recs b on b.component = c.y)
+            select p.x, p.y, avg(coalesce(s.weight, case when p.compared then ? end)) as weight
+            from pairs p left join {scored} s on s.a = p.na and s.b = p.nb
+            group by p.x, p.y having avg(coalesce(s.weight, case when p.compared then ? end)) >= ?""",
+                    [floor_weight, floor_weight, min_weight])
         if con.execute("select count(*) from _wm_cand").fetchall()[0][0] == 0:
             break
         component_conflicts(con, comp, "_wm_cand", "_wm_conflict")

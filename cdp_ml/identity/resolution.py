@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from cdp_ml.engine import table_exists
 from cdp_ml.errors import CdpError
 from cdp_ml.identity import inputs, matching, tables
 from cdp_ml.identity.clustering import assign_person_ids, component_conflicts, connected_components, merge_weak_edges
+from cdp_ml.identity.settings import IdentitySettings
 from cdp_ml.workspace import Workspace
 
 PARENT_RUN_ENV = "CDP_ML_PARENT_RUN_ID"  # = cdp_ml.tracking.PARENT_RUN_ENV, without importing MLflow
@@ -87,7 +89,7 @@ def resolve(ws: Workspace, as_of: date | None = None) -> ResolveResult:
         else:
             matching._empty_pairs(con)
             outcome = matching.MatchOutcome(0, 0, 0, (), False, ())
-        _cluster(con)
+        _cluster(con, settings, outcome.rules)
         # one transaction: a crash (e.g. a killed weekly refresh) leaves the previous persons intact
         con.execute("begin transaction")
         try:
@@ -116,7 +118,7 @@ def resolve(ws: Workspace, as_of: date | None = None) -> ResolveResult:
     return result
 
 
-def _cluster(con: duckdb.DuckDBPyConnection) -> None:
+def _cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rules: tuple[str, ...]) -> None:
     """``_id_clusters(source, id_type, record_id, cluster)`` and ``_id_members`` with each identifier's method."""
     con.execute("create or replace temp table _id_rank(method varchar, rank integer)")
     con.executemany("insert into _id_rank values (?, ?)", [[k, v] for k, v in _METHOD_RANK.items()])
@@ -126,7 +128,7 @@ def _cluster(con: duckdb.DuckDBPyConnection) -> None:
         where accepted and corroborated""")
     con.execute("create or replace temp table _id_core as select node from _id_nodes where id_type <> 'anonymous_id'")
     connected_components(con, "_id_core", "_id_all_edges", "_id_comp")
-    _attach_weak_pairs(con)
+    _attach_weak_pairs(con, settings, tuple(tuple(r.split("+")) for r in rules))
     # a component is a person when it holds a customer record, a customer key, or a linkable email/phone hub
     con.execute("""create or replace temp table _id_person_comp as
         select distinct c.component from _id_comp c join _id_nodes n using (node)
@@ -173,7 +175,13 @@ def _cluster(con: duckdb.DuckDBPyConnection) -> None:
         select source, id_type, record_id, cluster from _id_members where cluster is not null""")
 
 
-def _attach_weak_pairs(con: duckdb.DuckDBPyConnection) -> None:
+def _weight(p: float) -> float:
+    """Splink's match weight (log2 odds) of a probability."""
+    return math.log2(p / (1 - p))
+
+
+def _attach_weak_pairs(con: duckdb.DuckDBPyConnection, settings: IdentitySettings,
+                       rules: tuple[tuple[str, ...], ...]) -> None:
     """Merge components through name-only pairs without conflicts or ambiguity; mark the rest not accepted."""
     con.execute("""create or replace temp table _id_facts as
         select n.node, r.dob, r.source, r.customer_id as account from _id_records r
@@ -183,8 +191,18 @@ def _attach_weak_pairs(con: duckdb.DuckDBPyConnection) -> None:
         select distinct a.source as source_a, b.source as source_b from _id_records a
         join _id_records b on b.customer_id = a.customer_id and b.source <> a.source""")
     con.execute("""create or replace temp table _id_weak as
-        select node_l as a, node_r as b, match_weight as weight from _id_pairs where accepted and not corroborated""")
-    merge_weak_edges(con, "_id_comp", "_id_weak")
+        select node_l as a, node_r as b from _id_pairs where accepted and not corroborated""")
+    con.execute("""create or replace temp table _id_scored_weights as
+        select least(node_l, node_r) as a, greatest(node_l, node_r) as b, match_weight as weight from _id_pairs""")
+    names = sorted({c for rule in rules for c in rule})
+    con.execute(f"""create or replace temp table _id_link_records as
+        select n.node, r.source{''.join(f', r."{c}"' for c in names)} from _id_records r
+        join _id_nodes n on n.id_type = 'record' and n.source = r.source and n.record_id = r.record_id""")
+    compared = " or ".join("(" + " and ".join(f'a."{c}" = b."{c}"' for c in rule)
+                           + (" and a.source <> b.source" if settings.link_type == "link_only" else "") + ")"
+                           for rule in rules) or "false"
+    merge_weak_edges(con, "_id_comp", "_id_weak", "_id_scored_weights", "_id_link_records", compared,
+                     _weight(min(settings.review_threshold, settings.match_threshold)), _weight(settings.match_threshold))
     con.execute("""create or replace temp table _id_weak_left as
         select least(ca.component, cb.component) as x, greatest(ca.component, cb.component) as y, w.a, w.b
         from _id_weak w join _id_comp ca on ca.node = w.a join _id_comp cb on cb.node = w.b
