@@ -161,9 +161,29 @@ def test_pipeline_file_is_validated(tmp_path):
     bad.write_text("steps:\n  - name: 01_x\n    notebok: x.ipynb\n")
     with pytest.raises(CdpError, match="unknown key 'notebok'"):
         load_pipeline(bad)
+    bad.write_text("steps:\n  - name: 01_x\n    notebook: x.ipynb\n    optional: true\n    needs: [clicks]\n")
+    with pytest.raises(CdpError, match=r"steps\[0\]\.needs: 'clicks' is not a staging table"):
+        load_pipeline(bad)
     shipped = load_pipeline()  # every non-optional notebook of the shipped pipeline exists
     assert [s.name for s in shipped.steps][:4] == ["01_ingest", "02_identity", "03_conversion", "04_repurchase"]
     assert shipped.index_of("3") == shipped.index_of("conversion") == shipped.index_of("03_conversion") == 2
+
+
+def test_step_whose_data_the_workspace_lacks_is_skipped_not_failed(tiny):
+    """A step needing orders on a workspace without any (as conversion on an orders-only workspace) is skipped."""
+    import yaml
+
+    ws, pipeline = tiny
+    raw = yaml.safe_load(pipeline.read_text())
+    for step in raw["steps"]:
+        if step["name"] in ("02_score", "03_publish"):
+            step["needs"] = ["orders", "sessions"]
+    pipeline.write_text(yaml.safe_dump(raw))
+    result = refresh(ws, as_of=WEEK1, pipeline=pipeline)
+    assert [s.status for s in result.steps] == ["succeeded", "skipped", "skipped", "skipped"], str(result)
+    assert "not applicable: the warehouse has no orders or sessions" in str(result)
+    assert result.exit_code == 0
+    assert "test-model" not in str(result.decision)  # a skipped step's model does not drive retraining
 
 
 def test_report_step_writes_numbers_only(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import yaml
 import cdp_ml
 from cdp_ml import settings
 from cdp_ml.errors import CdpError
+from cdp_ml.sources.kinds import KINDS
 
 DEFAULT_PIPELINE = Path(cdp_ml.__file__).resolve().parent.parent / "pipelines" / "weekly.yaml"
 
@@ -23,6 +24,7 @@ class StepConfig:
     models: tuple[str, ...] = ()  # registered models whose champion age decides `auto` retraining
     optional: bool = False  # skipped (and logged) while its notebook does not exist yet
     parameters: dict[str, Any] = field(default_factory=dict)  # extra papermill parameters
+    needs: tuple[str, ...] = ()  # staging tables of which at least one must have rows, else the step is skipped
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Step:
     models: tuple[str, ...]
     optional: bool
     parameters: dict[str, Any]
+    needs: tuple[str, ...] = ()
 
     @property
     def available(self) -> bool:
@@ -85,9 +88,12 @@ def load_pipeline(path: Path | None = None, check_notebooks: bool = True) -> Pip
         clash = reserved & set(sc.parameters)
         if clash:
             raise CdpError(f"{where}.parameters: {sorted(clash)[0]!r} is set by the runner")
+        unknown = [n for n in sc.needs if n not in KINDS]
+        if unknown:
+            raise CdpError(f"{where}.needs: {unknown[0]!r} is not a staging table (one of {', '.join(KINDS)})")
         notebook = (path.parent / sc.notebook).resolve()
         if check_notebooks and not notebook.is_file() and not sc.optional:
             raise CdpError(f"{where}.notebook: {notebook} does not exist")
         steps.append(Step(index=i, name=sc.name, notebook=notebook, retrain=sc.retrain, models=sc.models,
-                          optional=sc.optional, parameters=dict(sc.parameters)))
+                          optional=sc.optional, parameters=dict(sc.parameters), needs=tuple(sc.needs)))
     return Pipeline(path=path, steps=tuple(steps))

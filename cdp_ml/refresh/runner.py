@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from cdp_ml.engine import table_exists
 from cdp_ml.errors import CdpError
 from cdp_ml.refresh.asof import resolve_as_of
 from cdp_ml.refresh.checks import RetrainDecision, decide_retrain
@@ -265,6 +266,15 @@ class _Run:
                              self.ws.mlflow_dir / "mlflow.db", seconds, warehouse=self.ws.warehouse_path,
                              workspace=self.ws.root)
 
+    def _applicable(self, step: Step) -> bool:
+        """A step with ``needs`` runs only when one of those staging tables has rows (an orders-only
+        workspace has nothing to train a conversion model on, which is not a failure)."""
+        if not step.needs:
+            return True
+        with self.ws.connect() as con:
+            return any(table_exists(con, t) and con.execute(f'select exists (from "{t}")').fetchall()[0][0]
+                       for t in step.needs)
+
     def _run_step(self, step: Step) -> bool:
         record = self.state["steps"][step.index]
         if not step.available:
@@ -272,11 +282,18 @@ class _Run:
             self._save()
             self._log(f"{step.name}: skipped (no {step.notebook.name} yet)")
             return True
+        if not self._applicable(step):
+            wanted = " or ".join(step.needs)
+            record.update(status="skipped", note=f"not applicable: the warehouse has no {wanted}")
+            self._save()
+            self._log(f"{step.name}: skipped (not applicable: the warehouse has no {wanted})")
+            return True
         retrain = False
         if step.retrain:
             if self.decision is None:
                 self.decision = decide_retrain(self.ws, self.as_of, self.mode,
-                                               [s for s in self.pipe.steps[self.start:] if s.retrain])
+                                               [s for s in self.pipe.steps[self.start:]
+                                                if s.retrain and self._applicable(s)])
                 self.state["decision"] = self.decision.to_json()
                 self._save()
                 self._log_decision()
