@@ -171,7 +171,16 @@ def _records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, as_of: 
           union select nick from _id_nicknames union select canonical from _id_nicknames),
         named as (  -- no first name given: the leading word of the email's local part, when it is a first name
           select t.*, coalesce(t.given_token, k.word) as first_token
-          from tokens t left join known k on t.given_token is null and k.word = t.email_word)
+          from tokens t left join known k on t.given_token is null and k.word = t.email_word),
+        surnames as (select distinct last_name from tokens where length(last_name) >= 3),
+        local_part as (
+          select *, regexp_replace(lower(split_part(email, '@', 1)), '[^a-z]', '', 'g') as local_letters from named),
+        surnamed as (  -- no last name given: what follows the first name in the email (anna_jansen@...), when
+                       -- it is a last name of this data set
+          select l.* replace (coalesce(l.last_name, s.last_name) as last_name)
+          from local_part l left join surnames s on {'true' if settings.surname_from_email else 'false'}
+            and l.last_name is null and l.first_token is not null
+            and starts_with(l.local_letters, l.first_token) and s.last_name = substr(l.local_letters, length(l.first_token) + 1))
         select r.source, r.record_id, r.customer_id,
           case when r.email like '%@%' and split_part(r.email, '@', 1) || '@' not in (select value from _id_blocklist)
                then r.email end as email,
@@ -188,7 +197,7 @@ def _records(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, as_of: 
           case when r.street is not null and r.house_number is not null then r.street || ' ' || r.house_number end
             as address,
           r.postcode, r.city, r.created_at, r.updated_at {extra_cols}
-        from named r left join _id_nicknames n on n.nick = r.first_token
+        from surnamed r left join _id_nicknames n on n.nick = r.first_token
 """)
     con.execute("drop table _id_raw")
 

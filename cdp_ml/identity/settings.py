@@ -37,3 +37,4 @@ class IdentitySettings:
     max_rule_comparisons_per_record: float = 10.0  # a blocking rule yielding more pairs than this x records is skipped
     seed: int = 42  # random sampling of u and of the prior
     nicknames: str | None = None  # extra nickname file (CSV: nickname,canonical), relative to the workspace
+    surname_from_email: bool = False  # a record without last name takes it from its email (anna_jansen@): more recall, more namesake merges
