@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/bench_conversion.py --persons 1000000 [--sessions-per-person 8] [--weeks 32]
                                                [--dir /tmp/conversion-bench]
+    .venv/bin/python bench/bench_conversion.py --from-workspace /tmp/scale-1m --dir /tmp/conversion-1m
+
+The second form copies an existing workspace's warehouse (e.g. the 1M-person demo after ingest and
+identity) and its ``cdp_ml.yaml`` instead of generating data, so the timing covers real sessionisation.
 
 Generates staging ``events`` and ``orders`` in DuckDB SQL (a browsing funnel whose purchase probability
 rises with product views and cart adds; ~4 events per session; no real data), then times
@@ -97,36 +101,49 @@ def main() -> None:
     ap.add_argument("--weeks", type=int, default=32)
     ap.add_argument("--dir", default="/tmp/conversion-bench")
     ap.add_argument("--with-backtest", action="store_true", help="also time a separate `backtest` call")
+    ap.add_argument("--from-workspace", help="copy this workspace's warehouse and cdp_ml.yaml instead of generating")
     args = ap.parse_args()
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    (root / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": []}))
-    ws = Workspace.open(root)
-
     t0 = time.perf_counter()
-    counts = generate(ws, args.persons, args.sessions_per_person, args.weeks)
+    if args.from_workspace:
+        source = Workspace.open(args.from_workspace)
+        (root / "cdp_ml.yaml").write_text(yaml.safe_dump({
+            **yaml.safe_load((source.root / "cdp_ml.yaml").read_text()), "warehouse": "data/warehouse.duckdb",
+            "mlflow_dir": "mlruns"}))
+        ws = Workspace.open(root)
+        ws.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source.warehouse_path, ws.warehouse_path)
+        with ws.connect() as con:
+            counts = {t: con.execute(f"select count(*) from {t}").fetchall()[0][0] for t in ("events", "orders")}
+        as_of = conversion.default_as_of(ws)
+    else:
+        (root / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": []}))
+        ws = Workspace.open(root)
+        counts = generate(ws, args.persons, args.sessions_per_person, args.weeks)
+        as_of = AS_OF
     gen_s = time.perf_counter() - t0
-    print(f"generated {counts['events']:,} events, {counts['orders']:,} orders for {args.persons:,} persons "
-          f"in {gen_s:.1f}s")
+    print(f"{'copied' if args.from_workspace else 'generated'} {counts['events']:,} events, {counts['orders']:,} "
+          f"orders in {gen_s:.1f}s", flush=True)
 
     def report(step: str, seconds: float, rows: int) -> None:
         print("BENCH " + json.dumps({"step": step, "seconds": round(seconds, 1), "rows": rows,
                                      "rows_per_s": round(rows / max(seconds, 1e-9)), "peak_mb": round(peak_mb())}),
               flush=True)
 
-    report("generate", gen_s, counts["events"])
+    report("copy" if args.from_workspace else "generate", gen_s, counts["events"])
     # train = gate backtest (fit before the window, score it, baselines) + final fit + register: the target
     t0 = time.perf_counter()
-    tr = conversion.train(ws, AS_OF)
+    tr = conversion.train(ws, as_of)
     tr_s = time.perf_counter() - t0
     print(tr, flush=True)
     report("train (backtest + fit + register)", tr_s, tr.train_rows + tr.backtest.train_rows + tr.backtest.eval_rows)
     if args.with_backtest:
         t0 = time.perf_counter()
-        bt = conversion.backtest(ws, AS_OF - timedelta(weeks=ws.config.conversion.backtest_weeks + 1))
+        bt = conversion.backtest(ws, as_of - timedelta(weeks=ws.config.conversion.backtest_weeks + 1))
         report("backtest", time.perf_counter() - t0, bt.train_rows + bt.eval_rows)
-    print(f"train with its backtest: {tr_s:.1f}s for {args.persons:,} persons ({counts['events']:,} events); "
+    print(f"train with its backtest: {tr_s:.1f}s for {counts['events']:,} events; "
           f"peak RSS {peak_mb():,.0f} MB", flush=True)
 
 

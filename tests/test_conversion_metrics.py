@@ -34,3 +34,22 @@ def test_summary_and_gains_agree_with_a_perfect_ranking():
     assert (gains["positives_share"].diff().dropna() >= -1e-12).all()
     table = metrics.calibration_table(y, p, bins=5)
     assert table["rows"].sum() == 500 and len(table) == 5
+
+
+def test_audience_reduction_interval_brackets_the_estimate_and_narrows_with_more_data():
+    rng = np.random.default_rng(11)
+
+    def sample(n: int):
+        y = (rng.random(n) < 0.15).astype(int)
+        return y, y * 1.5 + rng.normal(0, 1, n)
+
+    widths = []
+    for n in (1_000, 40_000):
+        y, p = sample(n)
+        groups = np.arange(n) // 3  # visitors with three sessions each
+        low, high = metrics.audience_reduction_interval(y, p, 0.99, groups=groups)
+        point = metrics.audience_reduction(y, p, 0.99)
+        assert low <= point <= high and low < high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2
+    assert all(np.isnan(v) for v in metrics.audience_reduction_interval([0, 0], [0.1, 0.2]))

@@ -36,7 +36,12 @@ EVENT_NUMERIC = (
     "prev_checkout_starts", "prev_purchases", "visitor_sessions_1d", "visitor_sessions_7d",
     "visitor_product_views_7d", "visitor_cart_adds_7d", "person_orders", "person_returns", "person_order_amount",
     "person_mean_order_gap_days", "days_since_last_purchase", "purchase_cycle_ratio",
+    "device_age_days", "prev_bounces", "visitor_days_since_prev_session", "visitor_decayed_sessions",
+    "visitor_decayed_product_views", "visitor_decayed_cart_adds", "category_orders", "category_share",
+    "days_since_category_purchase", "category_cycle_ratio",
 )
+# Time constant (days) of the recency-weighted visitor engagement: a visit counts exp(-age / tau).
+DECAY_DAYS = 7.0
 EVENT_CATEGORICAL = ("channel", "traffic_source", "first_category", "last_category", "exit_event_type")
 
 # Columns of a sessions source that are never features.
@@ -104,9 +109,29 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
             where ordered_at < ? and person_id is not null
             group by all
         """, [until])
+        category = '"category"' if "category" in _relation_columns(con, orders) else "null::varchar"
+        # purchase occasions per category: the person's rhythm for what they browse now
+        con.execute(f"""
+            create or replace temp table conv_category_history as
+            with occasions as (
+                select person_id::varchar as person_id, {category}::varchar as category, ordered_at
+                from {orders}
+                where ordered_at < ? and person_id is not null and {category} is not null
+                  and coalesce({status}, 'completed') <> 'cancelled'
+                group by all
+            )
+            select person_id, category, ordered_at,
+                   count(*) over w as category_orders,
+                   case when count(*) over w > 1 then (epoch(ordered_at) - epoch(min(ordered_at) over w)) / 86400.0
+                                                      / (count(*) over w - 1) end as category_mean_gap_days
+            from occasions
+            window w as (partition by person_id, category order by ordered_at rows unbounded preceding)
+        """, [until])
     else:
         con.execute("create or replace temp table conv_orders (person_id varchar, order_id varchar, "
                     "ordered_at timestamp, amount double, returned boolean, cancelled boolean)")
+        con.execute("create or replace temp table conv_category_history (person_id varchar, category varchar, "
+                    "ordered_at timestamp, category_orders bigint, category_mean_gap_days double)")
     con.execute("""
         create or replace temp table conv_order_history as
         with per_time as (
@@ -155,6 +180,8 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
                    coalesce(sum(n_checkout_starts) over wp, 0)::integer as prev_checkout_starts,
                    coalesce(count(purchased_at) over wp, 0)::integer as prev_purchases,
                    max(purchased_at) over wp as prev_purchase_at,
+                   (epoch(started_at) - epoch(first_value(started_at) over wd)) / 86400.0 as device_age_days,
+                   coalesce(sum(bounce) over wp, 0)::integer as prev_bounces,
                    case when known = 1 then person_id end as known_person_id,
                    coalesce(case when known = 1 then 'p:' || person_id end, device_id) as history_key
             from conv_sessions
@@ -169,14 +196,35 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
                                    range between interval 1 day preceding and current row) - 1)::integer
                        as visitor_sessions_1d,
                    (sum(n_product_views) over v7 - n_product_views)::integer as visitor_product_views_7d,
-                   (sum(n_cart_adds) over v7 - n_cart_adds)::integer as visitor_cart_adds_7d
+                   (sum(n_cart_adds) over v7 - n_cart_adds)::integer as visitor_cart_adds_7d,
+                   (epoch(started_at) - epoch(lag(started_at) over vr)) / 86400.0 as visitor_days_since_prev_session,
+                   -- recency-weighted engagement: sum of exp(-(t - t_i) / tau) over earlier visits, as
+                   -- exp(-(t - t0) / tau) * sum(exp((t_i - t0) / tau)) with t0 the visitor's first visit
+                   -- (exponent capped: histories beyond ~13 years lose the oldest weights, not the recent ones)
+                   exp(-least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
+                              700)) as decay_now,
+                   exp(least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
+                             700)) as decay_weight
             from s
             window v7 as (partition by history_key order by started_at
-                          range between interval 7 days preceding and current row)
+                          range between interval 7 days preceding and current row),
+                   vr as (partition by history_key order by started_at, session_id)
+        ), decayed as (
+            select * exclude (decay_now, decay_weight),
+                   coalesce(decay_now * sum(decay_weight) over vp, 0) as visitor_decayed_sessions,
+                   coalesce(decay_now * sum(decay_weight * n_product_views) over vp, 0) as visitor_decayed_product_views,
+                   coalesce(decay_now * sum(decay_weight * n_cart_adds) over vp, 0) as visitor_decayed_cart_adds
+            from visitor
+            window vp as (partition by history_key order by started_at, session_id
+                          rows between unbounded preceding and 1 preceding)
+        ), with_category as (
+            select d.*, c.category_orders, c.category_mean_gap_days, c.ordered_at as last_category_order_at
+            from decayed d asof left join conv_category_history c
+              on d.known_person_id = c.person_id and d.last_category = c.category and d.started_at > c.ordered_at
         ), with_orders as (
             select s.*, h.person_orders, h.person_returns, h.person_order_amount, h.person_mean_order_gap_days,
                    h.ordered_at as last_order_at
-            from visitor s asof left join conv_order_history h
+            from with_category s asof left join conv_order_history h
               on s.known_person_id = h.person_id and s.started_at > h.ordered_at
         ), next_device as (
             select w.session_id, w.device_id, w.session_no, p.ts as next_device_purchase
@@ -188,10 +236,11 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
         select w.session_id, w.device_id, w.person_id, w.anonymous_id, w.scored_at,
                coalesce('p:' || w.person_id, w.device_id) as visitor_id,
                least(nd.next_device_purchase, np.next_person_purchase) as next_purchase_at,
-               null::boolean as converted,
+               null::boolean as converted, w.purchased_at is not null as session_purchased,
                w.* exclude (session_id, device_id, person_id, anonymous_id, scored_at, session_no, known_person_id,
                             history_key, started_at, purchased_at, prev_purchase_at, last_order_at,
-                            person_orders, person_returns, person_order_amount),
+                            person_orders, person_returns, person_order_amount, category_orders,
+                            category_mean_gap_days, last_category_order_at),
                coalesce(w.person_orders, 0)::integer as person_orders,
                coalesce(w.person_returns, 0)::integer as person_returns,
                coalesce(w.person_order_amount, 0)::double as person_order_amount,
@@ -199,6 +248,11 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
                    as days_since_last_purchase,
                (epoch(w.started_at) - epoch(w.last_order_at)) / 86400.0 / w.person_mean_order_gap_days
                    as purchase_cycle_ratio,
+               coalesce(w.category_orders, 0)::integer as category_orders,
+               coalesce(w.category_orders, 0) / nullif(w.person_orders, 0) as category_share,
+               (epoch(w.started_at) - epoch(w.last_category_order_at)) / 86400.0 as days_since_category_purchase,
+               (epoch(w.started_at) - epoch(w.last_category_order_at)) / 86400.0 / w.category_mean_gap_days
+                   as category_cycle_ratio,
                pk.days_to_peak
         from with_orders w
         join next_device nd using (session_id, device_id, session_no)
@@ -206,7 +260,7 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
         left join conv_peaks pk on pk.d = cast(w.started_at as date)
     """)
     for t in ("conv_sessions", "conv_purchase_events", "conv_orders", "conv_order_history", "conv_purchases",
-              "conv_peaks"):
+              "conv_peaks", "conv_category_history"):
         con.execute(f"drop table if exists {t}")
     rows = con.execute(f"select count(*) from {POINTS_TABLE}").fetchall()[0][0]
     return PointsSpec("events", EVENT_NUMERIC, EVENT_CATEGORICAL, conversion.horizon_days, rows)
@@ -239,7 +293,8 @@ def _session_source_points(con: duckdb.DuckDBPyConnection, until: datetime) -> P
         select session_id::varchar as session_id, coalesce('a:' || anonymous_id, 's:' || session_id) as device_id,
                person_id::varchar as person_id, anonymous_id::varchar as anonymous_id, "timestamp" as scored_at,
                coalesce('p:' || person_id, 'a:' || anonymous_id, 's:' || session_id) as visitor_id,
-               null::timestamp as next_purchase_at, converted::boolean as converted, {feats}
+               null::timestamp as next_purchase_at, converted::boolean as converted, false as session_purchased,
+               {feats}
         from {rel}
         where "timestamp" < ? and "timestamp" is not null
     """, [until])
@@ -254,16 +309,20 @@ def _label_sql(spec: PointsSpec, horizon_days: int) -> str:
 
 
 def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | None, end: datetime,
-          horizon_days: int, keep: str = "true") -> pd.DataFrame:
+          horizon_days: int, keep: str = "true", without_purchase_sessions: bool = False) -> pd.DataFrame:
     """Scoring points with ``start <= scored_at < end`` and a known label, ordered by time.
 
     A label is known when its whole window ends before ``end + horizon`` lies in the data, which the caller
     guarantees by choosing ``end`` (training: ``cutoff - horizon``). ``keep`` is an extra SQL predicate
     (the profiling objection: persons who objected are never training examples).
+    ``without_purchase_sessions`` leaves out sessions that ended in a purchase: the retargeting audience is
+    visitors who left without buying, and a checkout completed minutes later is not a conversion an ad can win.
     """
     cols = ", ".join(f'"{c}"' for c in spec.features)
     label = _label_sql(spec, horizon_days)
     where = f"({keep}) and scored_at < ?" + (" and scored_at >= ?" if start is not None else "")
+    if without_purchase_sessions:
+        where += " and not session_purchased"
     if spec.kind == "sessions":
         where += " and converted is not null"
     params = [end] + ([start] if start is not None else [])

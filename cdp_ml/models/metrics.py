@@ -80,6 +80,39 @@ def audience_reduction(y: Any, p: Any, keep: float = 0.99) -> float:
     return float(1.0 - sizes[idx] / y.size)
 
 
+def audience_reduction_interval(y: Any, p: Any, keep: float = 0.99, groups: Any = None, replicates: int = 200,
+                                level: float = 0.9, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of ``audience_reduction``: how much the saving moves with the sample.
+
+    The 99 % point is decided by the few lowest-scored positives (1 % of a few hundred is a handful), so a
+    single figure says little. Resampling whole ``groups`` (e.g. visitors, whose sessions are correlated)
+    with replacement gives the ``level`` interval; ties stay unsplit as in ``audience_reduction``.
+    """
+    y, p = _arrays(y, p)
+    if int(y.sum()) == 0:
+        return float("nan"), float("nan")
+    codes = (np.arange(y.size) if groups is None
+             else pd.factorize(pd.Series(np.asarray(groups, dtype=object)).fillna("(none)"))[0])
+    n_groups = int(codes.max()) + 1
+    order = np.argsort(-p, kind="stable")
+    p_sorted, y_sorted, codes_sorted = p[order], y[order].astype(np.float64), codes[order]
+    last_of_tie = np.r_[p_sorted[1:] != p_sorted[:-1], True]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(replicates):
+        weight = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[codes_sorted].astype(np.float64)
+        cum_pos = np.cumsum(weight * y_sorted)[last_of_tie]
+        sizes = np.cumsum(weight)[last_of_tie]
+        if cum_pos[-1] <= 0:
+            continue
+        idx = int(np.argmax(cum_pos >= keep * cum_pos[-1] - 1e-9))
+        values.append(1.0 - sizes[idx] / sizes[-1])
+    if not values:
+        return float("nan"), float("nan")
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def cumulative_gains(y: Any, p: Any, points: int = 20) -> pd.DataFrame:
     """Share of positives captured by the top x% of the audience, at ``points`` evenly spaced shares."""
     y, p = _arrays(y, p)

@@ -16,10 +16,15 @@ class ConversionSettings:
     training_weeks: int = 26  # history used for training before the cutoff
     input: Literal["auto", "events", "sessions"] = "auto"  # auto: a sessions source when it has rows, else events
     purchase_event_types: tuple[str, ...] = ("purchase",)  # checkout-complete events: label side, never features
+    # training/evaluation population: "retargeting" = sessions that ended without a purchase (the audience an
+    # ad can still convert); "all" also scores sessions just before their own checkout completes (live intent)
+    population: Literal["retargeting", "all"] = "all"
     n_estimators: int = 1000  # LightGBM boosting rounds at most (early stopping on a later time slice)
     learning_rate: float = 0.05
     num_leaves: int = 31
     min_child_samples: int = 50
+    early_stopping_metric: Literal["auc", "binary_logloss"] = "auc"  # on the validation slice
+    early_stopping_rounds: int = 50  # rounds without improvement before boosting stops
     validation_share: float = 0.15  # latest training share before calibration: early stopping
     calibration_share: float = 0.15  # latest training share: Platt calibration of the probabilities
     max_training_rows: int = 3_000_000  # larger training slices keep every positive and a hash sample of negatives
