@@ -6,6 +6,7 @@ Only aggregates, parameters, figures and models go to MLflow; never personal dat
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +22,16 @@ from cdp_ml.workspace import Workspace  # noqa: E402
 PARENT_RUN_ENV = "CDP_ML_PARENT_RUN_ID"
 
 
+def _quiet_mlflow() -> None:
+    """Keep MLflow's advice for other set-ups out of the CLI's and notebooks' output: we log a pickled
+    ``python_model`` on purpose, and the store is created once per workspace."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+
+
 def setup(ws: Workspace) -> mlflow.MlflowClient:
     """Point MLflow at the workspace store (absolute sqlite URI, so any cwd works)."""
+    _quiet_mlflow()
     root = ws.mlflow_dir
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
