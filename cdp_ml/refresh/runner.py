@@ -339,7 +339,10 @@ class _Run:
                 pm.execute_notebook(str(step.notebook), str(out_nb), parameters=params,
                                     kernel_name=self.settings.kernel, language="python",
                                     execution_timeout=self.settings.step_timeout_minutes * 60,
-                                    progress_bar=self.tty, log_output=False, cwd=str(self.ws.root))
+                                    progress_bar=self.tty, log_output=False, cwd=str(self.ws.root),
+                                    # the kernel's own warnings (e.g. "running over TCP without encryption"
+                                    # for a local kernel) are noise in the refresh log; errors still show
+                                    extra_arguments=["--IPKernelApp.log_level=ERROR"])
             except NoSuchKernel:
                 raise CdpError(f"Jupyter kernel {self.settings.kernel!r} is not installed "
                                "(run `make install` or: .venv/bin/python -m ipykernel install --sys-prefix "
