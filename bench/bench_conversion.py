@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/conversion-bench")
     ap.add_argument("--with-backtest", action="store_true", help="also time a separate `backtest` call")
     ap.add_argument("--from-workspace", help="copy this workspace's warehouse and cdp_ml.yaml instead of generating")
+    ap.add_argument("--backtest-only", action="store_true",
+                    help="time one `backtest` (features + fit + baselines + evaluation) instead of `train`")
     args = ap.parse_args()
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
@@ -115,6 +117,9 @@ def main() -> None:
         ws = Workspace.open(root)
         ws.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source.warehouse_path, ws.warehouse_path)
+        wal = source.warehouse_path.with_name(source.warehouse_path.name + ".wal")
+        if wal.exists():
+            shutil.copy(wal, ws.warehouse_path.with_name(ws.warehouse_path.name + ".wal"))
         with ws.connect() as con:
             counts = {t: con.execute(f"select count(*) from {t}").fetchall()[0][0] for t in ("events", "orders")}
         as_of = conversion.default_as_of(ws)
@@ -133,6 +138,13 @@ def main() -> None:
               flush=True)
 
     report("copy" if args.from_workspace else "generate", gen_s, counts["events"])
+    if args.backtest_only:
+        t0 = time.perf_counter()
+        bt = conversion.backtest(ws, as_of - timedelta(weeks=ws.config.conversion.backtest_weeks + 1))
+        bt_s = time.perf_counter() - t0
+        print(bt, flush=True)
+        report("backtest (features + fit + baselines + evaluation)", bt_s, bt.train_rows + bt.eval_rows)
+        return
     # train = gate backtest (fit before the window, score it, baselines) + final fit + register: the target
     t0 = time.perf_counter()
     tr = conversion.train(ws, as_of)
