@@ -1,6 +1,7 @@
 """Identity-resolution benchmark: records/s, comparisons, peak memory and F1 on demo data.
 
     python bench/bench_identity.py --persons 100000 [--dir /tmp/identity-bench-100k] [--keep]
+    python bench/bench_identity.py --febrl-like 1500   # FEBRL-layout file, own column names, soc_sec_id extra field
 
 Generates the demo workspace (or reuses ``--dir`` when it already holds an ingested one), then times
 ``resolve`` and ``evaluate`` on it. Targets (issue 3): 1M customer records in <= 5 minutes and <= 8 GB
@@ -70,10 +71,13 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep a temporary workspace")
     parser.add_argument("--customers-only", action="store_true",
                         help="only the demo's three customers sources (no events): the 1M-record resolution target")
+    parser.add_argument("--febrl-like", type=int, default=0, metavar="ENTITIES",
+                        help="instead of demo data: a FEBRL-layout file of this many entities (tests/test_identity.py)")
     args = parser.parse_args()
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="identity-bench-"))
     try:
-        ws = _prepared(root, args.persons, args.seed, args.customers_only)
+        ws = _febrl(root, args.febrl_like) if args.febrl_like else _prepared(root, args.persons, args.seed,
+                                                                              args.customers_only)
         from cdp_ml.identity import evaluate, resolve
 
         cpu0 = time.process_time()
@@ -87,7 +91,7 @@ def main() -> int:
                    largest_cluster=result.largest_cluster)
         with PeakMemory() as mem:
             t0 = time.perf_counter()
-            scores = evaluate(ws, demo=True)
+            scores = evaluate(ws, truth=root / "truth.csv") if args.febrl_like else evaluate(ws, demo=True)
             seconds = time.perf_counter() - t0
         print(scores, flush=True)
         rec = scores.records
@@ -141,6 +145,29 @@ def _customers_only(root: Path, persons: int, seed: int) -> None:
     config = demo.workspace_yaml()
     config["sources"] = [s for s in config["sources"] if s["kind"] == "customers"]
     (root / "cdp_ml.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def _febrl(root: Path, entities: int) -> Workspace:
+    """The FEBRL-like workspace of the identity tests (typos, missing values, own column names), ingested."""
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_identity import _febrl_like  # noqa: PLC0415 - the test's generator, one definition
+
+    _febrl_like(root, entities=entities)
+    config = {
+        "identity": {"extra_match_fields": [{"column": "soc_sec_id", "comparison": "levenshtein"},
+                                            {"column": "state", "comparison": "exact", "block": False}]},
+        "sources": [{"name": "febrl", "kind": "customers", "path": "raw/febrl.csv", "columns": {
+            "record_id": "rec_id", "first_name": "given_name", "last_name": "surname", "house_number": "street_number",
+            "street": "address_1", "city": "suburb", "postcode": "postcode", "date_of_birth": "date_of_birth"}}],
+    }
+    (root / "cdp_ml.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    ws = Workspace.open(root)
+    from cdp_ml.sources import ingest
+
+    ingest(ws)
+    return ws
 
 
 def _prepared(root: Path, persons: int, seed: int, customers_only: bool) -> Workspace:

@@ -1,12 +1,15 @@
-"""Over-merging guards of the identity clustering: weak (name-only) pairs, conflicts, learned name aliases."""
+"""Over-merging guards of the identity clustering (weak name-only pairs, conflicts, learned name aliases)
+and blocking at scale."""
 
 from __future__ import annotations
 
 import duckdb
 import pytest
-from test_identity import _customer, _map, _workspace, _write_csv
+import yaml
+from test_identity import _customer, _febrl_like, _map, _workspace, _write_csv
 
-from cdp_ml.identity import resolve
+from cdp_ml import Workspace
+from cdp_ml.identity import evaluate, matching, resolve
 from cdp_ml.identity.clustering import merge_weak_edges
 from cdp_ml.sources import ingest
 
@@ -101,3 +104,24 @@ def test_learned_aliases_and_swapped_names_keep_a_value_linkable(families):
     assert rec[5] != rec[6], "a mailbox shared by a Kees and a Lotte stays shared"
     assert m[("service", "email", "fam.smit@ziggo.nl")] is None
     assert rec[7] == rec[8], "first and last name swapped is one person"
+
+
+def test_a_blocking_rule_over_budget_keeps_its_rare_values(tmp_path, monkeypatch):
+    """At scale a rule like first name + last name exceeds the budget; its common values are left out, not the rule."""
+    monkeypatch.setattr(matching, "MIN_RULE_BUDGET", 10)
+    root = tmp_path / "febrl"
+    truth = _febrl_like(root, entities=120)
+    config = {"identity": {"max_rule_comparisons_per_record": 0.4},
+              "sources": [{"name": "febrl", "kind": "customers", "path": "raw/febrl.csv", "columns": {
+                  "record_id": "rec_id", "first_name": "given_name", "last_name": "surname",
+                  "house_number": "street_number", "street": "address_1", "city": "suburb", "postcode": "postcode",
+                  "date_of_birth": "date_of_birth"}}]}
+    (root / "cdp_ml.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    ws = Workspace.open(root)
+    ingest(ws)
+    result = resolve(ws)
+    capped = [r for r in result.blocking_rules if "(<=" in r]
+    assert capped and any("kept for values on at most" in n for n in result.notes), str(result)
+    assert result.comparisons <= 0.4 * result.records * len(result.blocking_rules)
+    scores = evaluate(ws, truth=truth)
+    assert scores.records.precision >= 0.95 and scores.records.recall >= 0.5, str(scores)

@@ -85,8 +85,8 @@ def merge_weak_edges(con: duckdb.DuckDBPyConnection, comp: str, weak: str, score
     ``min_weight``: the webshop record that disagrees outweighs the loyalty card that agrees. Each
     round, every component picks its best linked candidate that it does not conflict with
     (``component_conflicts``); two components merge only when they pick each other, and not when either
-    has a runner-up nearly as good (within ``AMBIGUITY_BITS``): a record fitting two persons joins
-    neither. Returns the number of merges.
+    has a runner-up nearly as good (within ``AMBIGUITY_BITS``) that is not linked to the best: a record
+    fitting two separate persons joins neither. Returns the number of merges.
     """
     merges = 0
     for _ in range(MAX_WEAK_ROUNDS):
@@ -111,13 +111,14 @@ def merge_weak_edges(con: duckdb.DuckDBPyConnection, comp: str, weak: str, score
             directed as (select x as u, y as v, weight from ok union all select y, x, weight from ok)
             select u, v, weight, row_number() over (partition by u order by weight desc, v) as rank
             from directed""")
-        # a runner-up nearly as good as the best: the picker fits two persons and waits (for them to
-        # merge first, when they are one) rather than bridging them
+        # a runner-up nearly as good as the best and not linked to it: the picker fits two separate persons
+        # and joins neither (a runner-up linked to the best may be the same person: they can merge later)
         con.execute("""create or replace temp table _wm_merge as
-            with best as (
-              select b.u, b.v from _wm_ranked b
-              left join _wm_ranked r on r.u = b.u and r.rank = 2
-              where b.rank = 1 and (r.u is null or r.weight <= b.weight - ?))
+            with ambiguous as (
+              select distinct b.u from _wm_ranked b
+              join _wm_ranked r on r.u = b.u and r.rank > 1 and r.weight > b.weight - ?
+              where b.rank = 1 and not exists (select 1 from _wm_ranked l where l.u = b.v and l.v = r.v)),
+            best as (select u, v from _wm_ranked where rank = 1 and u not in (select u from ambiguous))
             select a.u as x, a.v as y from best a join best b on b.u = a.v and b.v = a.u where a.u < a.v""",
                     [AMBIGUITY_BITS])
         n = con.execute("select count(*) from _wm_merge").fetchall()[0][0]

@@ -3,12 +3,15 @@
 Comparisons are built from whatever match columns the workspace fills (missing fields are left out), so
 the same code serves a rich CRM and a bare FEBRL-like file. u is trained by random sampling and m by EM
 every run (or a saved model is reused). Blocking rules are pre-counted in SQL and a rule that would
-produce more than ``max_rule_comparisons_per_record`` pairs per record is dropped, which keeps the
-comparison count far from cartesian at millions of records.
+produce more than ``max_rule_comparisons_per_record`` pairs per record keeps only its values shared by
+few enough records to fit that budget (or is dropped), which keeps the comparison count far from
+cartesian at millions of records.
 
 Guardrail after scoring: a pair is only accepted when it has evidence about the *individual* (first
 name, date of birth, email or an extra id field agrees) and the first names do not flatly disagree;
-people sharing a surname, address or household phone are therefore never joined on that alone.
+people sharing a surname, address or household phone are therefore never joined on that alone. Pairs
+whose only individual evidence is the name are marked not ``corroborated``: clustering merges them
+cautiously (``cdp_ml.identity.clustering.merge_weak_edges``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ MODEL_FILE = "identity_splink_model.json"
 EM_MAX_PAIRS = 2e6
 EM_MAX_ITERATIONS = 12  # unobserved levels decay towards m = 0, which Splink rejects after many iterations
 M_FLOOR = 1e-3
+# A pair is corroborated when a field about the individual other than the name (birth date, email, phone,
+# extra id) agrees with at least this term-frequency-adjusted match weight (log2 odds). The email number is
+# not enough: it mostly repeats a birth year (anna1985@), evidence the name and birth date already gave.
+CORROBORATION_BITS = 6.0
+MAX_CAPPED_BLOCK = 50  # a value on more records than this is no identifier: a capped rule never keeps it
 MIN_RULE_BUDGET = 100_000  # small workspaces keep every blocking rule  # no single disagreeing field may veto a match with a near-infinite negative weight
 # Blocking rules in order of preference; a rule is used when all its columns are compared.
 PREDICTION_RULES: tuple[tuple[str, ...], ...] = (
@@ -62,6 +70,7 @@ class MatchOutcome:
     rules: tuple[str, ...]
     trained: bool
     comparison_names: tuple[str, ...]
+    rule_columns: tuple[tuple[str, ...], ...] = ()  # columns each used blocking rule equates (on _id_records)
 
 
 def _comparison(col: MatchColumn):
@@ -147,6 +156,34 @@ def _count_rule(con: duckdb.DuckDBPyConnection, rule: tuple[str, ...], link_only
     return int(total)
 
 
+def _capped_rule(con: duckdb.DuckDBPyConnection, rule: tuple[str, ...], budget: float) -> tuple[str, int, int] | None:
+    """A rule over budget restricted to its values shared by at most ``cap`` records, the largest cap (at most
+    ``MAX_CAPPED_BLOCK``) that fits the budget: ``(blocking column added to _id_match, cap, pairs)``, or None when not even pairs fit.
+
+    The most common values (``jan de jong`` at a million records) are left out: they generate most of the
+    pairs and carry the least evidence, while rarer names still find each other.
+    """
+    keys = ", ".join(f'"{c}"' for c in rule)
+    not_null = " and ".join(f'"{c}" is not null' for c in rule)
+    sizes = con.execute(f"""select n, count(*) from (select count(*) as n from _id_match where {not_null} group by {keys})
+                            where n >= 2 group by n order by n""").fetchall()
+    cap = pairs = 0
+    for n, groups in sizes:
+        more = groups * n * (n - 1) // 2
+        if pairs + more > budget or n > MAX_CAPPED_BLOCK:
+            break
+        cap, pairs = n, pairs + more
+    if cap < 2:
+        return None
+    column = "blk_" + "_".join(rule)
+    con.execute(f"""create or replace table _id_match as
+        select m.*, case when k.n <= {cap} then concat_ws(chr(31), {', '.join(f'cast(m."{c}" as varchar)' for c in rule)})
+          end as "{column}"
+        from _id_match m left join (select {keys}, count(*) as n from _id_match where {not_null} group by {keys}) k
+          using ({keys})""")
+    return column, cap, pairs
+
+
 def _rule(rule: tuple[str, ...], link_only: bool) -> str:
     """Blocking rule SQL (equal, non-null columns; across sources only for link_only)."""
     cond = " and ".join(f'l."{c}" = r."{c}"' for c in rule)
@@ -192,14 +229,27 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
     candidates += [(c.name,) for c in cols if c.block]
     budget = max(settings.max_rule_comparisons_per_record * n_records, MIN_RULE_BUDGET)
     rules: list[tuple[str, ...]] = []
+    shown: list[str] = []
+    compared: list[tuple[str, ...]] = []
     comparisons = 0
     for rule in candidates:
         k = _count_rule(con, rule, link_only)
         if k > budget:
-            log.append(f"blocking rule {'+'.join(rule)} skipped: {k:,} pairs exceed the budget of {int(budget):,}")
-            continue
-        if k > 0:
+            capped = _capped_rule(con, rule, budget)
+            if capped is None:
+                log.append(f"blocking rule {'+'.join(rule)} skipped: {k:,} pairs exceed the budget of {int(budget):,}")
+                continue
+            column, cap, k = capped
+            log.append(f"blocking rule {'+'.join(rule)} kept for values on at most {cap} records ({k:,} pairs; "
+                       f"all values: more than the budget of {int(budget):,})")
+            rules.append((column,))
+            shown.append(f"{'+'.join(rule)}(<={cap})")
+            compared.append(rule)
+            comparisons += k
+        elif k > 0:
             rules.append(rule)
+            shown.append("+".join(rule))
+            compared.append(rule)
             comparisons += k
     if not rules or n_records < 2:
         _empty_pairs(wh)
@@ -251,12 +301,16 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
     initial = f"{gammas['first_name']} = 1" if "first_name" in gammas else "false"
     # corroborated: an individual field other than the name agrees (and the birth dates do not conflict);
     # a pair resting on names (+ household fields) only is a weak edge that clustering attaches cautiously
-    beyond_name = " or ".join(f'"mw_{n}" > 0' for n in person_level if n != "first_name") or "false"
+    have = set(rel.columns)
+    weight = {c.name: f'("mw_{c.name}" + coalesce("mw_tf_adj_{c.name}", 0))' if f"mw_tf_adj_{c.name}" in have
+              else f'"mw_{c.name}"' for c in cols}  # term-frequency adjusted: a common birth year is little evidence
+    beyond_name = " or ".join(f"{weight[n]} >= {CORROBORATION_BITS}" for n in person_level
+                              if n not in ("first_name", "email_number")) or "false"
     dob_conflict = dob_conflict_sql("dob_l", "dob_r") if "dob" in gammas else "false"
     con.execute(f"""create or replace temp table _id_scored as
         select least(unique_id_l, unique_id_r) as node_l, greatest(unique_id_l, unique_id_r) as node_r,
           match_probability, match_weight, map([{', '.join(repr(c.name) for c in cols)}],
-            [{', '.join(f'"mw_{c.name}"' for c in cols)}]) as field_weights,
+            [{', '.join(weight[c.name] for c in cols)}]) as field_weights,
           case when match_probability < ? then 'below threshold'
                when {first_conflict} then 'first names disagree'
                when not ({evidence}) and {initial} then 'initial only'
@@ -283,8 +337,8 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
     wh.execute("create or replace temp table _id_pairs as select * from _id_pairs_arrow")
     wh.unregister("_id_pairs_arrow")
     scored, accepted = wh.execute("select count(*), count(*) filter (where accepted) from _id_pairs").fetchall()[0]
-    return MatchOutcome(comparisons, int(scored), int(accepted), tuple("+".join(r) for r in rules), trained,
-                        tuple(c.name for c in cols))
+    return MatchOutcome(comparisons, int(scored), int(accepted), tuple(shown), trained,
+                        tuple(c.name for c in cols), tuple(compared))
 
 
 @contextmanager

@@ -89,7 +89,7 @@ def resolve(ws: Workspace, as_of: date | None = None) -> ResolveResult:
         else:
             matching._empty_pairs(con)
             outcome = matching.MatchOutcome(0, 0, 0, (), False, ())
-        _cluster(con, settings, outcome.rules)
+        _cluster(con, settings, outcome.rule_columns)
         # one transaction: a crash (e.g. a killed weekly refresh) leaves the previous persons intact
         con.execute("begin transaction")
         try:
@@ -118,7 +118,8 @@ def resolve(ws: Workspace, as_of: date | None = None) -> ResolveResult:
     return result
 
 
-def _cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rules: tuple[str, ...]) -> None:
+def _cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings,
+             rules: tuple[tuple[str, ...], ...]) -> None:
     """``_id_clusters(source, id_type, record_id, cluster)`` and ``_id_members`` with each identifier's method."""
     con.execute("create or replace temp table _id_rank(method varchar, rank integer)")
     con.executemany("insert into _id_rank values (?, ?)", [[k, v] for k, v in _METHOD_RANK.items()])
@@ -128,7 +129,7 @@ def _cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings, rules: 
         where accepted and corroborated""")
     con.execute("create or replace temp table _id_core as select node from _id_nodes where id_type <> 'anonymous_id'")
     connected_components(con, "_id_core", "_id_all_edges", "_id_comp")
-    _attach_weak_pairs(con, settings, tuple(tuple(r.split("+")) for r in rules))
+    _attach_weak_pairs(con, settings, rules)
     # a component is a person when it holds a customer record, a customer key, or a linkable email/phone hub
     con.execute("""create or replace temp table _id_person_comp as
         select distinct c.component from _id_comp c join _id_nodes n using (node)

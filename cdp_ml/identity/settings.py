@@ -34,7 +34,7 @@ class IdentitySettings:
     probabilistic: bool = True  # false: deterministic stitching only (no Splink)
     review_threshold: float = 0.3  # pairs above this (but below match_threshold) are kept in identity_edges for review
     min_field_coverage: float = 0.01  # a match field filled in fewer records than this share is left out
-    max_rule_comparisons_per_record: float = 10.0  # a blocking rule yielding more pairs than this x records is skipped
+    max_rule_comparisons_per_record: float = 10.0  # a blocking rule yielding more pairs than this x records keeps only its rarer values
     seed: int = 42  # random sampling of u and of the prior
     nicknames: str | None = None  # extra nickname file (CSV: nickname,canonical), relative to the workspace
     surname_from_email: bool = False  # a record without last name takes it from its email (anna_jansen@): more recall, more namesake merges
