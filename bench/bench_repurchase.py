@@ -1,11 +1,13 @@
 """Benchmark repurchase timing: backtest + train (gate backtest, final fit, MLflow registration) at scale.
 
 Standalone: simulates an orders-only warehouse (``cdp_ml.models.repurchase_simulation``: 104 weeks,
-known category cycles) for ``--persons`` persons in a scratch workspace, then times the stages and
-prints wall time, rows/s and peak memory. Target: training + backtest on 1M persons within 10 minutes
-on 2 cores.
+known category cycles) for ``--persons`` persons in a scratch workspace, or with ``--copy-of WS`` copies
+an already ingested and resolved workspace (e.g. the 1M-person demo: orders, events, contacts), then
+times the stages and prints wall time, rows/s and peak memory. Target: training + backtest on 1M
+persons within 10 minutes on 2 cores.
 
     .venv/bin/python bench/bench_repurchase.py --persons 1000000
+    .venv/bin/python bench/bench_repurchase.py --copy-of /tmp/scale-1m --dir /tmp/repurchase-1m
 """
 
 from __future__ import annotations
@@ -50,27 +52,43 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=200_000, help="persons simulated per block")
     parser.add_argument("--dir", default=None, help="scratch workspace (default /tmp/repurchase-bench-N)")
     parser.add_argument("--skip-train", action="store_true", help="only the backtest")
+    parser.add_argument("--copy-of", default=None,
+                        help="copy this ingested + resolved workspace (cdp_ml.yaml and warehouse) instead of simulating")
     args = parser.parse_args()
-    root = Path(args.dir or f"/tmp/repurchase-bench-{args.persons}")
+    root = Path(args.dir or (f"/tmp/repurchase-bench-copy-{Path(args.copy_of).name}" if args.copy_of
+                             else f"/tmp/repurchase-bench-{args.persons}"))
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    (root / "cdp_ml.yaml").write_text("sources: []\n")
+    t, c = time.perf_counter(), cpu_seconds()
+    if args.copy_of:
+        source = Path(args.copy_of)
+        if not (source / "data" / "warehouse.duckdb").exists():
+            raise SystemExit(f"--copy-of: {source} has no data/warehouse.duckdb (ingest and resolve it first)")
+        shutil.copy2(source / "cdp_ml.yaml", root / "cdp_ml.yaml")
+        (root / "data").mkdir()
+        shutil.copy2(source / "data" / "warehouse.duckdb", root / "data" / "warehouse.duckdb")
+    else:
+        (root / "cdp_ml.yaml").write_text("sources: []\n")
     ws = Workspace.open(root)
     print(f"cores {psutil.cpu_count()}, memory {psutil.virtual_memory().total / 2**30:.0f} GB, "
           f"threads {ws.config.repurchase.threads}")
+    if args.copy_of:
+        with ws.connect() as con:
+            lines = con.execute("select count(*) from person_orders").fetchall()[0][0]
+        end = repurchase.default_as_of(ws)
+        print(f"copied     {time.perf_counter() - t:8.1f} s  {lines:,} order lines, data up to {end}")
+    else:
+        lines = 0
+        with ws.connect() as con:
+            for i, first in enumerate(range(0, args.persons, args.block)):
+                block = repurchase_simulation.orders(min(args.block, args.persons - first), START, args.weeks,
+                                                     seed=i, first_person=first)
+                repurchase_simulation.write_warehouse(con, block, append=i > 0)
+                lines += len(block)
+        print(f"simulate   {time.perf_counter() - t:8.1f} s  {lines:,} order lines")
+        bench_row("simulate orders", time.perf_counter() - t, lines, cpu_seconds() - c)
+        end = START + timedelta(weeks=args.weeks)
 
-    t, c = time.perf_counter(), cpu_seconds()
-    lines = 0
-    with ws.connect() as con:
-        for i, first in enumerate(range(0, args.persons, args.block)):
-            block = repurchase_simulation.orders(min(args.block, args.persons - first), START, args.weeks,
-                                                 seed=i, first_person=first)
-            repurchase_simulation.write_warehouse(con, block, append=i > 0)
-            lines += len(block)
-    print(f"simulate   {time.perf_counter() - t:8.1f} s  {lines:,} order lines")
-    bench_row("simulate orders", time.perf_counter() - t, lines, cpu_seconds() - c)
-
-    end = START + timedelta(weeks=args.weeks)
     cutoff = end - timedelta(weeks=2 * ws.config.repurchase.horizon_weeks)
     t, c = time.perf_counter(), cpu_seconds()
     bt = repurchase.backtest(ws, cutoff)

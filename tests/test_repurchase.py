@@ -148,3 +148,20 @@ def test_not_enough_history_names_the_settings(tmp_path, orders):
 
 def test_first_week_decodes_the_window_mask():
     assert list(fr.first_week(np.array([0, 1, 2, 6, 128]))) == [0, 1, 2, 2, 8]
+
+
+def test_hazard_features_see_the_baseline_bgnbd_inputs(ws):
+    """The stacked BG/NBD features use the baseline's day-level (x, t_x, T) of every track at the origin."""
+    with ws.connect() as con:
+        inputs = fr.prepare(con, CUTOFF, CUTOFF)
+        frame = fr.track_frame(con, inputs, [CUTOFF], 8, 52)
+        baseline = fr.bgnbd_frame(con, CUTOFF)
+    both = frame.merge(baseline, on=["person_id", "category"], validate="one_to_one")
+    assert len(both) == len(frame) > 100
+    np.testing.assert_allclose(both["n_days"] - 1, both["x"])
+    np.testing.assert_allclose(both["t_x_exact"], both["t_x"])
+    np.testing.assert_allclose(both["age_exact"], both["T"])
+    rows = fr.expand(frame, 8, None, ("12-24",), [fr.ANY, *inputs.categories], stop_at_purchase=False)
+    assert (rows["weeks_since_exact"] >= rows["step"] - 1).all()
+    assert ((rows["weeks_since_exact"] - rows["weeks_since"]).abs() < 1).all()
+    assert rows["ly_window"].between(0, 8).all()

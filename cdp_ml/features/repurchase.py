@@ -30,7 +30,8 @@ ANY = "(any)"
 TRACK_FEATURES = (
     "n_weeks_bought", "n_orders", "qty_total", "amount_total", "amount_per_order", "returns",
     "int_mean", "int_median", "int_sd", "int_cv", "int_min", "int_last", "qty_last", "amount_last",
-    "n_13w", "n_26w", "n_52w", "tenure_weeks", "weeks_bought_per_year",
+    "n_13w", "n_26w", "n_52w", "tenure_weeks", "weeks_bought_per_year", "n_days", "trend_13w",
+    "int_last_ratio", "ly_window",
     "n_weeks_any", "n_13w_any", "other_13w", "n_categories", "tenure_weeks_any",
     "views_1w", "views_2w", "views_4w", "views_12w", "carts_1w", "carts_2w", "carts_4w", "carts_12w",
     "events_4w", "events_12w", "channels_12w",
@@ -38,7 +39,7 @@ TRACK_FEATURES = (
 )
 # Features of the target week k after the origin (derived without looking past the origin).
 STEP_FEATURES = (
-    "step", "weeks_since", "weeks_since_any", "ratio_median", "ratio_mean", "z_interval",
+    "step", "weeks_since", "weeks_since_exact", "weeks_since_any", "ratio_median", "ratio_mean", "z_interval",
     "weeks_past_median", "weeks_to_peak", "bought_last_year", "season_index",
 )  # season enters as weeks to the next peak: week of year overfits when history holds one or two years
 FEATURES = ("category", *TRACK_FEATURES, *STEP_FEATURES)
@@ -120,7 +121,8 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
         create or replace temp table rp_pw as
         with w as (
             select person_id, track, week, count(distinct order_id) as n_orders, sum(qty) as qty,
-                   sum(amount) as amount, count(*) filter (where status = 'returned') as returns
+                   sum(amount) as amount, count(*) filter (where status = 'returned') as returns,
+                   count(distinct day) as days, min(day) as first_day, max(day) as last_day
             from rp_lines group by all
         )
         select *, (week - lag(week) over (partition by person_id, track order by week)) // 7 as gap
@@ -204,7 +206,8 @@ def track_frame(con: duckdb.DuckDBPyConnection, inputs: Inputs, origins: Sequenc
         select o.origin, p.person_id, p.track,
                count(*) as n_weeks_bought, sum(p.n_orders) as n_orders, sum(p.qty) as qty_total,
                coalesce(sum(p.amount), 0) as amount_total, sum(p.returns) as returns,
-               min(p.week) as first_week, max(p.week) as last_week,
+               min(p.week) as first_week, max(p.week) as last_week, sum(p.days) as n_days,
+               min(p.first_day) as first_day, max(p.last_day) as last_day,
                avg(p.gap) as int_mean, median(p.gap) as int_median, stddev_samp(p.gap) as int_sd,
                min(p.gap) as int_min, arg_max(p.gap, p.week) as int_last, arg_max(p.qty, p.week) as qty_last,
                arg_max(p.amount, p.week) as amount_last,
@@ -265,11 +268,14 @@ def track_frame(con: duckdb.DuckDBPyConnection, inputs: Inputs, origins: Sequenc
         )
         select b.origin, b.person_id, b.track as category,
                (b.origin - b.last_week) // 7 as weeks_since_origin, (b.origin - a.last_week_any) // 7 as weeks_since_any_origin,
+               (b.origin - b.last_day) / 7.0 as recency_exact, (b.last_day - b.first_day) / 7.0 as t_x_exact,
+               (b.origin - b.first_day) / 7.0 as age_exact, b.n_days::double as n_days,
                b.n_weeks_bought::double as n_weeks_bought, b.n_orders::double as n_orders, b.qty_total,
                b.amount_total, b.amount_total / nullif(b.n_orders, 0) as amount_per_order, b.returns::double as returns,
                b.int_mean, b.int_median::double as int_median, b.int_sd, b.int_sd / nullif(b.int_mean, 0) as int_cv,
                b.int_min::double as int_min, b.int_last::double as int_last, b.qty_last, b.amount_last,
                b.n_13w::double as n_13w, b.n_26w::double as n_26w, b.n_52w::double as n_52w,
+               (2 * b.n_13w - b.n_26w)::double as trend_13w, b.int_last / nullif(b.int_median, 0) as int_last_ratio,
                ((b.origin - b.first_week) // 7)::double as tenure_weeks,
                52.0 * b.n_weeks_bought / greatest((b.origin - b.first_week) / 7.0, 4) as weeks_bought_per_year,
                a.n_weeks_any::double as n_weeks_any, a.n_13w_any::double as n_13w_any,
@@ -354,12 +360,17 @@ def expand(frame: pd.DataFrame, horizon: int, observed_weeks: np.ndarray | None,
     idx = np.repeat(np.arange(n), length)
     starts = np.repeat(np.cumsum(length) - length, length)
     step = np.arange(len(idx)) - starts + 1
+    # purchase weeks of the track in the same H weeks one year earlier (bits 1..H of the last-year mask)
+    ly = frame["ly_mask"].to_numpy(dtype=np.int64)
+    ly_window = ((ly[:, None] >> np.arange(1, horizon + 1)[None, :]) & 1).sum(axis=1).astype(float)
     out = frame.drop(columns=["person_id"], errors="ignore").iloc[idx].reset_index(drop=True)
+    out["ly_window"] = ly_window[idx]
     out["step"] = step.astype(float)
     out["label"] = (first[idx] == step).astype(np.int8)
     out["bought"] = ((out["mask"].to_numpy() >> (step - 1)) & 1).astype(np.int8)
     ws = out["weeks_since_origin"].to_numpy(dtype=float) + step - 1
     out["weeks_since"] = ws
+    out["weeks_since_exact"] = out["recency_exact"].to_numpy(dtype=float) + step - 1  # day precision
     out["weeks_since_any"] = out["weeks_since_any_origin"].to_numpy(dtype=float) + step - 1
     median = out["int_median"].to_numpy(dtype=float)
     mean = out["int_mean"].to_numpy(dtype=float)

@@ -51,9 +51,13 @@ def bgnbd_feature_params(frame: pd.DataFrame) -> dict[str, bgnbd.BgNbdParams]:
 
 
 def _week_inputs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    T = frame["tenure_weeks"].to_numpy(dtype=float)
-    return (frame["n_weeks_bought"].to_numpy(dtype=float) - 1,
-            T - frame["weeks_since_origin"].to_numpy(dtype=float), T)
+    """BG/NBD (x, t_x, T) in weeks from distinct purchase days, as the baseline uses them."""
+    if "n_days" not in frame:  # person-periods of an older feature set: week-level counts
+        T = frame["tenure_weeks"].to_numpy(dtype=float)
+        return (frame["n_weeks_bought"].to_numpy(dtype=float) - 1,
+                T - frame["weeks_since_origin"].to_numpy(dtype=float), T)
+    return (frame["n_days"].to_numpy(dtype=float) - 1, frame["t_x_exact"].to_numpy(dtype=float),
+            frame["age_exact"].to_numpy(dtype=float))
 
 
 def _bgnbd_features(rows: pd.DataFrame, params: dict[str, bgnbd.BgNbdParams]) -> pd.DataFrame:
@@ -90,7 +94,8 @@ class HazardModel(_PythonModel):
     @property
     def inputs(self) -> list[str]:
         """Columns of person-period rows the model reads (its pyfunc input)."""
-        return [f for f in self.features if f not in BGNBD_FEATURES] + ["weeks_since_origin"]
+        extra = ["weeks_since_origin", "tenure_weeks", "n_weeks_bought", "n_days", "t_x_exact", "age_exact"]
+        return list(dict.fromkeys([f for f in self.features if f not in BGNBD_FEATURES] + extra))
 
     def design(self, rows: pd.DataFrame) -> pd.DataFrame:
         """The model's feature matrix for person-period rows."""
