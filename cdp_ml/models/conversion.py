@@ -13,7 +13,6 @@ score: monotone, so the ranking and ROC-AUC are untouched). Classes are balanced
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -24,6 +23,7 @@ import lightgbm as lgb
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from cdp_ml import tracking
 from cdp_ml.errors import CdpError
@@ -150,7 +150,7 @@ def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> C
         "min_child_samples": s.min_child_samples, "feature_fraction": 0.9, "lambda_l2": 1.0,
         "scale_pos_weight": (len(fit_part) - pos) / max(pos, 1), "max_cat_to_onehot": 8, "cat_smooth": 20,
         "deterministic": True, "force_col_wise": True, "seed": 7, "verbose": -1,
-        "num_threads": os.cpu_count() or 1,
+        "num_threads": max(s.threads, 1),
     }
     dtrain = lgb.Dataset(shell.matrix(fit_part), label=fit_part["label"].to_numpy(),
                          categorical_feature=list(spec.categorical), free_raw_data=True)
@@ -393,8 +393,9 @@ def _evaluate(ws: Workspace, spec: feats.PointsSpec, train: pd.DataFrame, evalua
                        f"and {int(evaluation['label'].sum()) if len(evaluation) else 0} conversions: choose another cutoff")
     model = fit(train, spec, s)
     probability = model.predict(evaluation)
-    logistic = _logistic_baseline(train, spec)
-    p_logistic = logistic.predict_proba(_baseline_frame(evaluation, spec))[:, 1]
+    with threadpool_limits(max(s.threads, 1)):  # BLAS threads beyond the free cores spin, as OpenMP ones do
+        logistic = _logistic_baseline(train, spec)
+        p_logistic = logistic.predict_proba(_baseline_frame(evaluation, spec))[:, 1]
     heuristic, heuristic_name = _heuristic(train, spec)
     p_heuristic = heuristic(evaluation)
     y = evaluation["label"].to_numpy()

@@ -25,6 +25,7 @@ class ConversionSettings:
     min_child_samples: int = 200
     early_stopping_metric: Literal["auc", "binary_logloss"] = "auc"  # on the validation slice
     early_stopping_rounds: int = 50  # rounds without improvement before boosting stops
+    threads: int = 1  # LightGBM/BLAS threads: threads beyond the free cores spin and slow fitting down many-fold
     validation_share: float = 0.15  # latest training share before calibration: early stopping
     calibration_share: float = 0.15  # latest training share: Platt calibration of the probabilities
     max_training_rows: int = 3_000_000  # larger training slices keep every positive and a hash sample of negatives
