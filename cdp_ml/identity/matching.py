@@ -39,9 +39,11 @@ EM_MAX_PAIRS = 2e6
 EM_MAX_ITERATIONS = 12  # unobserved levels decay towards m = 0, which Splink rejects after many iterations
 M_FLOOR = 1e-3
 # A pair is corroborated when a field about the individual other than the name (birth date, email, phone,
-# extra id) agrees with at least this term-frequency-adjusted match weight (log2 odds). The email number is
-# not enough: it mostly repeats a birth year (anna1985@), evidence the name and birth date already gave.
+# extra id) agrees with at least this term-frequency-adjusted match weight (log2 odds). The email number
+# needs more: a common one mostly repeats a birth year (anna1985@), evidence name and birth date already gave,
+# while a rare one (anna_1458@) is personal.
 CORROBORATION_BITS = 6.0
+EMAIL_NUMBER_CORROBORATION_BITS = 10.0
 MAX_CAPPED_BLOCK = 50  # a value on more records than this is no identifier: a capped rule never keeps it
 MIN_RULE_BUDGET = 100_000  # small workspaces keep every blocking rule  # no single disagreeing field may veto a match with a near-infinite negative weight
 # Blocking rules in order of preference; a rule is used when all its columns are compared.
@@ -304,8 +306,9 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
     have = set(rel.columns)
     weight = {c.name: f'("mw_{c.name}" + coalesce("mw_tf_adj_{c.name}", 0))' if f"mw_tf_adj_{c.name}" in have
               else f'"mw_{c.name}"' for c in cols}  # term-frequency adjusted: a common birth year is little evidence
-    beyond_name = " or ".join(f"{weight[n]} >= {CORROBORATION_BITS}" for n in person_level
-                              if n not in ("first_name", "email_number")) or "false"
+    beyond_name = " or ".join(
+        f"{weight[n]} >= {EMAIL_NUMBER_CORROBORATION_BITS if n == 'email_number' else CORROBORATION_BITS}"
+        for n in person_level if n != "first_name") or "false"
     dob_conflict = dob_conflict_sql("dob_l", "dob_r") if "dob" in gammas else "false"
     con.execute(f"""create or replace temp table _id_scored as
         select least(unique_id_l, unique_id_r) as node_l, greatest(unique_id_l, unique_id_r) as node_r,
