@@ -1,7 +1,9 @@
-"""Connected components in SQL and stable, random person ids.
+"""Connected components in SQL, constrained merging of weak (name-only) pairs, and stable, random person ids.
 
 Components come from iterative min-label propagation with pointer jumping (a handful of passes even at
-millions of nodes, because hubs keep the graph shallow). Person ids are random (``P`` + 12 hex digits),
+millions of nodes, because hubs keep the graph shallow). Name-only pairs are not trusted with transitive
+closure: ``merge_weak_edges`` joins components pairwise, by average linkage, never across a conflict
+(birth date, account id) and never when a record fits two persons. Person ids are random (``P`` + 12 hex digits),
 never derived from personal data, and survive re-runs: a new cluster keeps the id of the previous
 person whose identifiers it mostly holds; on a merge the oldest id survives and the others get a
 ``merge`` redirect; on a split the largest part keeps the id and the other parts get new ids with a
