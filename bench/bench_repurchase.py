@@ -74,11 +74,11 @@ def main() -> None:
           f"threads {ws.config.repurchase.threads}")
     if args.copy_of:
         with ws.connect() as con:
-            lines = con.execute("select count(*) from person_orders").fetchall()[0][0]
+            lines, persons = con.execute("select count(*), count(distinct person_id) from person_orders").fetchall()[0]
         end = repurchase.default_as_of(ws)
-        print(f"copied     {time.perf_counter() - t:8.1f} s  {lines:,} order lines, data up to {end}")
+        print(f"copied     {time.perf_counter() - t:8.1f} s  {lines:,} order lines of {persons:,} persons, as-of {end}")
     else:
-        lines = 0
+        lines, persons = 0, args.persons
         with ws.connect() as con:
             for i, first in enumerate(range(0, args.persons, args.block)):
                 block = repurchase_simulation.orders(min(args.block, args.persons - first), START, args.weeks,
@@ -110,7 +110,7 @@ def main() -> None:
               f"peak {peak_mb():,.0f} MB")
         bench_row("train (gate backtest + fit + register)", wall, tr.backtest.training_rows, cpu_seconds() - c)
     bench_row("TOTAL backtest + train", total, lines, total_cpu)
-    print(f"total      {total:8.1f} s  for {args.persons:,} persons (target at 1M: 600 s), peak {peak_mb():,.0f} MB")
+    print(f"total      {total:8.1f} s  for {persons:,} persons with orders (target at 1M: 600 s), peak {peak_mb():,.0f} MB")
 
 
 if __name__ == "__main__":
