@@ -152,17 +152,10 @@ def _febrl(root: Path, entities: int) -> Workspace:
     import yaml
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_identity import _febrl_like  # noqa: PLC0415 - the test's generator, one definition
+    from test_identity import FEBRL_CONFIG, _febrl_like  # noqa: PLC0415 - the test's generator, one definition
 
     _febrl_like(root, entities=entities)
-    config = {
-        "identity": {"extra_match_fields": [{"column": "soc_sec_id", "comparison": "levenshtein"},
-                                            {"column": "state", "comparison": "exact", "block": False}]},
-        "sources": [{"name": "febrl", "kind": "customers", "path": "raw/febrl.csv", "columns": {
-            "record_id": "rec_id", "first_name": "given_name", "last_name": "surname", "house_number": "street_number",
-            "street": "address_1", "city": "suburb", "postcode": "postcode", "date_of_birth": "date_of_birth"}}],
-    }
-    (root / "cdp_ml.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (root / "cdp_ml.yaml").write_text(yaml.safe_dump(FEBRL_CONFIG), encoding="utf-8")
     ws = Workspace.open(root)
     from cdp_ml.sources import ingest
 

@@ -232,17 +232,20 @@ def _febrl_like(root: Path, entities: int = 150, seed: int = 3) -> Path:
     return root / "truth.csv"
 
 
+# the FEBRL-like workspace file: own column names mapped, national id and state as extra match fields
+FEBRL_CONFIG = {
+    "identity": {"extra_match_fields": [{"column": "soc_sec_id", "comparison": "levenshtein"},
+                                        {"column": "state", "comparison": "exact", "block": False}]},
+    "sources": [{"name": "febrl", "kind": "customers", "path": "raw/febrl.csv", "columns": {
+        "record_id": "rec_id", "first_name": "given_name", "last_name": "surname", "house_number": "street_number",
+        "street": "address_1", "city": "suburb", "postcode": "postcode", "date_of_birth": "date_of_birth"}}],
+}
+
+
 def test_own_column_names_work_through_the_mapping_alone(tmp_path):
     root = tmp_path / "febrl"
     truth = _febrl_like(root)
-    config = {
-        "identity": {"extra_match_fields": [{"column": "soc_sec_id", "comparison": "levenshtein"},
-                                            {"column": "state", "comparison": "exact", "block": False}]},
-        "sources": [{"name": "febrl", "kind": "customers", "path": "raw/febrl.csv", "columns": {
-            "record_id": "rec_id", "first_name": "given_name", "last_name": "surname", "house_number": "street_number",
-            "street": "address_1", "city": "suburb", "postcode": "postcode", "date_of_birth": "date_of_birth"}}],
-    }
-    (root / "cdp_ml.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (root / "cdp_ml.yaml").write_text(yaml.safe_dump(FEBRL_CONFIG), encoding="utf-8")
     ws = Workspace.open(root)
     ingest(ws)
     result = resolve(ws)
