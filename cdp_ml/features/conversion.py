@@ -309,7 +309,8 @@ def _label_sql(spec: PointsSpec, horizon_days: int) -> str:
 
 
 def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | None, end: datetime,
-          horizon_days: int, keep: str = "true", without_purchase_sessions: bool = False) -> pd.DataFrame:
+          horizon_days: int, keep: str = "true", without_purchase_sessions: bool = False,
+          max_rows: int | None = None) -> pd.DataFrame:
     """Scoring points with ``start <= scored_at < end`` and a known label, ordered by time.
 
     A label is known when its whole window ends before ``end + horizon`` lies in the data, which the caller
@@ -317,6 +318,9 @@ def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | No
     (the profiling objection: persons who objected are never training examples).
     ``without_purchase_sessions`` leaves out sessions that ended in a purchase: the retargeting audience is
     visitors who left without buying, and a checkout completed minutes later is not a conversion an ad can win.
+    ``max_rows``: beyond it, every positive and a deterministic hash sample of negatives are fetched (in SQL,
+    so a large warehouse never materialises the whole slice in memory); the kept share of negatives is in
+    ``frame.attrs["negative_share"]`` so calibration can undo the sampling.
     """
     cols = ", ".join(f'"{c}"' for c in spec.features)
     label = _label_sql(spec, horizon_days)
@@ -326,11 +330,21 @@ def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | No
     if spec.kind == "sessions":
         where += " and converted is not null"
     params = [end] + ([start] if start is not None else [])
-    return con.execute(f"""
+    share = 1.0
+    if max_rows is not None:
+        rows, positives = con.execute(f"select count(*), coalesce(sum(({label})::integer), 0) from {POINTS_TABLE} "
+                                      f"where {where}", params).fetchall()[0]
+        if rows > max_rows:
+            buckets = max(int((max_rows - positives) / max(rows - positives, 1) * 10_000), 100)
+            share = buckets / 10_000
+            where += f" and (({label}) or hash(session_id::varchar) % 10000 < {buckets})"
+    frame = con.execute(f"""
         select session_id, person_id, anonymous_id, scored_at, ({label})::integer as label, {cols}
         from {POINTS_TABLE} where {where}
         order by scored_at, session_id
     """, params).df()
+    frame.attrs["negative_share"] = share
+    return frame
 
 
 def fetch_audience(con: duckdb.DuckDBPyConnection, spec: PointsSpec, as_of: datetime, active_days: int,

@@ -13,6 +13,7 @@ score: monotone, so the ranking and ROC-AUC are untouched). Classes are balanced
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -131,6 +132,7 @@ def _sample_negatives(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
 def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> ConversionModel:
     """Fit the calibrated LightGBM on a time-ordered training frame (rows sorted by ``scored_at``)."""
     check_eligible(train, s)
+    negative_share = float(train.attrs.get("negative_share", 1.0))  # negatives sampled when fetched
     fit_part, val_part, cal_part = (train.iloc[sl] for sl in _time_slices(len(train), s))
     for name, part in (("early-stopping", val_part), ("calibration", cal_part)):
         if part["label"].nunique() < 2:
@@ -159,7 +161,9 @@ def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> C
                         callbacks=[lgb.early_stopping(s.early_stopping_rounds, verbose=False)])
     booster = _trimmed(booster)
     shell.booster = booster
-    shell.platt = _platt(shell.raw_score(cal_part), cal_part["label"].to_numpy())
+    a, b = _platt(shell.raw_score(cal_part), cal_part["label"].to_numpy())
+    # negatives kept with probability q multiply the odds by 1/q: shifting the intercept by log(q) undoes it
+    shell.platt = (a, b + math.log(negative_share))
     return shell
 
 
@@ -380,7 +384,7 @@ def _frames(con, ws: Workspace, cutoff: date, until: date) -> tuple[feats.Points
     keep = profiling_excluded_sql(con, cutoff)  # persons who objected to profiling are no examples
     retargeting = s.population == "retargeting"
     train = feats.fetch(con, spec, cut - timedelta(weeks=s.training_weeks) - lag, cut - lag, s.horizon_days, keep,
-                        retargeting)
+                        retargeting, max_rows=s.max_training_rows)
     evaluation = feats.fetch(con, spec, cut, _midnight(until) - lag, s.horizon_days, keep, retargeting)
     return spec, train, evaluation
 
@@ -508,7 +512,8 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         spec, bt_train, evaluation = _frames(con, ws, gate_cutoff, as_of)
         final = feats.fetch(con, spec, _midnight(as_of) - timedelta(weeks=s.training_weeks, days=lag),
                             _midnight(as_of) - timedelta(days=lag), s.horizon_days,
-                            profiling_excluded_sql(con, as_of), s.population == "retargeting")
+                            profiling_excluded_sql(con, as_of), s.population == "retargeting",
+                            max_rows=s.max_training_rows)
     check_eligible(final, s)
     result = _evaluate(ws, spec, bt_train, evaluation, gate_cutoff, gate_window_end, None)
     del bt_train  # memory: the gate's training frame is not needed for the final fit
