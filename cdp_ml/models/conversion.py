@@ -119,16 +119,6 @@ def check_eligible(train: pd.DataFrame, s: ConversionSettings, what: str = "trai
                        f"use more history (conversion.training_weeks) or an earlier cutoff")
 
 
-def _sample_negatives(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
-    """Keep every positive and a deterministic hash sample of negatives (same rows on every run)."""
-    if len(frame) <= max_rows:
-        return frame
-    pos = frame["label"] == 1
-    keep_share = max((max_rows - int(pos.sum())) / max(int((~pos).sum()), 1), 0.01)
-    bucket = pd.util.hash_pandas_object(frame["session_id"].astype(str), index=False).to_numpy() % 10_000
-    return frame[pos.to_numpy() | (bucket < keep_share * 10_000)]
-
-
 def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> ConversionModel:
     """Fit the calibrated LightGBM on a time-ordered training frame (rows sorted by ``scored_at``)."""
     check_eligible(train, s)
@@ -138,7 +128,6 @@ def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> C
         if part["label"].nunique() < 2:
             raise CdpError(f"conversion training: the {name} slice (latest {len(part)} scoring points) has a single "
                            f"class; use more history (conversion.training_weeks)")
-    fit_part = _sample_negatives(fit_part, s.max_training_rows)
     levels = {}
     for col in spec.categorical:
         counts = fit_part[col].dropna().astype(str).value_counts()

@@ -113,9 +113,9 @@ class RefreshResult:
 
 def _output_lines(root: Path | None, pointer: Path) -> list[str]:
     """Where a published week's outputs are: segment folder and manifest, marketer report."""
-    published = read_json(pointer) or {}
     if root is None:
         return []
+    published = read_json(pointer) or {}
     lines = []
     if published.get("segments"):
         folder = root / published["segments"]
