@@ -193,6 +193,39 @@ def test_demo_data_resolves_without_over_merging(demo_ws):
     assert scores.records.bcubed_f1 >= 0.8, str(scores)
 
 
+def test_score_only_run_predicts_with_the_saved_model(demo_ws):
+    """A score-only week reuses the saved Splink model: same persons, no retraining; a stale model retrains."""
+    import json
+
+    from cdp_ml.errors import CdpError
+    from cdp_ml.identity.matching import MODEL_FILE
+
+    trained = resolve(demo_ws)
+    model_path = demo_ws.warehouse_path.parent / MODEL_FILE
+    saved = model_path.read_text(encoding="utf-8")
+    before = _map(demo_ws)
+    reused = resolve(demo_ws, retrain=False)
+    assert any("saved model" in n and "not retrained" in n for n in reused.notes), reused.notes
+    assert not any("not retrained" in n for n in trained.notes)
+    assert model_path.read_text(encoding="utf-8") == saved  # predicting does not rewrite the model
+    assert _map(demo_ws) == before
+    assert (reused.persons, reused.probabilistic_edges) == (trained.persons, trained.probabilistic_edges)
+
+    # a model comparing other fields than the data now has: retrained with a note, or an error when pinned
+    model = json.loads(saved)
+    model["comparisons"] = model["comparisons"][1:]
+    model_path.write_text(json.dumps(model), encoding="utf-8")
+    stale = resolve(demo_ws, retrain=False)
+    assert any("retrained" in n for n in stale.notes), stale.notes
+    assert json.loads(model_path.read_text(encoding="utf-8"))["comparisons"] != model["comparisons"]
+    model_path.write_text(json.dumps(model), encoding="utf-8")
+    pinned = yaml.safe_load((demo_ws.root / "cdp_ml.yaml").read_text(encoding="utf-8"))
+    pinned.setdefault("identity", {})["reuse_model"] = True
+    (demo_ws.root / "cdp_ml.yaml").write_text(yaml.safe_dump(pinned), encoding="utf-8")
+    with pytest.raises(CdpError, match="reuse_model"):
+        resolve(Workspace.open(demo_ws.root))
+
+
 def _febrl_like(root: Path, entities: int = 150, seed: int = 3) -> Path:
     """Records in the FEBRL layout (own column names), with typos, missing values and date formats."""
     rnd = random.Random(seed)

@@ -196,10 +196,32 @@ def _trained_by(rule: tuple[str, ...]) -> set[str]:
     return {BLOCK_COLUMN_OWNER.get(c, c) for c in rule}
 
 
+def _saved_model(path: Path, cols: list[MatchColumn], settings: IdentitySettings, retrain: bool,
+                 log: list[str]) -> dict | None:
+    """The saved Splink model to predict with, or None to train: reused when the workspace says so or the
+    refresh scores only, and only while it compares exactly this run's fields."""
+    if not (settings.reuse_model or not retrain) or not path.is_file():
+        return None
+    model = json.loads(path.read_text(encoding="utf-8"))
+    saved_cols = {c.get("output_column_name") for c in model.get("comparisons", [])}
+    if saved_cols == {c.name for c in cols}:
+        log.append(f"predicted with the saved model {MODEL_FILE} (not retrained this run)")
+        return model
+    if settings.reuse_model:
+        raise CdpError(f"identity.reuse_model: the saved model {MODEL_FILE} compares other fields than this "
+                       "workspace now has; set reuse_model: false to retrain")
+    log.append(f"the saved model {MODEL_FILE} compares other fields than this run: retrained")
+    return None
+
+
 def match(con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], settings: IdentitySettings,
-          model_dir: Path, log: list[str]) -> MatchOutcome:
+          model_dir: Path, log: list[str], retrain: bool = True) -> MatchOutcome:
     """Score record pairs; writes temp table ``_id_pairs(node_l, node_r, match_probability, match_weight,
-    field_weights, accepted, reason)`` and returns counts."""
+    field_weights, accepted, reason)`` and returns counts.
+
+    ``retrain=False`` (a score-only week of the refresh) predicts with the saved model when it compares the
+    same fields, so the weekly run skips u-sampling and EM; ``identity.reuse_model`` makes that permanent.
+    """
     logging.getLogger("splink").setLevel(logging.ERROR)  # untrained-level chatter is expected on sparse fields
     link_only = settings.link_type == "link_only"
     extra = [c.name for c in cols if c.comparison not in
@@ -218,13 +240,14 @@ def match(con: duckdb.DuckDBPyConnection, cols: list[MatchColumn], settings: Ide
     con.execute("create table _id_match as select * from _id_match_arrow")
     con.unregister("_id_match_arrow")
     try:
-        return _match_in_memory(wh, con, cols, settings, model_dir, log, link_only)
+        return _match_in_memory(wh, con, cols, settings, model_dir, log, link_only, retrain)
     finally:
         con.close()
 
 
 def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnection, cols: list[MatchColumn],
-                     settings: IdentitySettings, model_dir: Path, log: list[str], link_only: bool) -> MatchOutcome:
+                     settings: IdentitySettings, model_dir: Path, log: list[str], link_only: bool,
+                     retrain: bool) -> MatchOutcome:
     n_records = con.execute("select count(*) from _id_match").fetchall()[0][0]
     usable = _rule_columns(cols)
     candidates = [r for r in PREDICTION_RULES if set(r) <= usable]
@@ -261,14 +284,10 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
     sdf = db_api.register("_id_match")
     model_path = model_dir / MODEL_FILE
     trained = True
-    if settings.reuse_model and model_path.is_file():
-        model = json.loads(model_path.read_text(encoding="utf-8"))
+    model = _saved_model(model_path, cols, settings, retrain, log)
+    if model is not None:
         model["blocking_rules_to_generate_predictions"] = [
             {"blocking_rule": _rule(r, link_only), "sql_dialect": "duckdb"} for r in rules]
-        saved_cols = {c.get("output_column_name") for c in model.get("comparisons", [])}
-        if saved_cols != {c.name for c in cols}:
-            raise CdpError(f"identity.reuse_model: the saved model {MODEL_FILE} compares other fields than this "
-                           "workspace now has; set reuse_model: false to retrain")
         linker = Linker(sdf, model, log_level=logging.ERROR)
         tf_columns = {level["tf_adjustment_column"] for comp in model.get("comparisons", [])
                       for level in comp.get("comparison_levels", []) if level.get("tf_adjustment_column")}

@@ -67,8 +67,12 @@ class ResolveResult:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def resolve(ws: Workspace, as_of: date | None = None) -> ResolveResult:
-    """Cluster every known identifier into persons; keeps person ids stable across runs."""
+def resolve(ws: Workspace, as_of: date | None = None, retrain: bool = True) -> ResolveResult:
+    """Cluster every known identifier into persons; keeps person ids stable across runs.
+
+    ``retrain=False`` (score-only refresh weeks) predicts with the saved Splink model instead of
+    re-estimating u and m; clustering, ids and tables are rebuilt either way.
+    """
     started = time.monotonic()
     settings = ws.config.identity
     if not 0 < settings.match_threshold < 1:
@@ -85,7 +89,7 @@ def resolve(ws: Workspace, as_of: date | None = None) -> ResolveResult:
         con.execute("set disabled_compression_methods = 'dictionary,fsst,dict_fsst'")
         cols = inputs.prepare(con, ws, settings, as_of)
         if settings.probabilistic and cols:
-            outcome = matching.match(con, cols, settings, ws.warehouse_path.parent, notes)
+            outcome = matching.match(con, cols, settings, ws.warehouse_path.parent, notes, retrain=retrain)
         else:
             matching._empty_pairs(con)
             outcome = matching.MatchOutcome(0, 0, 0, (), False, ())

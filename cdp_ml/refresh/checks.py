@@ -112,13 +112,17 @@ def data_checks(ws: Workspace, as_of: date) -> tuple[Check, ...]:
 
 
 def _missing_identifiers(con: duckdb.DuckDBPyConnection, week, prev, threshold: float) -> Check:
+    """Share of incoming events carrying neither a customer key nor a device id.
+
+    Read from staging, not person_events: the retrain decision is taken before this week's identity
+    resolution, when every new device would still look unresolved.
+    """
     name = "missing_identifier_share"
-    if engine.table_exists(con, "person_events"):
-        table, missing = "person_events", "person_id is null"
-    elif engine.table_exists(con, "events"):
-        table, missing = "events", "customer_ref is null and anonymous_id is null"
-    else:
+    if not engine.table_exists(con, "events"):
         return Check(name, None, None, None, threshold, "no events table")
+    have = set(engine.columns(con, "events"))
+    keys = [k for k in ("customer_ref", "anonymous_id") if k in have]
+    table, missing = "events", " and ".join(f"{k} is null" for k in keys) or "true"
     rows = con.execute(
         f"select (timestamp >= ?) as this_week, avg(case when {missing} then 1.0 else 0.0 end), count(*) "
         f"from {table} where timestamp >= ? and timestamp < ? group by 1",
@@ -164,7 +168,9 @@ def _psi_numeric_orders(con, week, prev, threshold: float) -> Check:
 def _psi_events_per_person(con, week, prev, threshold: float) -> Check:
     name = "psi_events_per_person"
     if engine.table_exists(con, "person_events"):
-        who = "cast(person_id as varchar)"
+        # devices new this week are not in person_map until this week's identity step: each counts alone
+        who = ("coalesce(cast(person_id as varchar), 'ref:' || cast(customer_ref as varchar), "
+               "'anon:' || cast(anonymous_id as varchar))")
         table = "person_events"
     elif engine.table_exists(con, "events"):
         who = "coalesce(cast(customer_ref as varchar), cast(anonymous_id as varchar))"
