@@ -18,6 +18,7 @@ import duckdb
 
 from cdp_ml.engine import columns, table_exists
 from cdp_ml.errors import CdpError
+from cdp_ml.sources.normalise import canonical_event_names
 
 # Event types counted as separate features; any other type still counts in n_events / n_other_events.
 COUNTED_TYPES = {
@@ -110,7 +111,7 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
         )
         select *, sum(new_session) over (partition by device_id order by seq rows unbounded preceding) as session_no
         from marked
-    """, [until, list(purchase_types), int(gap_minutes)])
+    """, [until, canonical_event_names(con, purchase_types), int(gap_minutes)])  # as ingest spells them
     counts = ",\n".join(f"count(*) filter (where event_type = '{t}')::integer as {col}"
                         for t, col in COUNTED_TYPES.items())
     known_types = list(COUNTED_TYPES)

@@ -41,7 +41,7 @@ KINDS: dict[str, tuple[Field, ...]] = {
     ),
     "events": (
         _f("timestamp", "timestamp", True),
-        _f("event_type", required=True, doc="page_view, product_view, add_to_cart, checkout, purchase, login, ..."),
+        _f("event_type", required=True, doc="mapped to the canonical vocabulary (EVENT_TYPES); others kept in snake_case"),
         _f("event_id", doc="unique id; exact duplicate events are quarantined"),
         _f("anonymous_id", doc="cookie or device id"),
         _f("customer_ref", doc="customer key when logged in"),
@@ -91,6 +91,11 @@ KINDS: dict[str, tuple[Field, ...]] = {
 }
 
 CONSENT_PURPOSES = ("email_marketing", "ad_targeting", "profiling")
+# The canonical event vocabulary vendor names are mapped to at ingest (normalise.EVENT_SYNONYMS). The first
+# six are counted as session features, ``purchase`` (checkout complete) is the conversion label; the rest
+# are common enough to deserve one spelling but are not (yet) features.
+EVENT_TYPES = ("page_view", "product_view", "search", "add_to_cart", "checkout_start", "login", "purchase",
+               "remove_from_cart", "add_to_wishlist", "sign_up", "logout", "refund")
 ORDER_STATUSES = ("completed", "returned", "cancelled")
 
 # Columns every staging table carries besides the canonical fields.

@@ -24,7 +24,7 @@ import duckdb
 
 from cdp_ml.errors import CdpError
 from cdp_ml.sources import normalise as nz
-from cdp_ml.sources.kinds import KINDS, LINEAGE_COLUMNS, REFERENCING_KINDS
+from cdp_ml.sources.kinds import EVENT_TYPES, KINDS, LINEAGE_COLUMNS, REFERENCING_KINDS
 from cdp_ml.sources.readers import RAW, RawRead, read_raw
 
 if TYPE_CHECKING:
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 EARLIEST = "1990-01-01"  # behavioural timestamps before this are treated as broken (e.g. year 1900 defaults)
 _SQL_TYPES = {"varchar": "VARCHAR", "timestamp": "TIMESTAMP", "date": "DATE", "double": "DOUBLE", "boolean": "BOOLEAN"}
+# Fingerprint of the built-in event vocabulary and spelling rules: part of an events source's load settings,
+# so a release that changes them reloads event files once instead of mixing old and new spellings.
+_EVENT_VOCABULARY = hashlib.sha1(json.dumps([nz.EVENT_SYNONYMS, nz.CONTEXTUAL_VIEW, nz.event_token("x")],
+                                            sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ def ingest(ws: Workspace, source: str | None = None) -> IngestResult:
     sources = [ws.source(source)] if source else list(ws.config.sources)
     if not sources:
         raise CdpError(f"{ws.root / 'cdp_ml.yaml'} lists no sources")
+    for src in sources:
+        event_overrides(src)
     plan = [(src, ws.source_files(src)) for src in sources]  # fail fast on missing files before loading
     loads: list[FileLoad] = []
     removed: list[str] = []
@@ -129,6 +135,32 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
                    status VARCHAR, notes VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP)""")
     for column, type_ in (("file_size", "BIGINT"), ("file_mtime_ns", "BIGINT"), ("settings_hash", "VARCHAR")):
         con.execute(f"alter table loads add column if not exists {column} {type_}")  # warehouses from older versions
+    # the event name as the source spelled it (trimmed), next to the canonical event_type, for auditing the mapping
+    con.execute("alter table events add column if not exists raw_event_type VARCHAR")
+
+
+def event_overrides(src: SourceConfig) -> dict[str, str]:
+    """The source's ``options.event_types`` (source name -> canonical type), checked; they win over built-ins.
+
+    A target must be a canonical type, or the name itself (``cart: cart`` keeps a name the built-ins would map).
+    """
+    value = src.options.get("event_types")
+    if value is None:
+        return {}
+    where = f"source '{src.name}': options.event_types"
+    if src.kind != "events":
+        raise CdpError(f"{where}: only events sources have event types")
+    if not isinstance(value, dict):
+        raise CdpError(f"{where}: expected a mapping of source event name -> canonical type, e.g. {{addtocart: add_to_cart}}")
+    overrides = {str(name): str(target) for name, target in value.items() if isinstance(target, str)}
+    spelled = duckdb.sql("select " + ", ".join(f"{nz.event_token(nz.lit(t))}, {nz.event_token(nz.lit(n))}"
+                                               for n, t in overrides.items()) or "1").fetchall()[0]
+    tokens = dict(zip(overrides, zip(spelled[::2], spelled[1::2], strict=True), strict=False))
+    for name, target in value.items():
+        if str(name) not in tokens or tokens[str(name)][0] not in (*EVENT_TYPES, tokens[str(name)][1]):
+            raise CdpError(f"{where}.{name}: {target!r} is not a canonical event type "
+                           f"(use one of {', '.join(EVENT_TYPES)}, or {name} itself to keep the name)")
+    return overrides
 
 
 def _mapping_json(src: SourceConfig) -> str:
@@ -149,6 +181,8 @@ def _file_hash(path: Path, src: SourceConfig) -> str:
 def _settings_hash(ws: Workspace, src: SourceConfig) -> str:
     """Everything besides the bytes that shapes the loaded rows: the mapping and the workspace defaults it uses."""
     effective = [_mapping_json(src), src.timezone or ws.config.timezone, ws.config.default_country]
+    if src.kind == "events":
+        effective.append(_EVENT_VOCABULARY)
     return hashlib.sha1(json.dumps(effective).encode()).hexdigest()
 
 
@@ -216,7 +250,8 @@ def _load_file(con: duckdb.DuckDBPyConnection, ws: Workspace, src: SourceConfig,
     notes = [n for n in (con.execute(q).fetchall()[0][0] for q in notes_sql) if n]
     canonical = [f.name for f in KINDS[src.kind]]
     extra = _extra_columns(con, src, raw) if src.kind == "sessions" else []
-    target_cols = ["source", *canonical, *(["ref_source", "ref_key"] if src.kind in REFERENCING_KINDS else []),
+    target_cols = ["source", *canonical, *(["raw_event_type"] if src.kind == "events" else []),
+                   *(["ref_source", "ref_key"] if src.kind in REFERENCING_KINDS else []),
                    *extra, *(["attributes"] if src.kind != "sessions" else []), "_file", "_row", "_load_id"]
     select_cols = [("?" if c in ("source", "_file", "_load_id") else f'"{c}"') for c in target_cols]
     con.execute("begin transaction")
@@ -309,8 +344,14 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, 
             typed.append(f"cast({default} as {_SQL_TYPES[f.type]}) as \"{f.name}\"")
             continue
         r = _q("__t_" + f.name)
-        expr = nz.phone(r, country, digits="__d_phone") if f.name == "phone" else \
-            _typed_expr(src.kind, f.name, f.type, r, tz, ts_fmt, date_fmt, country)
+        if f.name == "phone":
+            expr = nz.phone(r, country, digits="__d_phone")
+        elif (src.kind, f.name) == ("events", "event_type"):  # looked up per distinct name in the vocab CTE
+            named = '"__t_product_id" is not null' if "product_id" in src.columns else "false"
+            expr = f"(case when {named} then __ev_product else __ev_page end)"
+            typed.append(f"{r} as raw_event_type")
+        else:
+            expr = _typed_expr(src.kind, f.name, f.type, r, tz, ts_fmt, date_fmt, country)
         if src.kind == "orders" and f.name == "quantity":
             expr = f"abs({expr})"
         if src.kind == "orders" and f.name == "status":
@@ -345,8 +386,15 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, 
     reason = f"nullif(concat_ws('; ', {', '.join(reasons)}), '')" if reasons else "cast(null as varchar)"
     helpers = [_q("__t_" + field) for field in src.columns] + \
         (["__status_known"] if (src.kind == "orders" and "status" in src.columns) else [])
-    sql = (f"with c1 as materialized (select {', '.join(clean)}, _row from {RAW}), "
-           f"c2 as materialized (select {', '.join(typed)}, _row from c1) "
+    vocab, join = "", ""
+    if src.kind == "events":  # the mapping runs once per distinct event name, then a hash join types every row
+        overrides = event_overrides(src)
+        vocab = (f"vocab as materialized (select __ev_raw, {nz.event_type('__ev_raw', overrides, True)} as __ev_product, "
+                 f"{nz.event_type('__ev_raw', overrides, False)} as __ev_page "
+                 f'from (select distinct "__t_event_type" as __ev_raw from c1)), ')
+        join = ' left join vocab on c1."__t_event_type" = vocab.__ev_raw'
+    sql = (f"with c1 as materialized (select {', '.join(clean)}, _row from {RAW}), {vocab}"
+           f"c2 as materialized (select {', '.join(typed)}, _row from c1{join}) "
            f"select * exclude ({', '.join(helpers)}), {reason} as _reason from c2")
     notes = []
     if src.kind == "orders" and "quantity" in src.columns:
@@ -384,7 +432,7 @@ def _typed_expr(kind: str, name: str, type_: str, r: str, tz: str, ts_fmt, date_
         return nz.postcode(r)
     if name == "country":
         return f"upper({r})"
-    if name in ("event_type", "gender", "type", "channel"):
+    if name in ("gender", "type", "channel"):
         return nz.lower_token(r)
     if name == "purpose":
         return nz.purpose(r)

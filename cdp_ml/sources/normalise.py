@@ -6,6 +6,9 @@ data values, only configuration (formats, country codes) escaped as SQL literals
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import duckdb
 import phonenumbers
 
 from cdp_ml.errors import CdpError
@@ -33,6 +36,39 @@ STATUS_SYNONYMS = {
     "returned": ("returned", "return", "refund", "refunded", "retour", "geretourneerd"),
     "cancelled": ("cancelled", "canceled", "cancel", "void", "geannuleerd"),
 }
+
+# Vendor event names -> the canonical vocabulary (kinds.EVENT_TYPES), matched after event_token() has made
+# them snake_case, so "Product Added", "product-added" and "productAdded" are all `product_added`. Sources:
+# GA4 / Universal Analytics, Segment and RudderStack e-commerce spec, Snowplow, Adobe Analytics, Shopify web
+# pixels, Magento (Adobe Commerce) storefront events, Klaviyo, Meta pixel, RetailRocket and REES46 logs.
+# Only names that mean the same thing everywhere; anything else keeps its snake_case name.
+EVENT_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "page_view": ("page_view", "pageview", "page", "page_viewed", "viewed_page", "loaded_a_page", "page_load",
+                  "screen", "screen_view", "screen_viewed", "mp_page_view", "mp_web_page_view"),
+    "product_view": ("product_view", "product_viewed", "viewed_product", "view_product", "view_item",
+                     "item_view", "item_viewed", "viewed_item", "product_detail_view", "product_page_view",
+                     "prod_view", "detail", "view_content", "productview"),
+    "search": ("search", "searched", "site_search", "products_searched", "product_searched", "searched_products",
+               "search_submitted", "view_search_results", "search_request_sent", "search_query"),
+    "add_to_cart": ("add_to_cart", "added_to_cart", "addtocart", "cart", "cart_add", "add_cart", "product_added",
+                    "product_added_to_cart", "add_to_basket", "added_to_basket", "basket_add", "add_to_bag",
+                    "added_to_bag", "sc_add"),
+    "checkout_start": ("checkout_start", "checkout_started", "started_checkout", "start_checkout",
+                       "begin_checkout", "initiate_checkout", "initiated_checkout", "checkout", "sc_checkout"),
+    "login": ("login", "log_in", "logged_in", "sign_in", "signed_in", "signin", "user_login", "identify"),
+    "purchase": ("purchase", "purchased", "transaction", "order", "order_completed", "order_complete",
+                 "order_placed", "placed_order", "place_order", "completed_order", "checkout_completed",
+                 "checkout_complete", "checkout_success", "purchase_completed", "completed_purchase"),
+    "remove_from_cart": ("remove_from_cart", "removed_from_cart", "product_removed", "product_removed_from_cart",
+                         "cart_remove", "remove_from_basket", "sc_remove"),
+    "add_to_wishlist": ("add_to_wishlist", "added_to_wishlist", "product_added_to_wishlist", "wishlist_add"),
+    "sign_up": ("sign_up", "signup", "signed_up", "register", "registration", "complete_registration",
+                "create_account", "account_created"),
+    "logout": ("logout", "log_out", "logged_out", "sign_out", "signed_out", "signout"),
+    "refund": ("refund", "refunded", "order_refunded"),
+}
+# A bare `view` (RetailRocket, REES46) is a product view when the row names a product, else a page view.
+CONTEXTUAL_VIEW = "view"
 
 
 def lit(value: str) -> str:
@@ -87,6 +123,45 @@ def lower_token(expr: str) -> str:
     return f"nullif(lower(trim({expr})), '')"
 
 
+def event_token(expr: str) -> str:
+    """snake_case of an event name: 'Product Viewed', 'product-viewed', 'productViewed' -> 'product_viewed'.
+
+    Word boundaries are case changes and any run of non-alphanumerics; a name that has no letters or digits
+    keeps its lower-cased text, so nothing becomes NULL.
+    """
+    s = f"trim({expr})"
+    s = f"regexp_replace({s}, '(\\p{{Lu}}+)(\\p{{Lu}}\\p{{Ll}})', '\\1_\\2', 'g')"  # HTMLPage -> HTML_Page
+    s = f"regexp_replace({s}, '([\\p{{Ll}}\\pN])(\\p{{Lu}})', '\\1_\\2', 'g')"  # productViewed -> product_Viewed
+    snake = f"trim(regexp_replace(lower({s}), '[^\\pL\\pN]+', '_', 'g'), '_')"
+    return f"coalesce(nullif({snake}, ''), nullif(lower(trim({expr})), ''))"
+
+
+def event_type(expr: str, overrides: dict[str, str] | None = None, with_product: bool = False) -> str:
+    """The canonical event type of a name: per-source ``overrides`` first, then EVENT_SYNONYMS, else the token.
+
+    Meant for distinct names (a vocabulary lookup table), not per row: the regular expressions run once per
+    spelling. ``with_product`` decides the bare `view`.
+    """
+    tok = event_token(expr)
+    whens = [f"when {event_token(lit(k))} then {event_token(lit(v))}" for k, v in (overrides or {}).items()]
+    whens += [f"when {lit(w)} then {lit(key)}" for key, words in EVENT_SYNONYMS.items() for w in words]
+    whens.append(f"when {lit(CONTEXTUAL_VIEW)} then {lit('product_view' if with_product else 'page_view')}")
+    return f"(case {tok} {' '.join(whens)} else {tok} end)"
+
+
+def canonical_event_names(con: duckdb.DuckDBPyConnection, names: Iterable[str]) -> list[str]:
+    """Configured event names (e.g. ``conversion.purchase_event_types``) as ingest stores them, plus as given.
+
+    So `transaction` or `Order Completed` in a setting matches the `purchase` rows they were loaded as.
+    """
+    given = [str(n) for n in names]
+    if not given:
+        return []
+    rows = con.execute(f"select distinct unnest([{event_type('x')}, lower(trim(x))]) from unnest(?::varchar[]) t(x)",
+                       [given]).fetchall()
+    return sorted(r[0] for r in rows if r[0] is not None)
+
+
 def number(expr: str) -> str:
     """A double from '12.5', '12,50' (decimal comma) or '1.234,50'."""
     s = f"trim({expr})"
@@ -124,15 +199,19 @@ def _formats(fmt: str | list[str] | None, defaults: tuple[str, ...]) -> str:
 def timestamp(expr: str, timezone: str, fmt: str | list[str] | None = None) -> str:
     """A naive UTC timestamp from text: ISO with offset or Z, epoch seconds/milliseconds, or a format list.
 
-    Text without an offset is read in ``timezone`` (the source's zone) and converted to UTC.
+    Text without an offset is read in ``timezone`` (the source's zone) and converted to UTC; text ending in
+    ``UTC`` or ``GMT`` (REES46, many Java and Go exports: ``2019-10-01 00:00:00 UTC``) is UTC already.
     """
-    s = f"trim({expr})"
+    raw = f"trim({expr})"
+    utc = f"(upper(right({raw}, 3)) in ('UTC', 'GMT'))"
+    s = f"(case when {utc} then rtrim(left({raw}, -3)) else {raw} end)"
     has_offset = f"regexp_matches({s}, '(Z|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$')"
     local = (f"try_strptime({s}, {_formats(fmt, TIMESTAMP_FORMATS)})" if fmt
              else f"coalesce(try_cast({s} as timestamp), try_strptime({s}, {_formats(None, TIMESTAMP_FORMATS)}))")
     return (f"(case when {has_offset} then timezone('UTC', try_cast({s} as timestamptz)) "
             f"when regexp_full_match({s}, '[0-9]{{13}}') then make_timestamp(try_cast({s} as bigint) * 1000) "
             f"when regexp_full_match({s}, '[0-9]{{9,10}}(\\.[0-9]+)?') then make_timestamp(cast(try_cast({s} as double) * 1000000 as bigint)) "
+            f"when {utc} then {local} "
             f"else timezone('UTC', timezone({lit(timezone)}, {local})) end)")
 
 
