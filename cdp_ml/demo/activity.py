@@ -34,13 +34,16 @@ class Behaviour:
     idle_rate: np.ndarray  # low-intent visits per week (bounces, ad click-throughs, short looks)
 
 
-def _season_windows(start: int, end: int, month: int, day_from: int, day_to: int) -> list[tuple[int, int]]:
+def _season_windows(start: int, end: int, month: int, day_from: int, day_to: int) -> list[tuple[int, int, float]]:
+    """(lo, hi, share) of each season window inside [start, end); share is the part of the window kept, so
+    a season cut by the history's end keeps its daily rate instead of crowding into the days left."""
     out = []
     for year in range(datetime.fromtimestamp(start, UTC).year - 1, datetime.fromtimestamp(end, UTC).year + 1):
         lo = int(datetime(year, month, day_from, tzinfo=UTC).timestamp())
         hi = int(datetime(year, month, day_to, tzinfo=UTC).timestamp())
         if hi > start and lo < end:
-            out.append((max(lo, start), min(hi, end)))
+            a, b = max(lo, start), min(hi, end)
+            out.append((a, b, (b - a) / (hi - lo)))
     return out
 
 
@@ -80,8 +83,8 @@ def purchases(p: PersonBlock, b: Behaviour, rng: np.random.Generator, start: int
     for month, d0, d1, base, per_intent, cats in (
             (11, 20, 30, 0.15, 0.7, (GIFT, 3, 4)), (12, 1, 24, 0.25, 1.2, (GIFT, 3, 4, 2)),
             (5, 1, 12, 0.05, 0.3, (GIFT,))):
-        for lo, hi in _season_windows(start, end, month, d0, d1):
-            count = rng.poisson(base + per_intent * p.intent)
+        for lo, hi, share in _season_windows(start, end, month, d0, d1):
+            count = rng.poisson((base + per_intent * p.intent) * share)
             rows = np.repeat(np.arange(len(p)), count)
             ts = rng.integers(lo, hi, len(rows))
             ok = (ts >= p.joined_at[rows]) & (ts < b.churn_at[rows])

@@ -157,8 +157,9 @@ def make_persons(rng: np.random.Generator, first: int, n: int, start: int, end: 
         pd.Series(s.to_numpy()[head]) for s in (new_street, new_house, new_postcode, new_city))
 
     f_slug, l_slug, n_slug = slug(formal), slug(last), slug(nick)
-    yy = pd.Series(birth.astype("datetime64[Y]").astype(int) % 100).astype(str).str.zfill(2)
-    yyyy = pd.Series(birth.astype("datetime64[Y]").astype(int) + 1970).astype(str)
+    year = birth.astype("datetime64[Y]").astype(int) + 1970
+    yy = pd.Series(year % 100).astype(str).str.zfill(2)
+    yyyy = pd.Series(year).astype(str)
 
     def domains() -> pd.Series:
         return pd.Series(_DOMAINS[rng.integers(0, len(_DOMAINS), n)])
