@@ -101,12 +101,12 @@ def test_rees46_log_with_utc_suffixed_times(tmp_path):
     _reconciles(ws, "rees46")
 
 
-def test_utc_and_gmt_suffixes_are_utc_and_other_local_text_is_not():
+def test_utc_and_gmt_suffixes_and_epochs_are_utc_and_other_local_text_is_not():
     con = duckdb.connect()
     con.execute("create table t as select unnest(['2019-10-01 00:00:00 UTC', '2019-10-01 00:00:00 gmt', "
-                "'01-10-2019 00:00 UTC', '2019-10-01 00:00:00']) as x")
+                "'01-10-2019 00:00 UTC', '1569888000000', '1569888000000000', '2019-10-01 00:00:00']) as x")
     got = [r[0] for r in con.execute(f"select {timestamp('x', 'Europe/Amsterdam')} from t").fetchall()]
-    assert got == [datetime(2019, 10, 1)] * 3 + [datetime(2019, 9, 30, 22)]
+    assert got == [datetime(2019, 10, 1)] * 5 + [datetime(2019, 9, 30, 22)]  # ms, µs (GA4 export); local time
 
 
 def test_segment_jsonl_track_calls_and_spellings(tmp_path):

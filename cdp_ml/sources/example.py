@@ -46,6 +46,9 @@ sources:
     customer_key: record_id        # or customer_id
     columns: {timestamp: ts, event_type: event, anonymous_id: cookie_id, customer_ref: user_id,
               session_id: session, product_id: sku, category: category, channel: platform}
+    # vendor names (GA4, Segment, Shopify, RetailRocket, ...) map to page_view, product_view, search,
+    # add_to_cart, checkout_start, login, purchase by themselves; name your own ones here:
+    # options: {event_types: {basket_click: add_to_cart, betaald: purchase}}
 
   # orders: order lines and returns
   - name: orders

@@ -197,7 +197,7 @@ def _formats(fmt: str | list[str] | None, defaults: tuple[str, ...]) -> str:
 
 
 def timestamp(expr: str, timezone: str, fmt: str | list[str] | None = None) -> str:
-    """A naive UTC timestamp from text: ISO with offset or Z, epoch seconds/milliseconds, or a format list.
+    """A naive UTC timestamp from text: ISO with offset or Z, epoch seconds/milli-/microseconds, or a format list.
 
     Text without an offset is read in ``timezone`` (the source's zone) and converted to UTC; text ending in
     ``UTC`` or ``GMT`` (REES46, many Java and Go exports: ``2019-10-01 00:00:00 UTC``) is UTC already.
@@ -209,7 +209,8 @@ def timestamp(expr: str, timezone: str, fmt: str | list[str] | None = None) -> s
     local = (f"try_strptime({s}, {_formats(fmt, TIMESTAMP_FORMATS)})" if fmt
              else f"coalesce(try_cast({s} as timestamp), try_strptime({s}, {_formats(None, TIMESTAMP_FORMATS)}))")
     return (f"(case when {has_offset} then timezone('UTC', try_cast({s} as timestamptz)) "
-            f"when regexp_full_match({s}, '[0-9]{{13}}') then make_timestamp(try_cast({s} as bigint) * 1000) "
+            f"when regexp_full_match({s}, '[0-9]{{13}}([0-9]{{3}})?') then "  # epoch ms, or µs (GA4 event_timestamp)
+            f"make_timestamp(try_cast({s} as bigint) * (case when length({s}) = 13 then 1000 else 1 end)) "
             f"when regexp_full_match({s}, '[0-9]{{9,10}}(\\.[0-9]+)?') then make_timestamp(cast(try_cast({s} as double) * 1000000 as bigint)) "
             f"when {utc} then {local} "
             f"else timezone('UTC', timezone({lit(timezone)}, {local})) end)")
