@@ -19,6 +19,7 @@ import yaml
 
 from cdp_ml import CdpError, Workspace
 from cdp_ml.cli import main
+from cdp_ml.features import sessions
 from cdp_ml.models import conversion
 from cdp_ml.sources import ingest
 from cdp_ml.sources.normalise import canonical_event_names, timestamp
@@ -160,9 +161,16 @@ def test_invalid_override_is_one_line(tmp_path, capsys, options, expected):
         _rows(Workspace.open(tmp_path), "select count(*) from events") == [(0,)]
 
 
-def test_configured_purchase_names_match_what_ingest_stored():
+def test_configured_purchase_names_match_what_ingest_stored(tmp_path):
     names = canonical_event_names(duckdb.connect(), ["transaction", "Order Completed"])
-    assert "purchase" in names and "transaction" in names  # old `purchase_event_types: [transaction]` still labels
+    assert "purchase" in names and "transaction" in names
+    _retailrocket(tmp_path)  # the pre-vocabulary workaround `purchase_event_types: [transaction]` still labels
+    ws = _write(tmp_path, [{"name": "rr", "kind": "events", "path": "events.csv", "columns": RR_COLUMNS}],
+                conversion={"purchase_event_types": ["transaction"]})
+    ingest(ws)
+    with ws.connect() as con:
+        sessions.build_sessions(con, datetime(2026, 3, 3), 30, ws.config.conversion.purchase_event_types)
+        assert con.execute("select count(*) from conv_purchase_events").fetchall() == [(1,)]
 
 
 def _retailrocket_log(visitors: int, seed: int = 3) -> pd.DataFrame:
