@@ -111,9 +111,10 @@ def test_utc_and_gmt_suffixes_and_epochs_are_utc_and_other_local_text_is_not():
 
 
 def test_segment_jsonl_track_calls_and_spellings(tmp_path):
-    calls = [("Loaded a Page", "a1", None), ("Products Searched", "a1", None), ("Product Viewed", "a1", None),
-             ("product-viewed", "a1", None), ("productAdded", "a1", None), ("Checkout Started", "a1", None),
-             ("Signed In", "a1", "u1"), ("Order Completed", "a1", "u1"), ("Coupon Applied", "a1", "u1")]
+    calls = [("Loaded a Page", "a1", None), ("[Amplitude] Page Viewed", "a1", None), ("Products Searched", "a1", None),
+             ("Product Viewed", "a1", None), ("product-viewed", "a1", None), ("productAdded", "a1", None),
+             ("Checkout Started", "a1", None), ("Signed In", "a1", "u1"), ("Order Completed", "a1", "u1"),
+             ("Coupon Applied", "a1", "u1")]
     lines = [json.dumps({"type": "track", "event": event, "anonymousId": anon, "userId": user, "messageId": f"m{i}",
                          "timestamp": f"2026-01-05T10:{i:02d}:00.000Z", "context": {"page": {"url": "/x"}}})
              for i, (event, anon, user) in enumerate(calls)]
@@ -123,8 +124,8 @@ def test_segment_jsonl_track_calls_and_spellings(tmp_path):
                                         "anonymous_id": "anonymousId", "customer_ref": "userId"}}])
     assert ingest(ws).rows_loaded == len(calls)
     assert [r[0] for r in _rows(ws, "select event_type from events order by timestamp")] == [
-        "page_view", "search", "product_view", "product_view", "add_to_cart", "checkout_start", "login", "purchase",
-        "coupon_applied"]  # an unknown name keeps its snake_case spelling
+        "page_view", "page_view", "search", "product_view", "product_view", "add_to_cart", "checkout_start", "login",
+        "purchase", "coupon_applied"]  # an unknown name keeps its snake_case spelling
     assert _rows(ws, "select raw_event_type from events where event_type = 'coupon_applied'") == [("Coupon Applied",)]
     _reconciles(ws, "segment")
 

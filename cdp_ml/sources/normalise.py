@@ -39,8 +39,9 @@ STATUS_SYNONYMS = {
 
 # Vendor event names -> the canonical vocabulary (kinds.EVENT_TYPES), matched after event_token() has made
 # them snake_case, so "Product Added", "product-added" and "productAdded" are all `product_added`. Sources:
-# GA4 / Universal Analytics, Segment and RudderStack e-commerce spec, Snowplow, Adobe Analytics, Shopify web
-# pixels, Magento (Adobe Commerce) storefront events, Klaviyo, Meta pixel, RetailRocket and REES46 logs.
+# GA4 / Universal Analytics / Firebase, Segment and RudderStack e-commerce spec, Snowplow, Adobe Analytics,
+# Shopify web pixels, Magento (Adobe Commerce) storefront events, Klaviyo, Meta pixel, Mixpanel, PostHog,
+# Amplitude, RetailRocket and REES46 logs.
 # Only names that mean the same thing everywhere; anything else keeps its snake_case name.
 EVENT_SYNONYMS: dict[str, tuple[str, ...]] = {
     "page_view": ("page_view", "pageview", "page", "page_viewed", "viewed_page", "loaded_a_page", "page_load",
@@ -58,7 +59,8 @@ EVENT_SYNONYMS: dict[str, tuple[str, ...]] = {
     "login": ("login", "log_in", "logged_in", "sign_in", "signed_in", "signin", "user_login", "identify"),
     "purchase": ("purchase", "purchased", "transaction", "order", "order_completed", "order_complete",
                  "order_placed", "placed_order", "place_order", "completed_order", "checkout_completed",
-                 "checkout_complete", "checkout_success", "purchase_completed", "completed_purchase"),
+                 "checkout_complete", "checkout_success", "purchase_completed", "completed_purchase",
+                 "ecommerce_purchase", "in_app_purchase"),
     "remove_from_cart": ("remove_from_cart", "removed_from_cart", "product_removed", "product_removed_from_cart",
                          "cart_remove", "remove_from_basket", "sc_remove"),
     "add_to_wishlist": ("add_to_wishlist", "added_to_wishlist", "product_added_to_wishlist", "wishlist_add"),
@@ -126,10 +128,11 @@ def lower_token(expr: str) -> str:
 def event_token(expr: str) -> str:
     """snake_case of an event name: 'Product Viewed', 'product-viewed', 'productViewed' -> 'product_viewed'.
 
-    Word boundaries are case changes and any run of non-alphanumerics; a name that has no letters or digits
-    keeps its lower-cased text, so nothing becomes NULL.
+    Word boundaries are case changes and any run of non-alphanumerics; a leading ``[Tool]`` tag is dropped
+    (Amplitude's ``[Amplitude] Page Viewed``); a name that has no letters or digits keeps its lower-cased
+    text, so nothing becomes NULL.
     """
-    s = f"trim({expr})"
+    s = f"regexp_replace(trim({expr}), '^\\[[^\\]]*\\]\\s*', '')"
     s = f"regexp_replace({s}, '(\\p{{Lu}}+)(\\p{{Lu}}\\p{{Ll}})', '\\1_\\2', 'g')"  # HTMLPage -> HTML_Page
     s = f"regexp_replace({s}, '([\\p{{Ll}}\\pN])(\\p{{Lu}})', '\\1_\\2', 'g')"  # productViewed -> product_Viewed
     snake = f"trim(regexp_replace(lower({s}), '[^\\pL\\pN]+', '_', 'g'), '_')"
