@@ -251,6 +251,28 @@ def test_latest_means_the_monday_after_the_newest_raw_data(tmp_path):
     assert resolve_as_of(ws, None).weekday() == 0
 
 
+def test_latest_parses_raw_times_as_ingestion_does(tmp_path):
+    """Epoch milliseconds (RetailRocket-style exports) and zone suffixes count, as ingestion will load them."""
+    root = tmp_path / "ws"
+    (root / "raw").mkdir(parents=True)
+    newest_ms = int(datetime(2026, 7, 22, 12, tzinfo=UTC).timestamp() * 1000)
+    (root / "raw" / "events.csv").write_text(f"timestamp,visitorid,event\n1772410278063,1,view\n{newest_ms},2,view\n")
+    (root / "cdp_ml.yaml").write_text(
+        "timezone: Europe/Amsterdam\nsources:\n"
+        "  - {name: rr, kind: events, path: raw/events.csv,\n"
+        "     columns: {timestamp: timestamp, event_type: event, anonymous_id: visitorid}}\n")
+    ws = Workspace.open(root)
+    assert resolve_as_of(ws, "latest") == date(2026, 7, 27)
+    with (root / "cdp_ml.yaml").open("a") as f:
+        f.write("  - {name: orders, kind: orders, path: raw/orders.csv,\n"
+                "     columns: {order_id: id, ordered_at: at, customer_ref: who}}\n")
+    # Monday 01:00 in Amsterdam is still Sunday in UTC; with an explicit UTC suffix it is Monday
+    (root / "raw" / "orders.csv").write_text("id,at,who\no1,2026-07-27 01:00:00,1\n")
+    assert resolve_as_of(Workspace.open(root), "latest") == date(2026, 7, 27)
+    (root / "raw" / "orders.csv").write_text("id,at,who\no1,2026-07-27 01:00:00 UTC,1\n")
+    assert resolve_as_of(Workspace.open(root), "latest") == date(2026, 8, 3)
+
+
 def test_latest_reads_only_files_not_yet_loaded(tmp_path, monkeypatch):
     from cdp_ml.sources import ingest, readers
 

@@ -9,6 +9,7 @@ import duckdb
 
 from cdp_ml import engine
 from cdp_ml.errors import CdpError
+from cdp_ml.sources import normalise as nz
 from cdp_ml.workspace import SourceConfig, Workspace, last_completed_week_end, parse_date
 
 # canonical timestamp column per referencing kind
@@ -52,14 +53,15 @@ def _raw_latest(ws: Workspace) -> datetime | None:
         con.execute("set TimeZone='UTC'")
         for src, paths in todo:
             column = src.columns.get(TIME_FIELDS.get(src.kind, ""))
-            fmt = src.options.get("timestampformat")
             quoted = '"' + column.replace('"', '""') + '"'
-            parsed = (f"try_strptime({quoted}, $fmt)" if fmt else
-                      f"coalesce(try_cast({quoted} as timestamp), try_cast(try_cast({quoted} as timestamptz) as timestamp))")
+            # the ingestion's own parser (epoch seconds/ms/us, offsets, formats, the source's zone): `latest`
+            # must see the same instants that ingestion will load
+            parsed = nz.timestamp(nz.blank_to_null(f"cast({quoted} as varchar)"), src.timezone or ws.config.timezone,
+                                  src.options.get("timestampformat"))
             for path in paths:
                 try:
                     read_raw(con, src, path)
-                    value = con.execute(f"select max({parsed}) from {RAW}", {"fmt": fmt} if fmt else {}).fetchall()[0][0]
+                    value = con.execute(f"select max({parsed}) from {RAW}").fetchall()[0][0]
                 except (CdpError, duckdb.Error):
                     continue  # unreadable file: ingestion reports it; the other files still count
                 if isinstance(value, datetime) and (newest is None or value > newest):
