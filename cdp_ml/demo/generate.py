@@ -203,7 +203,9 @@ def generate(root: Path, persons: int = 2000, seed: int = 7, start: date | None 
         vis = activity.visitors(int(round(n * VISITORS_PER_PERSON)), rng, t0, t1, counters)
         v_cookie, v_anon, v_device = activity.cookies(vis.sessions, vis.devices, t0, seed)
         v_ev = activity.events(vis.sessions, occ, keys, v_anon, v_cookie, rng, counters)
-        _write_events(events_sink, pa.concat_tables([ev.table, v_ev.table]).unify_dictionaries(), rng)
+        block_events = pa.concat_tables([ev.table, v_ev.table]).unify_dictionaries()
+        # a session begun just before the end spills over it: the history stops at the end for every source
+        _write_events(events_sink, block_events.filter(pc.less(block_events["ts"], t1)), rng)
         # never-logged-in visitors belong to no person: listed apart, not in identifiers.csv (not scored)
         visitor_sink.write(pd.DataFrame({"source": "web", "id_type": "anonymous_id",
                                          "identifier": v_anon.to_numpy(dtype=object),
