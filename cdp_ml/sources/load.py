@@ -340,7 +340,9 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, 
         if column is None:
             default = f"case when {negative} then 'returned' else 'completed' end" \
                 if (src.kind, f.name) == ("orders", "status") else \
-                "1.0" if (src.kind, f.name) == ("orders", "quantity") else "null"
+                "1.0" if (src.kind, f.name) == ("orders", "quantity") else \
+                "\"__t_customer_ref\" || '@' || \"__t_ordered_at\"" if (src.kind, f.name) == ("orders", "order_id") \
+                else "null"  # transaction logs without an order number (CDNOW-style): one order per customer and time
             typed.append(f"cast({default} as {_SQL_TYPES[f.type]}) as \"{f.name}\"")
             continue
         r = _q("__t_" + f.name)
@@ -389,9 +391,10 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, 
     vocab, join = "", ""
     if src.kind == "events":  # the mapping runs once per distinct event name, then a hash join types every row
         overrides = event_overrides(src)
+        names = nz.blank_to_null(_q(src.columns["event_type"]))  # as c1 cleans it; from the raw table, so c1 streams
         vocab = (f"vocab as materialized (select __ev_raw, {nz.event_type('__ev_raw', overrides, True)} as __ev_product, "
                  f"{nz.event_type('__ev_raw', overrides, False)} as __ev_page "
-                 f'from (select distinct "__t_event_type" as __ev_raw from c1)), ')
+                 f"from (select distinct {names} as __ev_raw from {RAW})), ")
         join = ' left join vocab on c1."__t_event_type" = vocab.__ev_raw'
     sql = (f"with c1 as materialized (select {', '.join(clean)}, _row from {RAW}), {vocab}"
            f"c2 as materialized (select {', '.join(typed)}, _row from c1{join}) "
