@@ -63,7 +63,8 @@ def test_retailrocket_log_maps_to_canonical_types_through_the_cli(tmp_path, caps
     _retailrocket(tmp_path)
     _write(tmp_path, [{"name": "rr", "kind": "events", "path": "events.csv", "columns": RR_COLUMNS}])
     assert main(["--workspace", str(tmp_path), "ingest"]) == 0
-    assert "5 read = 4 loaded + 1 quarantined" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "5 read = 4 loaded + 1 quarantined" in out and "outside the built-in vocabulary" not in out
     ws = Workspace.open(tmp_path)
     assert _rows(ws, "select anonymous_id, raw_event_type, event_type, timestamp, attributes->>'transactionid' "
                      "from events order by timestamp, anonymous_id") == [
@@ -122,7 +123,11 @@ def test_segment_jsonl_track_calls_and_spellings(tmp_path):
     ws = _write(tmp_path, [{"name": "segment", "kind": "events", "path": "tracks.jsonl",
                             "columns": {"timestamp": "timestamp", "event_type": "event", "event_id": "messageId",
                                         "anonymous_id": "anonymousId", "customer_ref": "userId"}}])
-    assert ingest(ws).rows_loaded == len(calls)
+    result = ingest(ws)
+    assert result.rows_loaded == len(calls)
+    assert result.files[0].notes == ("1 event name(s) outside the built-in vocabulary kept as named (most frequent: "
+                                     "coupon_applied x1); options.event_types maps them to page_view, product_view, "
+                                     "search, add_to_cart, checkout_start, login or purchase",)
     assert [r[0] for r in _rows(ws, "select event_type from events order by timestamp")] == [
         "page_view", "page_view", "search", "product_view", "product_view", "add_to_cart", "checkout_start", "login",
         "purchase", "coupon_applied"]  # an unknown name keeps its snake_case spelling
@@ -142,6 +147,15 @@ def test_source_overrides_win_and_changing_them_reloads_the_file(tmp_path):
     assert _rows(ws, "select raw_event_type, event_type from events order by timestamp, anonymous_id") == [
         ("view", "page_view"), ("addtocart", "checkout_start"), ("transaction", "transaction"), ("view", "page_view")]
     assert ingest(ws).files[0].status == "unchanged"
+
+
+def test_a_changed_builtin_vocabulary_reloads_event_files_once(tmp_path, monkeypatch):
+    _retailrocket(tmp_path)
+    ws = _write(tmp_path, [{"name": "rr", "kind": "events", "path": "events.csv", "columns": RR_COLUMNS}])
+    ingest(ws)
+    monkeypatch.setattr("cdp_ml.sources.load._EVENT_VOCABULARY", "a later release")
+    assert [f.status for f in ingest(ws).files] == ["loaded"]  # no mix of old and new spellings
+    assert [f.status for f in ingest(ws).files] == ["unchanged"]
 
 
 @pytest.mark.parametrize("options, expected", [

@@ -400,11 +400,29 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, 
            f"c2 as materialized (select {', '.join(typed)}, _row from c1{join}) "
            f"select * exclude ({', '.join(helpers)}), {reason} as _reason from c2")
     notes = []
+    if src.kind == "events":
+        notes.append(_unmapped_event_note())
     if src.kind == "orders" and "quantity" in src.columns:
         qty = nz.number(nz.blank_to_null(_q(src.columns["quantity"])))
         notes.append(f"select case when count(*) > 0 then count(*) || ' order lines with negative quantity loaded as returns' end "
                      f"from {RAW} where {qty} < 0")
     return sql, notes
+
+
+def _unmapped_event_note() -> str:
+    """A note query naming the most frequent event names outside the vocabulary, so a user can map them.
+
+    Names with an '@' are counted but not shown (a log may put an address in an event name).
+    """
+    known = ", ".join(nz.lit(t) for t in EVENT_TYPES)
+    return (f"with u as (select event_type, count(*) as n, bool_or(raw_event_type like '%@%') as has_at from _typed "
+            f"where _reason is null and event_type not in ({known}) group by 1), "
+            "r as (select *, row_number() over (order by n desc, event_type) as rk from u) "
+            "select case when count(*) > 0 then count(*) || ' event name(s) outside the built-in vocabulary kept as named ("
+            "most frequent: ' || coalesce(string_agg(left(event_type, 40) || ' x' || n, ', ' order by rk) "
+            "filter (where rk <= 5 and not has_at), '-') || "
+            "'); options.event_types maps them to page_view, product_view, search, add_to_cart, checkout_start, "
+            "login or purchase' end from r")
 
 
 def _esc(text: str) -> str:
