@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import shutil
 import sys
@@ -105,6 +106,10 @@ def main() -> None:
     ap.add_argument("--backtest-only", action="store_true",
                     help="time one `backtest` (features + fit + baselines + evaluation) instead of `train`")
     args = ap.parse_args()
+    # the stages log each phase's seconds (sessions, histories, fetch, fit, scoring, baseline)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    for name in ("cdp_ml.features.conversion", "cdp_ml.models.conversion"):
+        logging.getLogger(name).setLevel(logging.INFO)
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)

@@ -12,6 +12,7 @@ import pytest
 
 from cdp_ml import CdpError, Workspace
 from cdp_ml.features import conversion as feats
+from cdp_ml.features import sessions as sess
 from cdp_ml.models import conversion
 from cdp_ml.privacy.profiling import profiling_objections
 
@@ -158,3 +159,12 @@ def test_training_slice_beyond_max_rows_is_sampled_in_sql_and_calibrated_back(ws
     p_full = conversion.fit(full, spec, ws.config.conversion).predict(full).mean()
     p_sampled = conversion.fit(sampled, spec, ws.config.conversion).predict(full).mean()
     assert 0.7 < p_sampled / p_full < 1.4, (p_sampled, p_full)  # uncorrected, the ratio is about 1 / share
+
+
+def test_sessionising_in_device_slices_gives_the_same_points(ws, monkeypatch):
+    until = _midnight(conversion.default_as_of(ws))
+    _, whole = _points(ws, until)
+    monkeypatch.setattr(sess, "EVENTS_PER_SLICE", 3_000)  # the tiny demo's events in several device slices
+    _, sliced = _points(ws, until)
+    assert len(whole) > 1000
+    pd.testing.assert_frame_equal(whole, sliced)

@@ -88,3 +88,16 @@ def test_new_features_do_not_change_when_later_data_arrives(tiny_ws):
         assert merged[col].equals(merged[f"{col}_later"]) or \
             ((merged[col] - merged[f"{col}_later"]).abs().max() < 1e-9), col
     assert after.iloc[-1]["category_orders"] == 5  # o4 (during the day-5 visit) and the day-11 order now count
+
+
+def test_feature_building_caps_duckdb_memory_and_restores_the_settings(tiny_ws):
+    with tiny_ws.connect() as con:
+        before = con.execute("select current_setting('memory_limit'), current_setting('preserve_insertion_order')"
+                             ).fetchall()[0]
+        with feats.bounded_memory(con):
+            limit = feats._setting_bytes(con.execute("select current_setting('memory_limit')").fetchall()[0][0])
+            assert limit <= feats._machine_memory() * feats.DUCKDB_MEMORY_SHARE * 1.01
+            feats.build_points(con, tiny_ws.config.conversion, tiny_ws.config.features, DAY0 + timedelta(days=10))
+        after = con.execute("select current_setting('memory_limit'), current_setting('preserve_insertion_order')"
+                            ).fetchall()[0]
+    assert after == before

@@ -16,6 +16,12 @@ Everything is computed from data strictly before ``until``; the rows of a window
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -52,6 +58,67 @@ _NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYI
 _TEXT_TYPES = ("VARCHAR",)
 
 POINTS_TABLE = "conv_points"
+log = logging.getLogger(__name__)  # seconds per feature-building phase (INFO): where a large warehouse spends time
+# Sessions per history slice: session windows and ASOF joins run in device-hash, then visitor-hash slices of
+# about this size, so their sorts stay in memory on a large warehouse (the result does not depend on it).
+SESSIONS_PER_SLICE = 2_000_000
+
+# DuckDB's share of the machine's memory while conversion features are built: beyond it sorts, windows and
+# joins spill to disk. The rest is for the fetched frames and LightGBM in the same process; DuckDB's own
+# default (80 %) let a 1M-person feature build reach 20 GB RSS on a 24 GB machine.
+DUCKDB_MEMORY_SHARE = 0.25
+_UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def _machine_memory() -> int | None:
+    """Physical memory in bytes, or the container's limit when that is lower (None when unknown)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    try:
+        cgroup = open("/sys/fs/cgroup/memory.max").read().strip()
+        if cgroup.isdigit():
+            total = min(total, int(cgroup))
+    except OSError:
+        pass
+    return total
+
+
+def _setting_bytes(text: str) -> int | None:
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text or "")
+    if not match or match.group(2).lower() not in _UNITS:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+@contextmanager
+def _settings(con: duckdb.DuckDBPyConnection, **values: str) -> Iterator[None]:
+    """DuckDB settings changed for a block and restored after it."""
+    before = {name: con.execute(f"select current_setting('{name}')").fetchall()[0][0] for name in values}
+    for name, value in values.items():
+        con.execute(f"set {name}='{value}'")
+    try:
+        yield
+    finally:
+        for name, value in before.items():  # reset first: a default restores exactly (memory prints rounded)
+            con.execute(f"reset {name}")
+            if con.execute(f"select current_setting('{name}')").fetchall()[0][0] != value:
+                con.execute(f"set {name}='{str(value).lower() if isinstance(value, bool) else value}'")
+
+
+@contextmanager
+def bounded_memory(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Cap DuckDB at ``DUCKDB_MEMORY_SHARE`` of the machine (a lower limit already set is kept) and let it
+    drop insertion order (every conversion query orders explicitly where order matters); both restored after.
+    """
+    current = _setting_bytes(str(con.execute("select current_setting('memory_limit')").fetchall()[0][0]))
+    machine = _machine_memory()
+    lower = int(machine * DUCKDB_MEMORY_SHARE) if machine else None
+    limit = f"{lower // 2**20}MiB" if lower is not None and (current is None or lower < current) else None
+    with _settings(con, preserve_insertion_order="false", **({"memory_limit": limit} if limit else {})):
+        yield
 
 
 @dataclass(frozen=True)
@@ -94,7 +161,17 @@ def build_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
 
 def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings, features: FeatureSettings,
                   until: datetime) -> PointsSpec:
+    # a slice's filter makes DuckDB underestimate the ASOF joins' left side and pick a nested-loop ASOF join,
+    # quadratic in a visitor's sessions (7x slower on the demo); the sort-based one scales
+    with _settings(con, asof_loop_join_threshold="0"):
+        return _event_points_sliced(con, conversion, features, until)
+
+
+def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
+                         features: FeatureSettings, until: datetime) -> PointsSpec:
+    started = time.perf_counter()
     sess.build_sessions(con, until, features.session_gap_minutes, conversion.purchase_event_types)
+    log.info("conversion features: sessions in %.1fs", time.perf_counter() - started)
     orders = sess.order_relation(con)
     if orders is not None:
         status = '"status"' if "status" in _relation_columns(con, orders) else "null::varchar"
@@ -167,9 +244,14 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
         select d, min(case when this_year >= d then this_year - d else next_year - d end)::integer as days_to_peak
         from dated group by d
     """, [list(features.holiday_peaks) or ["12-24"]])
-    con.execute(f"""
-        create or replace temp table {POINTS_TABLE} as
-        with s as (
+    sessions = con.execute("select count(*) from conv_sessions").fetchall()[0][0]
+    slices = max(1, -(-sessions // SESSIONS_PER_SLICE))
+    # device history: windows over each device's sessions, in device-hash slices (a device is never split)
+    con.execute("drop table if exists conv_device_history")
+    for part in range(slices):
+        head = "create temp table conv_device_history as" if part == 0 else "insert into conv_device_history"
+        con.execute(f"""
+            {head}
             select *,
                    (row_number() over wd - 1)::integer as prev_sessions,
                    (count(*) over (partition by device_id order by started_at
@@ -185,84 +267,99 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
                    case when known = 1 then person_id end as known_person_id,
                    coalesce(case when known = 1 then 'p:' || person_id end, device_id) as history_key
             from conv_sessions
+            where hash(device_id) % ? = ?
             window wd as (partition by device_id order by started_at, session_no),
                    wp as (partition by device_id order by started_at, session_no
                           rows between unbounded preceding and 1 preceding)
-        ), visitor as (
-            -- the visitor (known person across devices, else the device) in the days before this session
-            select *,
-                   (count(*) over v7 - 1)::integer as visitor_sessions_7d,
-                   (count(*) over (partition by history_key order by started_at
-                                   range between interval 1 day preceding and current row) - 1)::integer
-                       as visitor_sessions_1d,
-                   (sum(n_product_views) over v7 - n_product_views)::integer as visitor_product_views_7d,
-                   (sum(n_cart_adds) over v7 - n_cart_adds)::integer as visitor_cart_adds_7d,
-                   (epoch(started_at) - epoch(lag(started_at) over vr)) / 86400.0 as visitor_days_since_prev_session,
-                   -- recency-weighted engagement: sum of exp(-(t - t_i) / tau) over earlier visits, as
-                   -- exp(-(t - t0) / tau) * sum(exp((t_i - t0) / tau)) with t0 the visitor's first visit
-                   -- (exponent capped: histories beyond ~13 years lose the oldest weights, not the recent ones)
-                   exp(-least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
-                              700)) as decay_now,
-                   exp(least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
-                             700)) as decay_weight
-            from s
-            window v7 as (partition by history_key order by started_at
-                          range between interval 7 days preceding and current row),
-                   vr as (partition by history_key order by started_at, session_id)
-        ), decayed as (
-            select * exclude (decay_now, decay_weight),
-                   coalesce(decay_now * sum(decay_weight) over vp, 0) as visitor_decayed_sessions,
-                   coalesce(decay_now * sum(decay_weight * n_product_views) over vp, 0) as visitor_decayed_product_views,
-                   coalesce(decay_now * sum(decay_weight * n_cart_adds) over vp, 0) as visitor_decayed_cart_adds
-            from visitor
-            window vp as (partition by history_key order by started_at, session_id
-                          rows between unbounded preceding and 1 preceding)
-        ), with_category as (
-            select d.*, c.category_orders, c.category_mean_gap_days, c.ordered_at as last_category_order_at
-            from decayed d asof left join conv_category_history c
-              on d.known_person_id = c.person_id and d.last_category = c.category and d.started_at > c.ordered_at
-        ), with_orders as (
-            select s.*, h.person_orders, h.person_returns, h.person_order_amount, h.person_mean_order_gap_days,
-                   h.ordered_at as last_order_at
-            from with_category s asof left join conv_order_history h
-              on s.known_person_id = h.person_id and s.started_at > h.ordered_at
-        ), next_device as (
-            select w.session_id, w.device_id, w.session_no, p.ts as next_device_purchase
-            from with_orders w asof left join conv_purchases p on 'd:' || w.device_id = p.k and w.scored_at < p.ts
-        ), next_person as (
-            select w.session_id, w.device_id, w.session_no, p.ts as next_person_purchase
-            from with_orders w asof left join conv_purchases p on 'p:' || w.known_person_id = p.k and w.scored_at < p.ts
-        )
-        select w.session_id, w.device_id, w.person_id, w.anonymous_id, w.scored_at,
-               coalesce('p:' || w.person_id, w.device_id) as visitor_id,
-               least(nd.next_device_purchase, np.next_person_purchase) as next_purchase_at,
-               null::boolean as converted, w.purchased_at is not null as session_purchased,
-               w.* exclude (session_id, device_id, person_id, anonymous_id, scored_at, session_no, known_person_id,
-                            history_key, started_at, purchased_at, prev_purchase_at, last_order_at,
-                            person_orders, person_returns, person_order_amount, category_orders,
-                            category_mean_gap_days, last_category_order_at),
-               coalesce(w.person_orders, 0)::integer as person_orders,
-               coalesce(w.person_returns, 0)::integer as person_returns,
-               coalesce(w.person_order_amount, 0)::double as person_order_amount,
-               (epoch(w.started_at) - epoch(greatest(w.prev_purchase_at, w.last_order_at))) / 86400.0
-                   as days_since_last_purchase,
-               (epoch(w.started_at) - epoch(w.last_order_at)) / 86400.0 / w.person_mean_order_gap_days
-                   as purchase_cycle_ratio,
-               coalesce(w.category_orders, 0)::integer as category_orders,
-               coalesce(w.category_orders, 0) / nullif(w.person_orders, 0) as category_share,
-               (epoch(w.started_at) - epoch(w.last_category_order_at)) / 86400.0 as days_since_category_purchase,
-               (epoch(w.started_at) - epoch(w.last_category_order_at)) / 86400.0 / w.category_mean_gap_days
-                   as category_cycle_ratio,
-               pk.days_to_peak
-        from with_orders w
-        join next_device nd using (session_id, device_id, session_no)
-        join next_person np using (session_id, device_id, session_no)
-        left join conv_peaks pk on pk.d = cast(w.started_at as date)
-    """)
-    for t in ("conv_sessions", "conv_purchase_events", "conv_orders", "conv_order_history", "conv_purchases",
+        """, [slices, part])
+    con.execute("drop table conv_sessions")
+    log.info("conversion features: order history and device history (%d slices) done at %.1fs", slices,
+             time.perf_counter() - started)
+    # visitor history, order history and labels, in history-key slices (a visitor is never split)
+    con.execute(f"drop table if exists {POINTS_TABLE}")
+    for part in range(slices):
+        head = f"create temp table {POINTS_TABLE} as" if part == 0 else f"insert into {POINTS_TABLE}"
+        con.execute(f"""
+            {head}
+            with visitor as (
+                -- the visitor (known person across devices, else the device) in the days before this session
+                select *,
+                       (count(*) over v7 - 1)::integer as visitor_sessions_7d,
+                       (count(*) over (partition by history_key order by started_at
+                                       range between interval 1 day preceding and current row) - 1)::integer
+                           as visitor_sessions_1d,
+                       (sum(n_product_views) over v7 - n_product_views)::integer as visitor_product_views_7d,
+                       (sum(n_cart_adds) over v7 - n_cart_adds)::integer as visitor_cart_adds_7d,
+                       (epoch(started_at) - epoch(lag(started_at) over vr)) / 86400.0 as visitor_days_since_prev_session,
+                       -- recency-weighted engagement: sum of exp(-(t - t_i) / tau) over earlier visits, as
+                       -- exp(-(t - t0) / tau) * sum(exp((t_i - t0) / tau)) with t0 the visitor's first visit
+                       -- (exponent capped: histories beyond ~13 years lose the oldest weights, not the recent ones)
+                       exp(-least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
+                                  700)) as decay_now,
+                       exp(least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
+                                 700)) as decay_weight
+                from conv_device_history
+                where hash(history_key) % ? = ?
+                window v7 as (partition by history_key order by started_at
+                              range between interval 7 days preceding and current row),
+                       vr as (partition by history_key order by started_at, session_id)
+            ), decayed as (
+                select * exclude (decay_now, decay_weight),
+                       coalesce(decay_now * sum(decay_weight) over vp, 0) as visitor_decayed_sessions,
+                       coalesce(decay_now * sum(decay_weight * n_product_views) over vp, 0)
+                           as visitor_decayed_product_views,
+                       coalesce(decay_now * sum(decay_weight * n_cart_adds) over vp, 0) as visitor_decayed_cart_adds
+                from visitor
+                window vp as (partition by history_key order by started_at, session_id
+                              rows between unbounded preceding and 1 preceding)
+            ), with_category as (
+                select d.*, c.category_orders, c.category_mean_gap_days, c.ordered_at as last_category_order_at
+                from decayed d asof left join conv_category_history c
+                  on d.known_person_id = c.person_id and d.last_category = c.category and d.started_at > c.ordered_at
+            ), with_orders as (
+                select s.*, h.person_orders, h.person_returns, h.person_order_amount, h.person_mean_order_gap_days,
+                       h.ordered_at as last_order_at
+                from with_category s asof left join conv_order_history h
+                  on s.known_person_id = h.person_id and s.started_at > h.ordered_at
+            ), next_device as (
+                select w.session_id, p.ts as next_device_purchase
+                from with_orders w asof left join conv_purchases p on 'd:' || w.device_id = p.k and w.scored_at < p.ts
+            ), next_person as (
+                select w.session_id, p.ts as next_person_purchase
+                from with_orders w asof left join conv_purchases p
+                  on 'p:' || w.known_person_id = p.k and w.scored_at < p.ts
+            )
+            select w.session_id, w.device_id, w.person_id, w.anonymous_id, w.scored_at,
+                   coalesce('p:' || w.person_id, w.device_id) as visitor_id,
+                   least(next_device_purchase, next_person_purchase) as next_purchase_at,
+                   null::boolean as converted, w.purchased_at is not null as session_purchased,
+                   w.* exclude (session_id, device_id, person_id, anonymous_id, scored_at, session_no, known_person_id,
+                                history_key, started_at, purchased_at, prev_purchase_at, last_order_at,
+                                person_orders, person_returns, person_order_amount, category_orders,
+                                category_mean_gap_days, last_category_order_at),
+                   coalesce(w.person_orders, 0)::integer as person_orders,
+                   coalesce(w.person_returns, 0)::integer as person_returns,
+                   coalesce(w.person_order_amount, 0)::double as person_order_amount,
+                   (epoch(w.started_at) - epoch(greatest(w.prev_purchase_at, w.last_order_at))) / 86400.0
+                       as days_since_last_purchase,
+                   (epoch(w.started_at) - epoch(w.last_order_at)) / 86400.0 / w.person_mean_order_gap_days
+                       as purchase_cycle_ratio,
+                   coalesce(w.category_orders, 0)::integer as category_orders,
+                   coalesce(w.category_orders, 0) / nullif(w.person_orders, 0) as category_share,
+                   (epoch(w.started_at) - epoch(w.last_category_order_at)) / 86400.0 as days_since_category_purchase,
+                   (epoch(w.started_at) - epoch(w.last_category_order_at)) / 86400.0 / w.category_mean_gap_days
+                       as category_cycle_ratio,
+                   pk.days_to_peak
+            from with_orders w
+            join next_device using (session_id)
+            join next_person using (session_id)
+            left join conv_peaks pk on pk.d = cast(w.started_at as date)
+        """, [slices, part])
+    for t in ("conv_device_history", "conv_purchase_events", "conv_orders", "conv_order_history", "conv_purchases",
               "conv_peaks", "conv_category_history"):
         con.execute(f"drop table if exists {t}")
     rows = con.execute(f"select count(*) from {POINTS_TABLE}").fetchall()[0][0]
+    log.info("conversion features: %d scoring points at %.1fs", rows, time.perf_counter() - started)
     return PointsSpec("events", EVENT_NUMERIC, EVENT_CATEGORICAL, conversion.horizon_days, rows)
 
 
@@ -338,12 +435,15 @@ def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | No
             buckets = max(int((max_rows - positives) / max(rows - positives, 1) * 10_000), 100)
             share = buckets / 10_000
             where += f" and (({label}) or hash(session_id::varchar) % 10000 < {buckets})"
+    started = time.perf_counter()
     frame = con.execute(f"""
         select session_id, person_id, anonymous_id, scored_at, ({label})::integer as label, {cols}
         from {POINTS_TABLE} where {where}
         order by scored_at, session_id
     """, params).df()
     frame.attrs["negative_share"] = share
+    log.info("conversion fetch: %d rows (%d positives, negatives kept %.3f) in %.1fs", len(frame),
+             int(frame["label"].sum()), share, time.perf_counter() - started)
     return frame
 
 

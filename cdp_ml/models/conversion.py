@@ -13,7 +13,9 @@ score: monotone, so the ranking and ROC-AUC are untouched). Classes are balanced
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -39,6 +41,7 @@ EXPERIMENT = "conversion-intent"
 ID_COLUMNS = ("session_id", "person_id", "anonymous_id")
 MAX_LEVELS = 100  # categorical levels kept per feature (most frequent); rarer ones count as missing
 BASELINE_ROWS = 300_000  # logistic-regression baseline fits on at most this many training rows
+log = logging.getLogger(__name__)  # seconds per modelling phase (INFO)
 ENGAGEMENT_TIERS = ("n_checkout_starts", "n_cart_adds", "n_product_views")  # heuristic: deepest funnel step first
 
 
@@ -146,10 +149,13 @@ def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> C
     dtrain = lgb.Dataset(shell.matrix(fit_part), label=fit_part["label"].to_numpy(),
                          categorical_feature=list(spec.categorical), free_raw_data=True)
     dvalid = lgb.Dataset(shell.matrix(val_part), label=val_part["label"].to_numpy(), reference=dtrain)
+    started = time.perf_counter()
     booster = lgb.train(params, dtrain, num_boost_round=s.n_estimators, valid_sets=[dvalid],
                         callbacks=[lgb.early_stopping(s.early_stopping_rounds, verbose=False)])
     booster = _trimmed(booster)
     shell.booster = booster
+    log.info("conversion fit: %d rows, %d trees in %.1fs", len(fit_part), booster.current_iteration(),
+             time.perf_counter() - started)
     a, b = _platt(shell.raw_score(cal_part), cal_part["label"].to_numpy())
     # negatives kept with probability q multiply the odds by 1/q: shifting the intercept by log(q) undoes it
     shell.platt = (a, b + math.log(negative_share))
@@ -385,10 +391,14 @@ def _evaluate(ws: Workspace, spec: feats.PointsSpec, train: pd.DataFrame, evalua
         raise CdpError(f"conversion backtest window {cutoff} .. {window_end} has {len(evaluation)} scoring points "
                        f"and {int(evaluation['label'].sum()) if len(evaluation) else 0} conversions: choose another cutoff")
     model = fit(train, spec, s)
+    started = time.perf_counter()
     probability = model.predict(evaluation)
+    log.info("conversion scoring: %d evaluation rows in %.1fs", len(evaluation), time.perf_counter() - started)
+    started = time.perf_counter()
     with threadpool_limits(max(s.threads, 1)):  # BLAS threads beyond the free cores spin, as OpenMP ones do
         logistic = _logistic_baseline(train, spec)
         p_logistic = logistic.predict_proba(_baseline_frame(evaluation, spec))[:, 1]
+    log.info("conversion logistic baseline in %.1fs", time.perf_counter() - started)
     heuristic, heuristic_name = _heuristic(train, spec)
     p_heuristic = heuristic(evaluation)
     y = evaluation["label"].to_numpy()
@@ -461,7 +471,7 @@ def backtest(ws: Workspace, cutoff: date, out: Path | None = None) -> BacktestRe
         lag = s.horizon_days if feats.input_kind(con, s) == "events" else 0
     until = window_end + timedelta(days=lag)
     _check_window(ws, cutoff, until)
-    with ws.connect() as con:
+    with ws.connect() as con, feats.bounded_memory(con):
         spec, train, evaluation = _frames(con, ws, cutoff, until)
     result = _evaluate(ws, spec, train, evaluation, cutoff, window_end, out)
     with tracking.run(ws, EXPERIMENT, f"backtest {cutoff}") as run:
@@ -497,7 +507,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         lag = s.horizon_days if feats.input_kind(con, s) == "events" else 0
     gate_window_end = as_of - timedelta(days=lag)
     gate_cutoff = gate_window_end - timedelta(weeks=s.backtest_weeks)
-    with ws.connect() as con:
+    with ws.connect() as con, feats.bounded_memory(con):
         spec, bt_train, evaluation = _frames(con, ws, gate_cutoff, as_of)
         final = feats.fetch(con, spec, _midnight(as_of) - timedelta(weeks=s.training_weeks, days=lag),
                             _midnight(as_of) - timedelta(days=lag), s.horizon_days,
@@ -566,7 +576,7 @@ def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
         raise CdpError("no champion conversion-intent model in the registry: run `cdp-ml train conversion` first")
     model = _load(champion)
     as_of = as_of or default_as_of(ws)
-    with ws.connect() as con:
+    with ws.connect() as con, feats.bounded_memory(con):
         spec = feats.build_points(con, s, ws.config.features, _midnight(as_of))
         if spec.kind != model.kind:
             raise CdpError(f"the champion conversion model was trained on {model.kind} but the workspace input is "
