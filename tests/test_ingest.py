@@ -274,3 +274,21 @@ def test_orders_parquet_negative_quantity_is_a_return(tmp_path):
     assert _rows(ws, "select order_id, quantity, amount, status from orders order by order_id") == [
         ("1", 2.0, 3.5, "completed"), ("2", 1.0, 3.5, "returned")]
     assert any("negative quantity" in n for n in res.files[0].notes)
+
+
+def test_transaction_log_without_order_numbers(tmp_path):
+    """CDNOW-style logs (customer, yyyymmdd date, quantity, amount): one order per customer and time."""
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "log.csv").write_text("customer_id,date,quantity,amount\n1,19970101,1,11.77\n"
+                                             "1,19970118,2,29.33\n2,19970101,1,9.5\n2,19970101,1,9.5\n"
+                                             "3,1997013,1,2.0\n")
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [
+        {"name": "cdnow", "kind": "orders", "path": "raw/log.csv",
+         "columns": {"customer_ref": "customer_id", "ordered_at": "date", "quantity": "quantity", "amount": "amount"}}]}))
+    ws = Workspace.open(tmp_path)
+    res = ingest(ws)
+    assert (res.rows_read, res.rows_loaded, res.rows_quarantined) == (5, 3, 2)  # a repeated line; a 7-digit date
+    assert _rows(ws, "select order_id, customer_ref, ordered_at::date::varchar from orders order by 1") == [
+        ("1@19970101", "1", "1997-01-01"), ("1@19970118", "1", "1997-01-18"), ("2@19970101", "2", "1997-01-01")]
+    assert sorted(r[0] for r in _rows(ws, "select reason from quarantine")) == [
+        "duplicate row", "unparseable timestamp in column date"]

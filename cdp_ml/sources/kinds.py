@@ -54,7 +54,7 @@ KINDS: dict[str, tuple[Field, ...]] = {
         _f("referrer"),
     ),
     "orders": (
-        _f("order_id", required=True),
+        _f("order_id", doc="order number; when not mapped: customer_ref@ordered_at (one order per customer and time)"),
         _f("customer_ref", required=True),
         _f("ordered_at", "timestamp", True),
         _f("product_id"),

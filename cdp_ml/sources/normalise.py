@@ -215,12 +215,19 @@ def timestamp(expr: str, timezone: str, fmt: str | list[str] | None = None) -> s
             f"when regexp_full_match({s}, '[0-9]{{13}}([0-9]{{3}})?') then "  # epoch ms, or µs (GA4 event_timestamp)
             f"make_timestamp(try_cast({s} as bigint) * (case when length({s}) = 13 then 1000 else 1 end)) "
             f"when regexp_full_match({s}, '[0-9]{{9,10}}(\\.[0-9]+)?') then make_timestamp(cast(try_cast({s} as double) * 1000000 as bigint)) "
-            f"when {utc} then {local} "
+            + ("" if fmt else f"when {_not_compact_date(s)} then null ")
+            + f"when {utc} then {local} "
             f"else timezone('UTC', timezone({lit(timezone)}, {local})) end)")
+
+
+def _not_compact_date(s: str) -> str:
+    """Digits only but not yyyymmdd: strptime would read '1997013' as 1997-01-03, so such text is no date."""
+    return f"(regexp_full_match({s}, '[0-9]+') and length({s}) <> 8)"
 
 
 def date_value(expr: str, fmt: str | list[str] | None = None) -> str:
     s = f"trim({expr})"
     if fmt:
         return f"cast(try_strptime({s}, {_formats(fmt, DATE_FORMATS)}) as date)"
-    return f"coalesce(try_cast({s} as date), cast(try_strptime({s}, {_formats(None, DATE_FORMATS)}) as date))"
+    return (f"(case when {_not_compact_date(s)} then null else coalesce(try_cast({s} as date), "
+            f"cast(try_strptime({s}, {_formats(None, DATE_FORMATS)}) as date)) end)")
