@@ -161,6 +161,7 @@ def test_a_changed_builtin_vocabulary_reloads_event_files_once(tmp_path, monkeyp
 @pytest.mark.parametrize("options, expected", [
     ({"event_types": {"addtocart": "add_to_card"}},
      "source 'rr': options.event_types.addtocart: 'add_to_card' is not a canonical event type"),
+    ({"event_types": {"addtocart": 5}}, "source 'rr': options.event_types.addtocart: 5 is not a canonical event type"),
     ({"event_types": ["addtocart"]}, "source 'rr': options.event_types: expected a mapping"),
 ])
 def test_invalid_override_is_one_line(tmp_path, capsys, options, expected):

@@ -153,9 +153,13 @@ def event_overrides(src: SourceConfig) -> dict[str, str]:
     if not isinstance(value, dict):
         raise CdpError(f"{where}: expected a mapping of source event name -> canonical type, e.g. {{addtocart: add_to_cart}}")
     overrides = {str(name): str(target) for name, target in value.items() if isinstance(target, str)}
-    spelled = duckdb.sql("select " + ", ".join(f"{nz.event_token(nz.lit(t))}, {nz.event_token(nz.lit(n))}"
-                                               for n, t in overrides.items()) or "1").fetchall()[0]
-    tokens = dict(zip(overrides, zip(spelled[::2], spelled[1::2], strict=True), strict=False))
+    if not value:
+        return {}
+    tokens: dict[str, tuple[str, str]] = {}
+    if overrides:  # target and name spelled as ingest spells event names
+        spelled = duckdb.sql("select " + ", ".join(f"{nz.event_token(nz.lit(t))}, {nz.event_token(nz.lit(n))}"
+                                                   for n, t in overrides.items())).fetchall()[0]
+        tokens = dict(zip(overrides, zip(spelled[::2], spelled[1::2], strict=True), strict=True))
     for name, target in value.items():
         if str(name) not in tokens or tokens[str(name)][0] not in (*EVENT_TYPES, tokens[str(name)][1]):
             raise CdpError(f"{where}.{name}: {target!r} is not a canonical event type "
