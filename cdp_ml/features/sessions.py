@@ -116,7 +116,7 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
                regexp_replace(regexp_extract(lower(referrer), '^[a-z]+://([^/:?#]+)', 1), '^(www|l|m)\\.', '')
                    as referrer_host,
                -- deterministic order of events with equal timestamps (independent of later data)
-               hash(product_id, url, referrer, customer_ref, person_id, category, value, channel, utm_source)
+               hash(event_type, product_id, url, referrer, customer_ref, person_id, category, value, channel, utm_source)
                    as tiebreak,
                hash(device_id) as device_hash
         from keyed where device_id is not null
@@ -140,7 +140,7 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
                        case when lag(ts) over w is null or lag(is_purchase) over w
                                  or ts - lag(ts) over w > to_minutes(?::bigint) then 1 else 0 end as new_session,
                        max(logged_in::integer) over w as known
-                from sliced window w as (partition by device_id order by ts, is_purchase, event_type, tiebreak)
+                from sliced window w as (partition by device_id order by ts, is_purchase, tiebreak)
             ), numbered as (
                 select *, sum(new_session) over (partition by device_id order by seq rows unbounded preceding)
                               as session_no
@@ -156,8 +156,8 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
                        {counts},
                        count(*) filter (where not is_purchase
                                         and not list_contains(?::varchar[], event_type))::integer as n_other_events,
-                       count(distinct product_id) filter (where not is_purchase)::integer as n_products,
-                       count(distinct category) filter (where not is_purchase)::integer as n_categories,
+                       list_unique(list(product_id) filter (where not is_purchase))::integer as n_products,
+                       list_unique(list(category) filter (where not is_purchase))::integer as n_categories,
                        coalesce(sum(value) filter (where event_type = 'add_to_cart'), 0) as cart_value,
                        avg(value) filter (where event_type = 'product_view') as mean_viewed_value,
                        arg_min(channel, seq) filter (where not is_purchase and channel is not null) as channel,
