@@ -59,9 +59,6 @@ _TEXT_TYPES = ("VARCHAR",)
 
 POINTS_TABLE = "conv_points"
 log = logging.getLogger(__name__)  # seconds per feature-building phase (INFO): where a large warehouse spends time
-# Sessions per history slice: session windows and ASOF joins run in device-hash, then visitor-hash slices of
-# about this size, so their sorts stay in memory on a large warehouse (the result does not depend on it).
-SESSIONS_PER_SLICE = 2_000_000
 
 # DuckDB's share of the machine's memory while conversion features are built: beyond it sorts, windows and
 # joins spill to disk. The rest is for the fetched frames and LightGBM in the same process; DuckDB's own
@@ -174,7 +171,7 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
 def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
                          features: FeatureSettings, until: datetime) -> PointsSpec:
     started = time.perf_counter()
-    sess.build_sessions(con, until, features.session_gap_minutes, conversion.purchase_event_types)
+    _, slices = sess.build_sessions(con, until, features.session_gap_minutes, conversion.purchase_event_types)
     log.info("conversion features: sessions in %.1fs", time.perf_counter() - started)
     orders = sess.order_relation(con)
     if orders is not None:
@@ -247,8 +244,12 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
         select d, min(case when this_year >= d then this_year - d else next_year - d end)::integer as days_to_peak
         from dated group by d
     """, [list(features.holiday_peaks) or ["12-24"]])
-    sessions = con.execute("select count(*) from conv_sessions").fetchall()[0][0]
-    slices = max(1, -(-sessions // SESSIONS_PER_SLICE))
+    # the sessions' device slices again; persons' histories get their visitor slice (a known visitor's key is
+    # 'p:' || person_id), stored so each slice's scans filter on one small column
+    for t, key in (("conv_category_history", "'p:' || person_id"), ("conv_order_history", "'p:' || person_id"),
+                   ("conv_purchases", "k")):
+        con.execute(f"create or replace temp table {t} as select *, (hash({key}) % {slices})::integer as slice "
+                    f"from {t}")
     # device history: windows over each device's sessions, in device-hash slices (a device is never split)
     con.execute("drop table if exists conv_device_history")
     for part in range(slices):
@@ -271,12 +272,13 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                        case when known = 1 then person_id end as known_person_id,
                        coalesce(case when known = 1 then 'p:' || person_id end, device_id) as history_key
                 from conv_sessions
-                where hash(device_id) % $slices = $part
+                where slice = $part
                 window wd as (partition by device_id order by started_at, session_no),
                        wp as (partition by device_id order by started_at, session_no
                               rows between unbounded preceding and 1 preceding)
             )
-            select s.*, p.ts as next_device_purchase
+            select s.* exclude (slice), p.ts as next_device_purchase,
+                   (hash(s.history_key) % $slices)::integer as visitor_slice
             from s asof left join (select device_id, ts from conv_purchase_events
                                    where hash(device_id) % $slices = $part) p
               on s.device_id = p.device_id and s.scored_at < p.ts
@@ -308,7 +310,7 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                        exp(least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
                                  700)) as decay_weight
                 from conv_device_history
-                where hash(history_key) % $slices = $part
+                where visitor_slice = $part
                 window v7 as (partition by history_key order by started_at
                               range between interval 7 days preceding and current row),
                        vr as (partition by history_key order by started_at, session_id)
@@ -323,18 +325,16 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                               rows between unbounded preceding and 1 preceding)
             ), with_category as (
                 select d.*, c.category_orders, c.category_mean_gap_days, c.ordered_at as last_category_order_at
-                from decayed d asof left join (select * from conv_category_history
-                                               where hash('p:' || person_id) % $slices = $part) c
+                from decayed d asof left join (select * from conv_category_history where slice = $part) c
                   on d.known_person_id = c.person_id and d.last_category = c.category and d.started_at > c.ordered_at
             ), with_orders as (
                 select s.*, h.person_orders, h.person_returns, h.person_order_amount, h.person_mean_order_gap_days,
                        h.ordered_at as last_order_at
-                from with_category s asof left join (select * from conv_order_history
-                                                     where hash('p:' || person_id) % $slices = $part) h
+                from with_category s asof left join (select * from conv_order_history where slice = $part) h
                   on s.known_person_id = h.person_id and s.started_at > h.ordered_at
             ), next_person as (
                 select w.*, p.ts as next_person_purchase
-                from with_orders w asof left join (select * from conv_purchases where hash(k) % $slices = $part) p
+                from with_orders w asof left join (select * from conv_purchases where slice = $part) p
                   on 'p:' || w.known_person_id = p.k and w.scored_at < p.ts
             )
             select w.session_id, w.device_id, w.person_id, w.anonymous_id, w.scored_at,
@@ -345,7 +345,7 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                                 history_key, started_at, purchased_at, prev_purchase_at, last_order_at,
                                 person_orders, person_returns, person_order_amount, category_orders,
                                 category_mean_gap_days, last_category_order_at, next_device_purchase,
-                                next_person_purchase),
+                                next_person_purchase, visitor_slice),
                    coalesce(w.person_orders, 0)::integer as person_orders,
                    coalesce(w.person_returns, 0)::integer as person_returns,
                    coalesce(w.person_order_amount, 0)::double as person_order_amount,
@@ -361,7 +361,7 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                    pk.days_to_peak
             from next_person w
             left join conv_peaks pk on pk.d = cast(w.started_at as date)
-        """, {"slices": slices, "part": part})
+        """, {"part": part})
     for t in ("conv_device_history", "conv_purchase_events", "conv_orders", "conv_order_history", "conv_purchases",
               "conv_peaks", "conv_category_history"):
         con.execute(f"drop table if exists {t}")

@@ -74,11 +74,11 @@ EVENTS_PER_SLICE = 4_000_000
 
 
 def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes: int,
-                   purchase_types: Sequence[str], table: str = "conv_sessions") -> int:
+                   purchase_types: Sequence[str], table: str = "conv_sessions") -> tuple[int, int]:
     """Create temp table ``table``: one row per session from events strictly before ``until``.
 
     Also leaves temp table ``conv_purchase_events(device_id, person_id, ts)`` for labelling. Returns the
-    number of sessions. Events are first projected to the narrow columns the aggregates need (the entry
+    number of sessions and of device slices (column ``slice`` = ``hash(device_id) % slices``). Events are first projected to the narrow columns the aggregates need (the entry
     URL and referrer are reduced to their traffic-source parts here, so the sorts never carry them), then
     sessionised in device-hash slices of about ``EVENTS_PER_SLICE`` events: a session never spans devices,
     so slices are independent and the result does not depend on their number.
@@ -90,6 +90,11 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
         ("referrer", "varchar"), ("attributes", "json"))}
     utm = (f"json_extract_string({opt['attributes']}, '$.utm_source')" if opt["attributes"] != "null::json"
            else "null::varchar")
+    # slices sized on the staging events (the person view has the same rows); a slice number stored per event
+    # lets each slice's scan filter on one small column instead of reading every event
+    n_events = con.execute('select count(*) from events where "timestamp" < ?', [until]).fetchall()[0][0] \
+        if table_exists(con, "events") else 0
+    slices = max(1, -(-n_events // EVENTS_PER_SLICE))
     con.execute(f"""
         create or replace temp table conv_events as
         with ev as (
@@ -118,11 +123,10 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
                -- deterministic order of events with equal timestamps (independent of later data)
                hash(event_type, product_id, url, referrer, customer_ref, person_id, category, value, channel, utm_source)
                    as tiebreak,
-               hash(device_id) as device_hash
+               hash(device_id) as device_hash,
+               (hash(device_id) % {slices})::integer as slice
         from keyed where device_id is not null
     """, [until, canonical_event_names(con, purchase_types)])  # as ingest spells them
-    n_events = con.execute("select count(*) from conv_events").fetchall()[0][0]
-    slices = max(1, -(-n_events // EVENTS_PER_SLICE))
     counts = ",\n".join(f"count(*) filter (where event_type = '{t}')::integer as {col}"
                         for t, col in COUNTED_TYPES.items())
     known_types = list(COUNTED_TYPES)
@@ -133,16 +137,18 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
         con.execute(f"""
             {head}
             with sliced as (
-                select * exclude (device_hash) from conv_events where device_hash % ? = ?
+                select * exclude (slice) from conv_events where slice = ?
             ), marked as (
                 select *,
                        row_number() over w as seq,
                        case when lag(ts) over w is null or lag(is_purchase) over w
                                  or ts - lag(ts) over w > to_minutes(?::bigint) then 1 else 0 end as new_session,
                        max(logged_in::integer) over w as known
-                from sliced window w as (partition by device_id order by ts, is_purchase, tiebreak)
+                -- partitioned on the device's hash first: integer keys sort far faster than long ids
+                from sliced window w as (partition by device_hash, device_id order by ts, is_purchase, tiebreak)
             ), numbered as (
-                select *, sum(new_session) over (partition by device_id order by seq rows unbounded preceding)
+                select *, sum(new_session) over (partition by device_hash, device_id order by seq
+                                                 rows unbounded preceding)
                               as session_no
                 from marked
             ), agg as (
@@ -184,12 +190,13 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
                    hour(started_at)::integer as hour,
                    isodow(started_at)::integer as weekday,
                    coalesce(nullif(entry_utm, ''), nullif(entry_url_utm, ''), nullif(entry_referrer_host, ''),
-                            'direct') as traffic_source
+                            'direct') as traffic_source,
+                   ?::integer as slice
             from agg
-        """, [slices, part, int(gap_minutes), known_types])
+        """, [part, int(gap_minutes), known_types, part])
     con.execute("""
         create or replace temp table conv_purchase_events as
         select device_id, person_id, ts from conv_events where is_purchase
     """)
     con.execute("drop table conv_events")
-    return con.execute(f"select count(*) from {table}").fetchall()[0][0]
+    return con.execute(f"select count(*) from {table}").fetchall()[0][0], slices
