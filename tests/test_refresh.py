@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import nbformat
 import pytest
+import yaml
 
 from cdp_ml import Workspace
 from cdp_ml.errors import CdpError
@@ -303,3 +304,38 @@ def test_a_check_that_cannot_run_is_reported_not_fatal(tmp_path):
     checks = {c.name: c for c in data_checks(ws, WEEK1)}
     assert checks["psi_event_type"].score is None and "not computed" in checks["psi_event_type"].note
     assert not checks["psi_event_type"].drift
+
+
+TOO_LITTLE = """
+from cdp_ml.errors import CdpError, NotEnoughData
+from cdp_ml.refresh import report_step, score_or_skip, train_when_due
+
+def train():
+    raise NotEnoughData("model: 12 buyers (need 200)")
+
+def score():
+    raise CdpError("model: no champion yet")
+
+trained, too_little = train_when_due(train, retrain)
+scored = score_or_skip(score, too_little)
+if scored is not None:
+    report_step(rows_out=1)
+"""
+
+
+def test_a_model_with_too_little_data_and_no_champion_skips_its_step(tmp_path):
+    """Too little data for a model is a skipped step with its reason, not a failed refresh."""
+    root = tmp_path / "ws"
+    pipeline = make_workspace(root, extra_steps={"03b_model": TOO_LITTLE})
+    spec = yaml.safe_load(pipeline.read_text())
+    spec["steps"][3]["retrain"] = True  # a model step: it gets the cadence's retrain flag
+    pipeline.write_text(yaml.safe_dump(spec))
+    ws = Workspace.open(root)
+    result = refresh(ws, as_of=WEEK1, retrain="always", pipeline=pipeline)
+    step = next(s for s in result.steps if s.name == "03b_model")
+    assert result.exit_code == 0 and step.status == "skipped", result
+    assert "12 buyers" in step.error and "no champion" in step.error and step.counts == {}
+    assert published(ws, "2026-W12")["run_id"] == result.run_id
+    # without retraining the same missing champion is a real failure (nobody asked to skip training)
+    failed = refresh(ws, as_of=WEEK1, retrain="never", pipeline=pipeline)
+    assert failed.exit_code == 4 and next(s for s in failed.steps if s.name == "03b_model").status == "failed"

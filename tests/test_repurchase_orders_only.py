@@ -51,3 +51,43 @@ def test_orders_only_invoice_log(tmp_path):
     assert set(pred["category"]) == {"(any)"} and len(pred) == result.tracks * 8
     assert result.persons > 300
     assert set(result.metrics["tracks"]) == {"(any)", "all"}
+
+
+EVENTS_WORKSPACE = """
+sources:
+- name: shop
+  kind: events
+  path: events.csv
+  columns: {timestamp: ts, event_type: event, customer_ref: user_id, product_id: item, category: category,
+            value: price}
+repurchase:
+  n_estimators: 60
+  threads: 1
+  training_cutoffs: 8
+  min_positives: 50
+  min_negatives: 50
+"""
+
+
+def test_event_log_without_orders_uses_its_purchase_events(tmp_path):
+    """REES46/RetailRocket-style: no orders source, purchases are events; they become person_orders."""
+    from cdp_ml.identity import resolve
+    from cdp_ml.sources import ingest
+
+    sim = repurchase_simulation.orders(400, START, weeks=104, seed=5)
+    buys = pd.DataFrame({"ts": sim["ordered_at"].dt.strftime("%Y-%m-%d %H:%M:%S"), "event": "transaction",
+                         "user_id": sim["customer_ref"].str[1:], "item": "sku-1", "category": sim["category"],
+                         "price": sim["amount"]})
+    views = buys.assign(event="view", price=None)  # browsing before each purchase: not an order
+    pd.concat([views, buys]).to_csv(tmp_path / "events.csv", index=False)
+    (tmp_path / "cdp_ml.yaml").write_text(EVENTS_WORKSPACE)
+    ws = Workspace.open(tmp_path)
+    ingest(ws)
+    resolve(ws)
+    with ws.connect() as con:
+        n, people, amount = con.execute("select count(*), count(distinct person_id), sum(amount) "
+                                        "from person_orders").fetchall()[0]
+    assert n == len(buys) and people == sim["customer_ref"].nunique()
+    assert abs(amount - sim["amount"].sum()) < 1e-6 * max(1.0, sim["amount"].sum())
+    result = repurchase.backtest(ws, START + timedelta(weeks=90))
+    assert result.persons > 300 and len(result.categories) >= 2

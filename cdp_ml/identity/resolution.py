@@ -248,7 +248,7 @@ def _write_tables(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date | N
           pm.person_id
         from rows x join _id_nodes l on l.node = x.a join _id_nodes r on r.node = x.b
         left join person_map pm on pm.source = l.source and pm.id_type = l.id_type and pm.record_id = l.record_id""")
-    tables.create_views(con)
+    tables.create_views(con, ws.config.conversion.purchase_event_types)
     tables.write_profiles(con, ws, as_of)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 
 import duckdb
 
 from cdp_ml.engine import columns, table_exists
 from cdp_ml.sources.kinds import KINDS, LINEAGE_COLUMNS
+from cdp_ml.sources.normalise import canonical_event_names, lit
 from cdp_ml.workspace import Workspace
 
 VIEW_KEYS = {  # view -> (staging table, identifiers tried in order)
@@ -20,8 +22,13 @@ VIEW_KEYS = {  # view -> (staging table, identifiers tried in order)
 _SQL_TYPES = {"varchar": "varchar", "timestamp": "timestamp", "date": "date", "double": "double", "boolean": "boolean"}
 
 
-def create_views(con: duckdb.DuckDBPyConnection) -> None:
-    """Views joining each staging table to its person (NULL when the identifier is unresolved)."""
+def create_views(con: duckdb.DuckDBPyConnection, purchase_types: Sequence[str] = ("purchase",)) -> None:
+    """Views joining each staging table to its person (NULL when the identifier is unresolved).
+
+    A workspace without an orders source whose events record purchases (RetailRocket, REES46, GA4 exports)
+    gets ``person_orders`` from those purchase events, so repurchase timing and the segments' purchase
+    history work on an event log alone.
+    """
     for view, (table, keys) in VIEW_KEYS.items():
         if table_exists(con, table):
             source = f'"{table}"'
@@ -40,6 +47,25 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
         person = f"coalesce({', '.join(picks)})" if len(picks) > 1 else (picks[0] if picks else "cast(null as varchar)")
         con.execute(f"create or replace view {view} as select t.*, {person} as person_id "
                     f"from {source} t {' '.join(joins)}")
+    no_orders = not table_exists(con, "orders") or not con.execute("select exists (from orders)").fetchall()[0][0]
+    if no_orders and table_exists(con, "events"):
+        _orders_from_purchase_events(con, purchase_types)
+
+
+def _orders_from_purchase_events(con: duckdb.DuckDBPyConnection, purchase_types: Sequence[str]) -> None:
+    """``person_orders`` as order lines of the purchase events: the items one visitor bought at one instant
+    are one order; amount is the event value, quantity 1."""
+    names = canonical_event_names(con, purchase_types)
+    if not names or not con.execute("select exists (select 1 from events where event_type = any(?))",
+                                    [names]).fetchall()[0][0]:
+        return
+    buyer = "coalesce(person_id, 'ref:' || customer_ref, 'anon:' || anonymous_id)"
+    lineage = ", ".join(f'"{n}"' for n, _ in LINEAGE_COLUMNS)
+    con.execute(f"""create or replace view person_orders as
+        select ({buyer}) || '@' || strftime("timestamp", '%Y-%m-%dT%H:%M:%S.%f') as order_id,
+               customer_ref, "timestamp" as ordered_at, product_id, category, 1.0::double as quantity,
+               "value" as amount, 'completed' as status, {lineage}, ref_source, ref_key, person_id
+        from person_events where event_type in ({', '.join(lit(n) for n in names)})""")
 
 
 def write_priority(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:

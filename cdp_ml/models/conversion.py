@@ -29,7 +29,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from cdp_ml import tracking
-from cdp_ml.errors import CdpError
+from cdp_ml.errors import CdpError, NotEnoughData
 from cdp_ml.features import conversion as feats
 from cdp_ml.models import metrics
 from cdp_ml.models.settings import ConversionSettings
@@ -118,9 +118,9 @@ def check_eligible(train: pd.DataFrame, s: ConversionSettings, what: str = "trai
     pos = int(train["label"].sum())
     neg = int(len(train) - pos)
     if pos < s.min_positives or neg < s.min_negatives:
-        raise CdpError(f"conversion {what} is too small: {pos} converting and {neg} non-converting scoring points "
-                       f"(need conversion.min_positives={s.min_positives} and min_negatives={s.min_negatives}); "
-                       f"use more history (conversion.training_weeks) or an earlier cutoff")
+        raise NotEnoughData(f"conversion {what} is too small: {pos} converting and {neg} non-converting scoring points "
+                            f"(need conversion.min_positives={s.min_positives} and min_negatives={s.min_negatives}); "
+                            f"use more history (conversion.training_weeks) or an earlier cutoff")
 
 
 def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> ConversionModel:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cdp_ml.errors import CdpError
+from cdp_ml.errors import CdpError, NotEnoughData
 from cdp_ml.features import repurchase as fr
 from cdp_ml.models import bgnbd
 from cdp_ml.models import repurchase_metrics as rm
@@ -217,7 +217,7 @@ def _fit(ws: Workspace, window: _Window, horizon: int, end: date) -> tuple[Hazar
     positives = int(rows["label"].sum()) if len(rows) else 0
     negatives = int(len(rows) - positives)
     if positives < s.min_positives or negatives < s.min_negatives:
-        raise CdpError(
+        raise NotEnoughData(
             f"repurchase: not enough history before {end} to train: {positives} repurchases and {negatives} "
             f"waiting weeks in {s.training_cutoffs} training windows (need {s.min_positives} and {s.min_negatives}; "
             f"settings repurchase.min_positives / min_negatives, or use a later date)")

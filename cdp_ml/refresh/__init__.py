@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cdp_ml.refresh.runner import RefreshResult, StepOutcome, published, refresh
-    from cdp_ml.refresh.step_report import report_step
+    from cdp_ml.refresh.step_report import report_step, score_or_skip, skip_step, train_when_due
 
-__all__ = ["RefreshResult", "StepOutcome", "published", "refresh", "report_step"]
-_HOME = {"report_step": "cdp_ml.refresh.step_report"}
+__all__ = ["RefreshResult", "StepOutcome", "published", "refresh", "report_step", "score_or_skip", "skip_step",
+           "train_when_due"]
+_HOME = {name: "cdp_ml.refresh.step_report" for name in ("report_step", "score_or_skip", "skip_step", "train_when_due")}
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ import yaml
 import cdp_ml
 from cdp_ml import settings
 from cdp_ml.errors import CdpError
+from cdp_ml.identity.tables import VIEW_KEYS
 from cdp_ml.sources.kinds import KINDS
 
 DEFAULT_PIPELINE = Path(cdp_ml.__file__).resolve().parent.parent / "pipelines" / "weekly.yaml"
@@ -88,9 +89,11 @@ def load_pipeline(path: Path | None = None, check_notebooks: bool = True) -> Pip
         clash = reserved & set(sc.parameters)
         if clash:
             raise CdpError(f"{where}.parameters: {sorted(clash)[0]!r} is set by the runner")
-        unknown = [n for n in sc.needs if n not in KINDS]
+        tables = [*KINDS, *VIEW_KEYS]  # staging tables, and identity's person views (filled after 02_identity)
+        unknown = [n for n in sc.needs if n not in tables]
         if unknown:
-            raise CdpError(f"{where}.needs: {unknown[0]!r} is not a staging table (one of {', '.join(KINDS)})")
+            raise CdpError(f"{where}.needs: {unknown[0]!r} is not a staging table or person view "
+                           f"(one of {', '.join(tables)})")
         notebook = (path.parent / sc.notebook).resolve()
         if check_notebooks and not notebook.is_file() and not sc.optional:
             raise CdpError(f"{where}.notebook: {notebook} does not exist")

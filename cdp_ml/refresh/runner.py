@@ -32,7 +32,7 @@ from cdp_ml.refresh.checks import RetrainDecision, decide_retrain
 from cdp_ml.refresh.files import read_json, write_json_atomic
 from cdp_ml.refresh.lock import LockHeld, RefreshLock
 from cdp_ml.refresh.pipeline import Pipeline, Step, load_pipeline
-from cdp_ml.refresh.step_report import STEP_REPORT_ENV
+from cdp_ml.refresh.step_report import SKIPPED_KEY, STEP_REPORT_ENV
 from cdp_ml.workspace import Workspace
 
 EXPERIMENT = "weekly-refresh"
@@ -351,12 +351,17 @@ class _Run:
     def _finish_step(self, step: Step, record: dict[str, Any], status: str, seconds: float, peak_mb: float,
                      counts_path: Path, error: str) -> None:
         counts = read_json(counts_path) or {}
+        skipped = counts.pop(SKIPPED_KEY, None)
+        if skipped and status == "succeeded":  # the notebook decided its step does not apply this week
+            status = "skipped"
+            record["note"] = str(skipped)
         html = self._html(self.run_dir / f"{step.name}.ipynb")
         record.update(status=status, finished=_now(), seconds=round(seconds, 2), peak_rss_mb=round(peak_mb, 1),
                       counts=counts, error=error, html=html.name if html else None)
         self._save()
         self._end_step_run(record, step, status, seconds, peak_mb, counts, error, html)
-        shown = StepOutcome(step.name, status, seconds, peak_mb, counts, record.get("retrain", False), error)
+        shown = StepOutcome(step.name, status, seconds, peak_mb, counts, record.get("retrain", False),
+                            error or (record.get("note", "") if status == "skipped" else ""))
         self._log(shown.line().strip())
 
     # --- outputs --------------------------------------------------------------------------------

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from numbers import Real
 from pathlib import Path
+from typing import TypeVar
 
-from cdp_ml.errors import CdpError
+from cdp_ml.errors import CdpError, NotEnoughData
 from cdp_ml.refresh.files import read_json, write_json_atomic
 
+T = TypeVar("T")
 STEP_REPORT_ENV = "CDP_ML_STEP_REPORT"
+SKIPPED_KEY = "__skipped__"  # reason a notebook gives for skipping its step (never sent to MLflow as a count)
 
 
 def report_step(**counts: float) -> dict[str, float]:
@@ -35,3 +39,42 @@ def report_step(**counts: float) -> dict[str, float]:
         merged.update(clean)
         write_json_atomic(path, merged)
     return clean
+
+
+def skip_step(reason: str) -> str:
+    """Mark the refresh step running this notebook as skipped (e.g. too little data and no champion yet).
+
+    The refresh goes on and publishes the week; the reason is shown in the step line and ``state.json``.
+    Run by hand, it only returns the reason.
+    """
+    target = os.environ.get(STEP_REPORT_ENV)
+    if target:
+        path = Path(target)
+        merged = read_json(path) or {}
+        merged[SKIPPED_KEY] = str(reason)[:500]
+        write_json_atomic(path, merged)
+    return reason
+
+
+def train_when_due(train: Callable[[], T], retrain: bool) -> tuple[T | None, str | None]:
+    """Train when the cadence says so; too little data is a note, not a failure (the champion keeps scoring).
+
+    Returns (the training result or None, the too-little-data reason or None).
+    """
+    if not retrain:
+        return None, None
+    try:
+        return train(), None
+    except NotEnoughData as exc:
+        return None, str(exc)
+
+
+def score_or_skip(score: Callable[[], T], too_little: str | None) -> T | None:
+    """Score with the champion; when there is none because training had too little data, skip the step."""
+    try:
+        return score()
+    except CdpError as exc:
+        if too_little is None:
+            raise
+        skip_step(f"{too_little} (and no model to score with: {exc})")
+        return None
