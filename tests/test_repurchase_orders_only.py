@@ -11,6 +11,14 @@ from cdp_ml.models import repurchase, repurchase_simulation
 from cdp_ml.workspace import Workspace
 
 START = date(2024, 1, 1)
+SMALL_MODEL = """
+repurchase:
+  n_estimators: 60
+  threads: 1
+  training_cutoffs: 8
+  min_positives: 50
+  min_negatives: 50
+"""
 WORKSPACE = """
 sources:
 - name: invoices
@@ -22,13 +30,7 @@ sources:
     ordered_at: InvoiceDate
     quantity: Quantity
     amount: Price
-repurchase:
-  n_estimators: 60
-  threads: 1
-  training_cutoffs: 8
-  min_positives: 50
-  min_negatives: 50
-"""
+""" + SMALL_MODEL
 
 
 def test_orders_only_invoice_log(tmp_path):
@@ -60,13 +62,7 @@ sources:
   path: events.csv
   columns: {timestamp: ts, event_type: event, customer_ref: user_id, product_id: item, category: category,
             value: price}
-repurchase:
-  n_estimators: 60
-  threads: 1
-  training_cutoffs: 8
-  min_positives: 50
-  min_negatives: 50
-"""
+""" + SMALL_MODEL
 
 
 def test_event_log_without_orders_uses_its_purchase_events(tmp_path):
