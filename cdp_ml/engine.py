@@ -73,3 +73,12 @@ def count(con: duckdb.DuckDBPyConnection, name: str) -> int:
     if not table_exists(con, name):
         return 0
     return con.execute(f'select count(*) from "{name}"').fetchall()[0][0]
+
+
+def sliced_build(con: duckdb.DuckDBPyConnection, table: str, slices: int) -> Iterator[tuple[int, str]]:
+    """(part, SQL head) for each slice of a build of temp table ``table``, dropped first: the first slice
+    creates the table (its query defines the schema), later ones append. Slicing keeps each sort and join
+    to a part of the data."""
+    con.execute(f"drop table if exists {table}")
+    for part in range(slices):
+        yield part, (f"create temp table {table} as" if part == 0 else f"insert into {table}")

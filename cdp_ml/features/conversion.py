@@ -29,7 +29,7 @@ from typing import Literal
 import duckdb
 import pandas as pd
 
-from cdp_ml.engine import columns, table_exists
+from cdp_ml.engine import columns, sliced_build, table_exists
 from cdp_ml.errors import CdpError
 from cdp_ml.features import sessions as sess
 from cdp_ml.features.settings import FeatureSettings
@@ -251,9 +251,7 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
         con.execute(f"create or replace temp table {t} as select *, (hash({key}) % {slices})::integer as slice "
                     f"from {t}")
     # device history: windows over each device's sessions, in device-hash slices (a device is never split)
-    con.execute("drop table if exists conv_device_history")
-    for part in range(slices):
-        head = "create temp table conv_device_history as" if part == 0 else "insert into conv_device_history"
+    for part, head in sliced_build(con, "conv_device_history", slices):
         con.execute(f"""
             {head}
             with s as (
@@ -287,9 +285,7 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
     log.info("conversion features: order history and device history (%d slices) done at %.1fs", slices,
              time.perf_counter() - started)
     # visitor history, order history and labels, in history-key slices (a visitor is never split)
-    con.execute(f"drop table if exists {POINTS_TABLE}")
-    for part in range(slices):
-        head = f"create temp table {POINTS_TABLE} as" if part == 0 else f"insert into {POINTS_TABLE}"
+    for part, head in sliced_build(con, POINTS_TABLE, slices):
         con.execute(f"""
             {head}
             with visitor as (

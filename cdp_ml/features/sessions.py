@@ -16,7 +16,7 @@ from datetime import datetime
 
 import duckdb
 
-from cdp_ml.engine import columns, table_exists
+from cdp_ml.engine import columns, sliced_build, table_exists
 from cdp_ml.errors import CdpError
 from cdp_ml.sources.normalise import canonical_event_names
 
@@ -130,10 +130,7 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
     counts = ",\n".join(f"count(*) filter (where event_type = '{t}')::integer as {col}"
                         for t, col in COUNTED_TYPES.items())
     known_types = list(COUNTED_TYPES)
-    con.execute(f"drop table if exists {table}")
-    for part in range(slices):
-        # create the table from the first slice (its schema), append the others
-        head = f"create temp table {table} as" if part == 0 else f"insert into {table}"
+    for part, head in sliced_build(con, table, slices):
         con.execute(f"""
             {head}
             with sliced as (
