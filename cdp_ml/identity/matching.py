@@ -37,7 +37,7 @@ from cdp_ml.identity.settings import IdentitySettings
 MODEL_FILE = "identity_splink_model.json"
 EM_MAX_PAIRS = 2e6
 EM_MAX_ITERATIONS = 12  # unobserved levels decay towards m = 0, which Splink rejects after many iterations
-M_FLOOR = 1e-3
+M_FLOOR = 1e-3  # no single disagreeing field may veto a match with a near-infinite negative weight
 # A pair is corroborated when a field about the individual other than the name (birth date, email, phone,
 # extra id) agrees with at least this term-frequency-adjusted match weight (log2 odds). The email number
 # needs more: a common one mostly repeats a birth year (anna1985@), evidence name and birth date already gave,
@@ -45,7 +45,7 @@ M_FLOOR = 1e-3
 CORROBORATION_BITS = 6.0
 EMAIL_NUMBER_CORROBORATION_BITS = 10.0
 MAX_CAPPED_BLOCK = 50  # a value on more records than this is no identifier: a capped rule never keeps it
-MIN_RULE_BUDGET = 100_000  # small workspaces keep every blocking rule  # no single disagreeing field may veto a match with a near-infinite negative weight
+MIN_RULE_BUDGET = 100_000  # small workspaces keep every blocking rule
 # Blocking rules in order of preference; a rule is used when all its columns are compared.
 PREDICTION_RULES: tuple[tuple[str, ...], ...] = (
     ("email",), ("phone",), ("first_canon", "last_name"), ("last_name", "dob"), ("first_canon", "dob"),
@@ -259,23 +259,22 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
     comparisons = 0
     for rule in candidates:
         k = _count_rule(con, rule, link_only)
+        block, label = rule, "+".join(rule)
         if k > budget:
             capped = _capped_rule(con, rule, budget)
             if capped is None:
-                log.append(f"blocking rule {'+'.join(rule)} skipped: {k:,} pairs exceed the budget of {int(budget):,}")
+                log.append(f"blocking rule {label} skipped: {k:,} pairs exceed the budget of {int(budget):,}")
                 continue
             column, cap, k = capped
-            log.append(f"blocking rule {'+'.join(rule)} kept for values on at most {cap} records ({k:,} pairs; "
+            log.append(f"blocking rule {label} kept for values on at most {cap} records ({k:,} pairs; "
                        f"all values: more than the budget of {int(budget):,})")
-            rules.append((column,))
-            shown.append(f"{'+'.join(rule)}(<={cap})")
-            compared.append(rule)
-            comparisons += k
-        elif k > 0:
-            rules.append(rule)
-            shown.append("+".join(rule))
-            compared.append(rule)
-            comparisons += k
+            block, label = (column,), f"{label}(<={cap})"
+        elif k == 0:
+            continue
+        rules.append(block)
+        shown.append(label)
+        compared.append(rule)
+        comparisons += k
     if not rules or n_records < 2:
         _empty_pairs(wh)
         return MatchOutcome(0, 0, 0, (), False, tuple(c.name for c in cols))

@@ -56,8 +56,8 @@ def _orders_from_purchase_events(con: duckdb.DuckDBPyConnection, purchase_types:
     """``person_orders`` as order lines of the purchase events: the items one visitor bought at one instant
     are one order; amount is the event value, quantity 1."""
     names = canonical_event_names(con, purchase_types)
-    if not names or not con.execute("select exists (select 1 from events where event_type = any(?))",
-                                    [names]).fetchall()[0][0]:
+    purchase = f"event_type in ({', '.join(lit(n) for n in names)})"
+    if not names or not con.execute(f"select exists (select 1 from events where {purchase})").fetchall()[0][0]:
         return
     buyer = "coalesce(person_id, 'ref:' || customer_ref, 'anon:' || anonymous_id)"
     lineage = ", ".join(f'"{n}"' for n, _ in LINEAGE_COLUMNS)
@@ -65,7 +65,7 @@ def _orders_from_purchase_events(con: duckdb.DuckDBPyConnection, purchase_types:
         select ({buyer}) || '@' || strftime("timestamp", '%Y-%m-%dT%H:%M:%S.%f') as order_id,
                customer_ref, "timestamp" as ordered_at, product_id, category, 1.0::double as quantity,
                "value" as amount, 'completed' as status, {lineage}, ref_source, ref_key, person_id
-        from person_events where event_type in ({', '.join(lit(n) for n in names)})""")
+        from person_events where {purchase}""")
 
 
 def write_priority(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:

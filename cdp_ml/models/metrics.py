@@ -74,10 +74,13 @@ def audience_reduction(y: Any, p: Any, keep: float = 0.99) -> float:
     total = int(y.sum())
     if total == 0 or y.size == 0:
         return float("nan")
-    sizes, cum_pos = _ranked(y, p)
-    needed = keep * total - 1e-9
-    idx = int(np.argmax(cum_pos >= needed))
-    return float(1.0 - sizes[idx] / y.size)
+    return _reduction(*_ranked(y, p), keep)
+
+
+def _reduction(sizes: np.ndarray, cum_pos: np.ndarray, keep: float) -> float:
+    """1 - the smallest tie-block cut-off holding ``keep`` of the positives (last entries are the totals)."""
+    idx = int(np.argmax(cum_pos >= keep * cum_pos[-1] - 1e-9))
+    return float(1.0 - sizes[idx] / sizes[-1])
 
 
 def audience_reduction_interval(y: Any, p: Any, keep: float = 0.99, groups: Any = None, replicates: int = 200,
@@ -102,11 +105,8 @@ def audience_reduction_interval(y: Any, p: Any, keep: float = 0.99, groups: Any 
     for _ in range(replicates):
         weight = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[codes_sorted].astype(np.float64)
         cum_pos = np.cumsum(weight * y_sorted)[last_of_tie]
-        sizes = np.cumsum(weight)[last_of_tie]
-        if cum_pos[-1] <= 0:
-            continue
-        idx = int(np.argmax(cum_pos >= keep * cum_pos[-1] - 1e-9))
-        values.append(1.0 - sizes[idx] / sizes[-1])
+        if cum_pos[-1] > 0:
+            values.append(_reduction(np.cumsum(weight)[last_of_tie], cum_pos, keep))
     if not values:
         return float("nan"), float("nan")
     low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])

@@ -120,12 +120,10 @@ def _missing_identifiers(con: duckdb.DuckDBPyConnection, week, prev, threshold: 
     name = "missing_identifier_share"
     if not engine.table_exists(con, "events"):
         return Check(name, None, None, None, threshold, "no events table")
-    have = set(engine.columns(con, "events"))
-    keys = [k for k in ("customer_ref", "anonymous_id") if k in have]
-    table, missing = "events", " and ".join(f"{k} is null" for k in keys) or "true"
     rows = con.execute(
-        f"select (timestamp >= ?) as this_week, avg(case when {missing} then 1.0 else 0.0 end), count(*) "
-        f"from {table} where timestamp >= ? and timestamp < ? group by 1",
+        "select (timestamp >= ?) as this_week, "
+        "avg(case when customer_ref is null and anonymous_id is null then 1.0 else 0.0 end), count(*) "
+        "from events where timestamp >= ? and timestamp < ? group by 1",
         [week[0], prev[0], week[1]]).fetchall()
     shares = {bool(r[0]): float(r[1]) for r in rows if r[2]}
     value, previous = shares.get(True), shares.get(False)

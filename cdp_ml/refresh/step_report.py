@@ -32,13 +32,18 @@ def report_step(**counts: float) -> dict[str, float]:
         if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
             raise CdpError(f"report_step: {key} must be a finite number, got {type(value).__name__}")
         clean[key] = int(value) if float(value).is_integer() else float(value)
+    _merge_into_report(clean)
+    return clean
+
+
+def _merge_into_report(values: dict[str, object]) -> None:
+    """Merge into the runner's step report (nothing when the notebook runs by hand)."""
     target = os.environ.get(STEP_REPORT_ENV)
     if target:
         path = Path(target)
         merged = read_json(path) or {}
-        merged.update(clean)
+        merged.update(values)
         write_json_atomic(path, merged)
-    return clean
 
 
 def skip_step(reason: str) -> str:
@@ -47,12 +52,7 @@ def skip_step(reason: str) -> str:
     The refresh goes on and publishes the week; the reason is shown in the step line and ``state.json``.
     Run by hand, it only returns the reason.
     """
-    target = os.environ.get(STEP_REPORT_ENV)
-    if target:
-        path = Path(target)
-        merged = read_json(path) or {}
-        merged[SKIPPED_KEY] = str(reason)[:500]
-        write_json_atomic(path, merged)
+    _merge_into_report({SKIPPED_KEY: str(reason)[:500]})
     return reason
 
 

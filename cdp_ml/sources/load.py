@@ -152,9 +152,9 @@ def event_overrides(src: SourceConfig) -> dict[str, str]:
         raise CdpError(f"{where}: only events sources have event types")
     if not isinstance(value, dict):
         raise CdpError(f"{where}: expected a mapping of source event name -> canonical type, e.g. {{addtocart: add_to_cart}}")
-    overrides = {str(name): str(target) for name, target in value.items() if isinstance(target, str)}
     if not value:
         return {}
+    overrides = {str(name): str(target) for name, target in value.items() if isinstance(target, str)}
     tokens: dict[str, tuple[str, str]] = {}
     if overrides:  # target and name spelled as ingest spells event names
         spelled = duckdb.sql("select " + ", ".join(f"{nz.event_token(nz.lit(t))}, {nz.event_token(nz.lit(n))}"
