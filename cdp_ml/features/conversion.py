@@ -250,12 +250,18 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                    ("conv_purchases", "k")):
         con.execute(f"create or replace temp table {t} as select *, (hash({key}) % {slices})::integer as slice "
                     f"from {t}")
-    # device history: windows over each device's sessions, in device-hash slices (a device is never split)
+    # device history: windows over each device's sessions, in device-hash slices (a device is never split);
+    # sorted on a narrow projection, the wide session row joined back once (as in the visitor stage below)
     for part, head in sliced_build(con, "conv_device_history", slices):
         con.execute(f"""
             {head}
-            with s as (
-                select *,
+            with narrow as (
+                select device_id, session_no, started_at, scored_at, person_id, known, n_product_views, n_cart_adds,
+                       n_checkout_starts, purchased_at, bounce
+                from conv_sessions
+                where slice = $part
+            ), s as (
+                select device_id, session_no, scored_at,
                        (row_number() over wd - 1)::integer as prev_sessions,
                        (count(*) over (partition by device_id order by started_at
                                        range between interval 30 days preceding and current row) - 1)::integer as sessions_30d,
@@ -269,26 +275,37 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                        coalesce(sum(bounce) over wp, 0)::integer as prev_bounces,
                        case when known = 1 then person_id end as known_person_id,
                        coalesce(case when known = 1 then 'p:' || person_id end, device_id) as history_key
-                from conv_sessions
-                where slice = $part
+                from narrow
                 window wd as (partition by device_id order by started_at, session_no),
                        wp as (partition by device_id order by started_at, session_no
                               rows between unbounded preceding and 1 preceding)
+            ), history as (
+                select s.* exclude (scored_at), p.ts as next_device_purchase,
+                       (hash(s.history_key) % $slices)::integer as visitor_slice
+                from s asof left join (select device_id, ts from conv_purchase_events
+                                       where hash(device_id) % $slices = $part) p
+                  on s.device_id = p.device_id and s.scored_at < p.ts
             )
-            select s.* exclude (slice), p.ts as next_device_purchase,
-                   (hash(s.history_key) % $slices)::integer as visitor_slice
-            from s asof left join (select device_id, ts from conv_purchase_events
-                                   where hash(device_id) % $slices = $part) p
-              on s.device_id = p.device_id and s.scored_at < p.ts
+            select c.* exclude (slice), h.* exclude (device_id, session_no)
+            from (select * from conv_sessions where slice = $part) c
+            join history h on c.device_id = h.device_id and c.session_no = h.session_no
         """, {"slices": slices, "part": part})
     con.execute("drop table conv_sessions")
     log.info("conversion features: order history and device history (%d slices) done at %.1fs", slices,
              time.perf_counter() - started)
-    # visitor history, order history and labels, in history-key slices (a visitor is never split)
+    # visitor history, order history and labels, in history-key slices (a visitor is never split). The windows
+    # and ASOF joins sort a narrow projection (keys, times and the two counts they sum); the wide session row
+    # joins back once by its device and session number: at 1M persons carrying it through six sorts cost most
+    # of this stage
     for part, head in sliced_build(con, POINTS_TABLE, slices):
         con.execute(f"""
             {head}
-            with visitor as (
+            with narrow as (
+                select device_id, session_no, session_id, history_key, known_person_id, last_category, started_at,
+                       scored_at, n_product_views, n_cart_adds
+                from conv_device_history
+                where visitor_slice = $part
+            ), visitor as (
                 -- the visitor (known person across devices, else the device) in the days before this session
                 select *,
                        (count(*) over v7 - 1)::integer as visitor_sessions_7d,
@@ -305,13 +322,12 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                                   700)) as decay_now,
                        exp(least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
                                  700)) as decay_weight
-                from conv_device_history
-                where visitor_slice = $part
+                from narrow
                 window v7 as (partition by history_key order by started_at
                               range between interval 7 days preceding and current row),
                        vr as (partition by history_key order by started_at, session_id)
             ), decayed as (
-                select * exclude (decay_now, decay_weight),
+                select * exclude (decay_now, decay_weight, n_product_views, n_cart_adds),
                        coalesce(decay_now * sum(decay_weight) over vp, 0) as visitor_decayed_sessions,
                        coalesce(decay_now * sum(decay_weight * n_product_views) over vp, 0)
                            as visitor_decayed_product_views,
@@ -328,10 +344,15 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                        h.ordered_at as last_order_at
                 from with_category s asof left join (select * from conv_order_history where slice = $part) h
                   on s.known_person_id = h.person_id and s.started_at > h.ordered_at
-            ), next_person as (
-                select w.*, p.ts as next_person_purchase
+            ), history as (
+                select w.* exclude (session_id, history_key, known_person_id, last_category, started_at, scored_at),
+                       p.ts as next_person_purchase
                 from with_orders w asof left join (select * from conv_purchases where slice = $part) p
                   on 'p:' || w.known_person_id = p.k and w.scored_at < p.ts
+            ), wide as (
+                select d.*, h.* exclude (device_id, session_no)
+                from (select * from conv_device_history where visitor_slice = $part) d
+                join history h on d.device_id = h.device_id and d.session_no = h.session_no
             )
             select w.session_id, w.device_id, w.person_id, w.anonymous_id, w.scored_at,
                    coalesce('p:' || w.person_id, w.device_id) as visitor_id,
@@ -355,7 +376,7 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                    (epoch(w.started_at) - epoch(w.last_category_order_at)) / 86400.0 / w.category_mean_gap_days
                        as category_cycle_ratio,
                    pk.days_to_peak
-            from next_person w
+            from wide w
             left join conv_peaks pk on pk.d = cast(w.started_at as date)
         """, {"part": part})
     for t in ("conv_device_history", "conv_purchase_events", "conv_orders", "conv_order_history", "conv_purchases",
