@@ -29,6 +29,28 @@ _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet
 
 
 @dataclass(frozen=True)
+class LookupConfig:
+    """A second file joined to each row of a source by a key.
+
+    Public and warehouse exports are often normalised: the order date sits in an orders file, the price in
+    its order-lines file, the category in a products file. A lookup adds such columns without a
+    hand-made join; it never adds or drops rows.
+    """
+
+    path: str
+    key: str | dict[str, str]  # a column of both files, or {source column: lookup column}
+    format: Literal["csv", "parquet", "jsonl"] | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # reader options, as for a source
+
+    def keys(self) -> tuple[str, str]:
+        """(source column, lookup column) joined on."""
+        if isinstance(self.key, str):
+            return self.key, self.key
+        (left, right), = self.key.items()
+        return left, right
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     """One export: a file or glob of one canonical kind, with its column mapping."""
 
@@ -42,6 +64,7 @@ class SourceConfig:
     customer_key: Literal["record_id", "customer_id"] = "record_id"
     timezone: str | None = None  # zone of timestamps without offset (default: workspace timezone)
     trust: int | None = None  # survivorship rank override (lower = more trusted)
+    lookups: tuple[LookupConfig, ...] = ()  # files joined by key before the column mapping, in order
 
     def file_format(self) -> str:
         if self.format:
@@ -154,6 +177,17 @@ class Workspace:
             raise CdpError(f"source '{src.name}': path {src.path!r} is a directory; give a file or a glob")
         return [p]
 
+    def lookup_files(self, src: SourceConfig) -> list[Path]:
+        """The files of a source's lookups, in order; each must be one existing file."""
+        files = []
+        for i, lookup in enumerate(src.lookups):
+            p = self.path(lookup.path)
+            if glob.has_magic(str(p)) or not p.is_file():
+                raise CdpError(f"source '{src.name}': lookups[{i}] file {lookup.path!r} does not exist in {self.root} "
+                               f"(a lookup is one file, not a glob)")
+            files.append(p)
+        return files
+
     def relative(self, path: Path) -> str:
         try:
             return str(path.resolve().relative_to(self.root))
@@ -183,6 +217,9 @@ def parse_config(raw: Any) -> WorkspaceConfig:
         kind = src.get("kind")
         if kind is not None and kind not in KINDS:
             raise CdpError(f"sources[{i}].kind: unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
+        for lookup in src.get("lookups") or []:
+            if isinstance(lookup, dict) and True in lookup:  # YAML 1.1 reads a bare `on:` key as true
+                lookup.setdefault("key", lookup.pop(True))
     config = settings.load(WorkspaceConfig, raw, "")
     _check_sources(config)
     return config
@@ -204,6 +241,9 @@ def _check_sources(config: WorkspaceConfig) -> None:
             if f.required and f.name not in src.columns:
                 raise CdpError(f"{where}.columns.{f.name}: required field of kind {src.kind} is not mapped "
                                f"(map it to a column of {src.path})")
+        for j, lookup in enumerate(src.lookups):
+            if isinstance(lookup.key, dict) and len(lookup.key) != 1:
+                raise CdpError(f"{where}.lookups[{j}].key: give one column, or one {{source column: lookup column}} pair")
         if src.customer_source is not None and src.kind not in REFERENCING_KINDS:
             raise CdpError(f"{where}.customer_source: only {', '.join(REFERENCING_KINDS)} sources refer to customers")
     for i, src in enumerate(config.sources):

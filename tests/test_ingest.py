@@ -292,3 +292,54 @@ def test_transaction_log_without_order_numbers(tmp_path):
         ("1@19970101", "1", "1997-01-01"), ("1@19970118", "1", "1997-01-18"), ("2@19970101", "2", "1997-01-01")]
     assert sorted(r[0] for r in _rows(ws, "select reason from quarantine")) == [
         "duplicate row", "unparseable timestamp in column date"]
+
+
+def _normalised_shop(root: Path, orders: str) -> Workspace:
+    """Olist-style export: order lines hold the price, the orders file the buyer and time, products the category."""
+    (root / "raw").mkdir(parents=True, exist_ok=True)
+    (root / "raw" / "items.csv").write_text("order_id,order_item_id,product_id,price\no1,1,p1,10.5\no1,2,p2,3\n"
+                                            "o2,1,p1,10.5\no3,1,p9,1\nzz,1,p2,2\n")
+    (root / "raw" / "orders.csv").write_text(orders)
+    (root / "raw" / "products.csv").write_text("product_id,product_category_name\np1,perfumaria\np2,beleza_saude\n")
+    # a bare `on:` is YAML 1.1's boolean true; it is read as the key
+    (root / "cdp_ml.yaml").write_text(textwrap.dedent("""\
+        sources:
+        - name: items
+          kind: orders
+          path: raw/items.csv
+          lookups:
+          - {path: raw/orders.csv, on: order_id}
+          - {path: raw/products.csv, key: {product_id: product_id}}
+          columns: {order_id: order_id, customer_ref: customer_id, ordered_at: order_purchase_timestamp,
+                    product_id: product_id, category: product_category_name, amount: price, status: order_status}
+        """))
+    return Workspace.open(root)
+
+
+def test_lookups_join_normalised_exports_without_losing_rows(tmp_path):
+    orders = ("order_id,customer_id,order_status,order_purchase_timestamp\n"
+              "o1,c1,delivered,2017-10-02 10:56:33\no2,c2,wc-on-hold,2017-10-03 09:00:00\no3,c1,canceled,2017-10-04 08:00:00\n")
+    ws = _normalised_shop(tmp_path, orders)
+    res = ingest(ws)
+    assert (res.rows_read, res.rows_loaded, res.rows_quarantined) == (5, 4, 1)  # 'zz' has no order: no buyer, no time
+    assert _rows(ws, "select order_id, customer_ref, category, amount, status from orders order by order_id, amount") == [
+        ("o1", "c1", "beleza_saude", 3.0, "completed"), ("o1", "c1", "perfumaria", 10.5, "completed"),
+        ("o2", "c2", "perfumaria", 10.5, "completed"), ("o3", "c1", None, 1.0, "cancelled")]
+    notes = res.files[0].notes
+    assert "lookup orders.csv: 1 of 5 rows have no order_id match" in notes
+    assert "lookup products.csv: 1 of 5 rows have no product_id match" in notes
+    # a changed lookup file reloads the unchanged source file
+    (tmp_path / "raw" / "orders.csv").write_text(orders.replace("o3,c1", "o3,c3"))
+    assert ingest(ws).files[0].status == "loaded"
+    assert _rows(ws, "select customer_ref from orders where order_id = 'o3'") == [("c3",)]
+    assert ingest(ws).files[0].status == "unchanged"
+
+
+def test_a_lookup_with_repeated_keys_is_refused(tmp_path):
+    ws = _normalised_shop(tmp_path, "order_id,customer_id,order_status,order_purchase_timestamp\n"
+                                    "o1,c1,delivered,2017-10-02\no1,c2,delivered,2017-10-02\n")
+    with pytest.raises(CdpError, match="lookup orders.csv: 1 values of 'order_id' are on more than one row"):
+        ingest(ws)
+    (tmp_path / "raw" / "products.csv").unlink()
+    with pytest.raises(CdpError, match=r"lookups\[1\] file 'raw/products.csv' does not exist"):
+        ingest(ws)

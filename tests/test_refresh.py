@@ -231,6 +231,16 @@ def test_data_checks_flag_volume_and_missing_identifier_drift(tmp_path):
     assert not decide_retrain(ws, WEEK1, "never", []).retrain
 
 
+def test_weeks_too_small_to_judge_are_not_drift(tmp_path):
+    ws = _events_workspace(tmp_path, this_week=150, last_week=40)
+    checks = {c.name: c for c in data_checks(ws, WEEK1)}
+    assert checks["events_volume_change"].score is None and "fewer than 200 rows" in checks["events_volume_change"].note
+    assert checks["psi_events_per_person"].score is None and not any(c.drift for c in checks.values())
+    (ws.root / "cdp_ml.yaml").write_text("sources: []\nrefresh: {drift_min_rows: 10}\n")
+    checks = {c.name: c for c in data_checks(Workspace.open(ws.root), WEEK1)}
+    assert checks["events_volume_change"].score == pytest.approx(2.75) and checks["events_volume_change"].drift
+
+
 def test_stable_data_and_fresh_champion_do_not_retrain(tmp_path):
     ws = _events_workspace(tmp_path, this_week=1000, last_week=1000)
     assert not any(c.drift for c in data_checks(ws, WEEK1))
@@ -287,7 +297,8 @@ def test_latest_reads_only_files_not_yet_loaded(tmp_path, monkeypatch):
     ingest(ws)
     read: list[str] = []
     real = readers.read_raw
-    monkeypatch.setattr(readers, "read_raw", lambda con, src, path: read.append(path.name) or real(con, src, path))
+    monkeypatch.setattr(readers, "read_raw",
+                        lambda con, src, path, *rest: read.append(path.name) or real(con, src, path, *rest))
     assert resolve_as_of(ws, "latest") == date(2026, 11, 23) and read == []  # from the warehouse
     (root / "raw" / "events-w48.csv").write_text("id,ts,kind,who\n2,2026-11-24 08:00:00,page_view,b\n")
     assert resolve_as_of(ws, "latest") == date(2026, 11, 30) and read == ["events-w48.csv"]

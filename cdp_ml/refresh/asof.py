@@ -60,7 +60,7 @@ def _raw_latest(ws: Workspace) -> datetime | None:
                                   src.options.get("timestampformat"))
             for path in paths:
                 try:
-                    read_raw(con, src, path)
+                    read_raw(con, src, path, ws.lookup_files(src))
                     value = con.execute(f"select max({parsed}) from {RAW}").fetchall()[0][0]
                 except (CdpError, duckdb.Error):
                     continue  # unreadable file: ingestion reports it; the other files still count

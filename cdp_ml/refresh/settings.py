@@ -12,6 +12,7 @@ class RefreshSettings:
     drift_missing_identifier_share: float = 0.10  # absolute change in share of rows without identifiers
     drift_volume_change: float = 0.5  # relative change in weekly volume
     drift_psi: float = 0.2  # population stability index of key features
+    drift_min_rows: int = 200  # weeks with fewer rows are too small to judge (PSI of 60 orders is noise)
     runs_dir: str = "runs"
     pipeline: str | None = None  # pipeline YAML (default: pipelines/weekly.yaml of the cdp-ml checkout)
     kernel: str = "cdp-ml"  # Jupyter kernel the notebooks run in

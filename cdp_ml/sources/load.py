@@ -12,6 +12,7 @@ modification time moved, the content hash decides and the new time is remembered
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -100,6 +101,8 @@ def ingest(ws: Workspace, source: str | None = None) -> IngestResult:
     for src in sources:
         event_overrides(src)
     plan = [(src, ws.source_files(src)) for src in sources]  # fail fast on missing files before loading
+    for src in sources:
+        ws.lookup_files(src)
     loads: list[FileLoad] = []
     removed: list[str] = []
     with ws.connect() as con:
@@ -168,7 +171,8 @@ def event_overrides(src: SourceConfig) -> dict[str, str]:
 
 
 def _mapping_json(src: SourceConfig) -> str:
-    return json.dumps([src.kind, src.columns, src.options, src.customer_source, src.customer_key, src.timezone],
+    return json.dumps([src.kind, src.columns, src.options, src.customer_source, src.customer_key, src.timezone,
+                       *([[dataclasses.asdict(lu) for lu in src.lookups]] if src.lookups else [])],
                       sort_keys=True, default=str)
 
 
@@ -185,6 +189,9 @@ def _file_hash(path: Path, src: SourceConfig) -> str:
 def _settings_hash(ws: Workspace, src: SourceConfig) -> str:
     """Everything besides the bytes that shapes the loaded rows: the mapping and the workspace defaults it uses."""
     effective = [_mapping_json(src), src.timezone or ws.config.timezone, ws.config.default_country]
+    for file in ws.lookup_files(src):  # a changed lookup file changes the loaded rows
+        stat = file.stat()
+        effective.append([stat.st_size, stat.st_mtime_ns])
     if src.kind == "events":
         effective.append(_EVENT_VOCABULARY)
     return hashlib.sha1(json.dumps(effective).encode()).hexdigest()
@@ -246,12 +253,12 @@ def _load_file(con: duckdb.DuckDBPyConnection, ws: Workspace, src: SourceConfig,
     file_hash = file_hash or _file_hash(path, src)
     started = datetime.now()
     load_id = uuid.uuid4().hex[:12]
-    raw = read_raw(con, src, path)
+    raw = read_raw(con, src, path, ws.lookup_files(src))
     _check_mapping(src, raw, path)
     typed_sql, notes_sql = _typed_select(ws, src, raw)
     con.execute(f"create or replace temp table _typed as {typed_sql}")
     _mark_duplicates(con, src, rel)
-    notes = [n for n in (con.execute(q).fetchall()[0][0] for q in notes_sql) if n]
+    notes = raw.notes + [n for n in (con.execute(q).fetchall()[0][0] for q in notes_sql) if n]
     canonical = [f.name for f in KINDS[src.kind]]
     extra = _extra_columns(con, src, raw) if src.kind == "sessions" else []
     target_cols = ["source", *canonical, *(["raw_event_type"] if src.kind == "events" else []),

@@ -32,9 +32,14 @@ PURPOSE_SYNONYMS = {
     "profiling": ("profiling", "personalisation", "personalization", "profilering", "analytics_profiling"),
 }
 STATUS_SYNONYMS = {
-    "completed": ("completed", "complete", "paid", "delivered", "shipped", "fulfilled", "closed", "ok", "voltooid"),
+    # placed and not (yet) cancelled counts as bought: shop systems' in-flight states (Olist, WooCommerce,
+    # Magento, Shopify) would otherwise quarantine real orders
+    "completed": ("completed", "complete", "paid", "delivered", "shipped", "fulfilled", "closed", "ok", "voltooid",
+                  "invoiced", "processing", "approved", "created", "placed", "pending", "authorized", "on_hold", "holded",
+                  "partially_shipped", "partially_refunded", "betaald", "verzonden", "geleverd"),
     "returned": ("returned", "return", "refund", "refunded", "retour", "geretourneerd"),
-    "cancelled": ("cancelled", "canceled", "cancel", "void", "geannuleerd"),
+    "cancelled": ("cancelled", "canceled", "cancel", "void", "voided", "unavailable", "failed", "declined",
+                  "rejected", "geannuleerd"),
 }
 
 # Vendor event names -> the canonical vocabulary (kinds.EVENT_TYPES), matched after event_token() has made
@@ -191,7 +196,9 @@ def purpose(expr: str) -> str:
 
 
 def status(expr: str) -> str:
-    return _synonyms(expr, STATUS_SYNONYMS)
+    """Order status; `On-Hold`, `on hold` and WooCommerce's `wc-on-hold` all read as on_hold."""
+    token = f"regexp_replace(regexp_replace(lower(trim({expr})), '[\\s-]+', '_', 'g'), '^wc_', '')"
+    return _synonyms(token, STATUS_SYNONYMS)
 
 
 def _formats(fmt: str | list[str] | None, defaults: tuple[str, ...]) -> str:

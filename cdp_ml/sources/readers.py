@@ -7,7 +7,8 @@ line is one rejected row with its line number); Parquet is read and cast to text
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ class RawRead:
     columns: list[str]  # source columns (text), in file order
     rows: int  # rows in the raw table
     rejects: list[tuple[int | None, str, str]] = field(default_factory=list)  # (line, raw text, reason)
+    notes: list[str] = field(default_factory=list)  # what the lookups could not match
 
 
 def _sql_value(value: object) -> str:
@@ -52,15 +54,63 @@ def _check_options(src: SourceConfig) -> dict:
     return {k: v for k, v in opts.items() if k in CSV_OPTIONS}
 
 
-def read_raw(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> RawRead:
+def read_raw(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path,
+             lookup_files: Sequence[Path] = ()) -> RawRead:
+    """Read one file of ``src`` into the raw table, then join its lookups (``Workspace.lookup_files``)."""
     fmt = src.file_format()
     if path.stat().st_size == 0:
         raise CdpError(f"source '{src.name}': file {path.name} is empty")
     if fmt == "csv":
-        return _read_csv(con, src, path)
-    if fmt == "jsonl":
-        return _read_jsonl(con, src, path)
-    return _read_parquet(con, src, path)
+        raw = _read_csv(con, src, path)
+    elif fmt == "jsonl":
+        raw = _read_jsonl(con, src, path)
+    else:
+        raw = _read_parquet(con, src, path)
+    for i, file in enumerate(lookup_files):
+        raw = _join_lookup(con, src, i, file, raw)
+    return raw
+
+
+def _join_lookup(con: duckdb.DuckDBPyConnection, src: SourceConfig, i: int, file: Path, raw: RawRead) -> RawRead:
+    """Left-join lookup ``i`` on its key: adds the lookup's other columns, never a row (keys must be unique)."""
+    lookup = src.lookups[i]
+    left, right = lookup.keys()
+    where = f"source '{src.name}': lookup {file.name}"
+    if left not in raw.columns:
+        raise CdpError(f"{where}: key column {left!r} is not in the source file (columns: {', '.join(raw.columns[:12])})")
+    con.execute(f"alter table {RAW} rename to _raw_main")
+    part = read_raw(con, replace(src, name=f"{src.name} lookup", path=lookup.path, format=lookup.format,
+                                 options=lookup.options, lookups=()), file)
+    con.execute(f"alter table {RAW} rename to _lookup")
+    con.execute(f"alter table _raw_main rename to {RAW}")
+    try:
+        if right not in part.columns:
+            raise CdpError(f"{where}: key column {right!r} is not in it (columns: {', '.join(part.columns[:12])})")
+        key_l, key_r = f"trim(m.{_quote(left)})", f"trim({_quote(right)})"
+        repeated = con.execute(f"select count(*) from (select {key_r} as k from _lookup where {key_r} <> '' "
+                               f"group by k having count(*) > 1)").fetchall()[0][0]
+        if repeated:
+            raise CdpError(f"{where}: {repeated} values of {right!r} are on more than one row "
+                           f"(a lookup needs one row per key)")
+        added = [c for c in part.columns if c not in raw.columns and c != right]
+        picked = "".join(f", l.{_quote(c)}" for c in added)
+        con.execute(f"create or replace temp table _joined as select m.*{picked}, l._row is null as _unmatched "
+                    f"from {RAW} m left join _lookup l on {key_l} = trim(l.{_quote(right)}) and {key_l} <> ''")
+        unmatched = con.execute("select count(*) from _joined where _unmatched").fetchall()[0][0]
+        con.execute(f"drop table {RAW}")
+        con.execute(f"create temp table {RAW} as select * exclude (_unmatched) from _joined order by _row")
+    finally:
+        con.execute("drop table if exists _lookup; drop table if exists _joined")
+    notes = list(raw.notes)
+    if unmatched:
+        notes.append(f"lookup {file.name}: {unmatched} of {raw.rows} rows have no {right} match")
+    if part.rejects:
+        notes.append(f"lookup {file.name}: {len(part.rejects)} unreadable lines ignored")
+    return RawRead(raw.columns + added, raw.rows, raw.rejects, notes)
+
+
+def _quote(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
 
 
 def _read_csv(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> RawRead:
