@@ -301,6 +301,22 @@ def test_report_is_self_contained_without_personal_data(tmp_path):
         write_report(ws, AS_OF + timedelta(days=7))
 
 
+def test_report_says_a_model_without_its_data_is_not_applicable(tmp_path):
+    """An orders-only workspace has no browsing: no conversion model is expected, so nothing to warn about."""
+    ws = make_workspace(tmp_path / "ws", persons=40, seed=7)
+    with ws.connect() as con:
+        con.execute("drop table conversion_scores; delete from person_events")
+    build_segments(ws, AS_OF)
+    report = write_report(ws, AS_OF)
+    assert not [w for w in report.warnings if "conversion" in w]
+    assert "conversion-intent</h3><p>Not applicable: the warehouse has no events or sessions." in report.path.read_text()
+    with ws.connect() as con:  # with browsing data, a missing model is a warning again
+        con.execute("insert into person_events values ('p0001', 'a1', timestamp '2026-11-20', 'page_view')")
+    warnings = write_report(ws, AS_OF).warnings
+    assert "conversion-intent: no approved (champion) model in the registry" in warnings
+    assert any(w.startswith("conversion_scores has no scores") for w in warnings)
+
+
 def test_quality_in_words_warns_on_stale_or_rejected_models():
     champion = {"version": "2", "created": "2026-09-01T00:00:00+00:00", "gate": "promoted",
                 "metrics": {"backtest_roc_auc": 0.83, "train_roc_auc": 0.95, "backtest_logistic_roc_auc": 0.9,

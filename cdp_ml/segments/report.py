@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from cdp_ml.engine import table_exists
+from cdp_ml.engine import count, table_exists
 from cdp_ml.errors import CdpError
 from cdp_ml.segments.build import MANIFEST, iso_week, week_folders
 from cdp_ml.segments.models import model_status
@@ -27,6 +27,14 @@ REASON_WORDS = {
     "no_consent": "no consent for the channel", "complaint": "open complaint in the category",
     "returned": "recent return in the category", "bought_since_scoring": "already bought since scoring",
     "filtered": "outside the segment's profile filters",
+}
+
+# What each model learns from, with its score table: a workspace without any of these rows (an orders-only
+# log has no browsing) has no such model by design, which the report says instead of warning about it.
+MODEL_INPUTS = {
+    "conversion-intent": (("events", "sessions", "person_events", "person_sessions"), "events or sessions",
+                          "conversion_scores"),
+    "repurchase-timing": (("orders", "person_orders"), "orders or purchase events", "repurchase_scores"),
 }
 
 
@@ -148,6 +156,13 @@ def _repurchase_outlook(ws: Workspace, snapshot: str | None) -> tuple[list[list[
     return [["category"] + [f"week {w} ({start})" for w, start in weeks]] + table, _png(fig)
 
 
+def _not_applicable(ws: Workspace) -> dict[str, str]:
+    """Models whose inputs the warehouse does not have -> the sentence saying so."""
+    with ws.connect() as con:
+        return {name: f"Not applicable: the warehouse has no {words}."
+                for name, (tables, words, _) in MODEL_INPUTS.items() if not any(count(con, t) for t in tables)}
+
+
 def write_report(ws: Workspace, as_of: date | None = None) -> ReportResult:
     """Write ``<report_dir>/report-<ISO week>.html`` for the week's segments; returns its path and warnings."""
     as_of = as_of or last_completed_week_end()
@@ -161,7 +176,9 @@ def write_report(ws: Workspace, as_of: date | None = None) -> ReportResult:
     if prev_name and (ws.segments_dir / prev_name / MANIFEST).is_file():
         prev_manifest = json.loads((ws.segments_dir / prev_name / MANIFEST).read_text(encoding="utf-8"))
         prev = {s["name"]: s for s in prev_manifest["segments"]}
-    warnings: list[str] = list(manifest.get("skipped", []))
+    not_applicable = _not_applicable(ws)
+    quiet = tuple(MODEL_INPUTS[name][2] for name in not_applicable)
+    warnings: list[str] = [w for w in manifest.get("skipped", []) if not w.startswith(quiet)]
     for table, info in manifest.get("scores", {}).items():
         if info["as_of"] != manifest["as_of"]:
             warnings.append(f"{table} are from {info['as_of']}, not this run's date {manifest['as_of']}: "
@@ -210,7 +227,10 @@ def write_report(ws: Workspace, as_of: date | None = None) -> ReportResult:
 
     model_html = []
     for name, status in (manifest.get("models") or model_status(ws)).items():
-        words, warns = quality_in_words(name, status, as_of, ws.config.refresh.retrain_after_weeks)
+        if name in not_applicable and status.get("champion") is None:
+            words, warns = [not_applicable[name]], []
+        else:
+            words, warns = quality_in_words(name, status, as_of, ws.config.refresh.retrain_after_weeks)
         warnings += warns
         model_html.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(' '.join(words) or 'No approved model.')}</p>")
 
