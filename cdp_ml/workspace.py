@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +20,7 @@ from cdp_ml.models.settings import ConversionSettings, RepurchaseSettings
 from cdp_ml.privacy.settings import PrivacySettings
 from cdp_ml.refresh.settings import RefreshSettings
 from cdp_ml.segments.settings import SegmentSettings
-from cdp_ml.sources.kinds import KINDS, REFERENCING_KINDS
+from cdp_ml.sources.kinds import KINDS, REFERENCING_KINDS, constant_column
 
 WORKSPACE_FILE = "cdp_ml.yaml"
 FORMATS = ("csv", "parquet", "jsonl")
@@ -65,6 +65,7 @@ class SourceConfig:
     timezone: str | None = None  # zone of timestamps without offset (default: workspace timezone)
     trust: int | None = None  # survivorship rank override (lower = more trusted)
     lookups: tuple[LookupConfig, ...] = ()  # files joined by key before the column mapping, in order
+    constants: dict[str, str | bool | float] = field(default_factory=dict)  # canonical field -> one value for all rows
 
     def file_format(self) -> str:
         if self.format:
@@ -222,7 +223,18 @@ def parse_config(raw: Any) -> WorkspaceConfig:
                 lookup.setdefault("key", lookup.pop(True))
     config = settings.load(WorkspaceConfig, raw, "")
     _check_sources(config)
-    return config
+    return _fold_constants(config)
+
+
+def _fold_constants(config: WorkspaceConfig) -> WorkspaceConfig:
+    """Map each constant field to its reader-added column, so every stage sees an ordinary mapping."""
+    sources = []
+    for i, src in enumerate(config.sources):
+        both = sorted(set(src.constants) & set(src.columns))
+        if both:
+            raise CdpError(f"sources[{i}].constants.{both[0]}: also mapped in columns; give a column or a constant")
+        sources.append(replace(src, columns={**src.columns, **{f: constant_column(f) for f in src.constants}}))
+    return replace(config, sources=tuple(sources))
 
 
 def _check_sources(config: WorkspaceConfig) -> None:
@@ -233,14 +245,19 @@ def _check_sources(config: WorkspaceConfig) -> None:
             raise CdpError(f"{where}.name: duplicate source name {src.name!r}")
         names.add(src.name)
         known = {f.name for f in KINDS[src.kind]}
+        for canonical in src.constants:
+            if canonical not in known:
+                raise CdpError(f"{where}.constants: {canonical!r} is not a field of kind {src.kind} "
+                               f"(fields: {', '.join(sorted(known))})")
         for canonical in src.columns:
             if canonical not in known:
                 raise CdpError(f"{where}.columns: {canonical!r} is not a field of kind {src.kind} "
                                f"(fields: {', '.join(sorted(known))})")
         for f in KINDS[src.kind]:
             if f.required and f.name not in src.columns:
-                raise CdpError(f"{where}.columns.{f.name}: required field of kind {src.kind} is not mapped "
-                               f"(map it to a column of {src.path})")
+                if f.name not in src.constants:
+                    raise CdpError(f"{where}.columns.{f.name}: required field of kind {src.kind} is not mapped "
+                                   f"(map it to a column of {src.path}, or give it under constants)")
         for j, lookup in enumerate(src.lookups):
             if isinstance(lookup.key, dict) and len(lookup.key) != 1:
                 raise CdpError(f"{where}.lookups[{j}].key: give one column, or one {{source column: lookup column}} pair")

@@ -343,3 +343,32 @@ def test_a_lookup_with_repeated_keys_is_refused(tmp_path):
     (tmp_path / "raw" / "products.csv").unlink()
     with pytest.raises(CdpError, match=r"lookups\[1\] file 'raw/products.csv' does not exist"):
         ingest(ws)
+
+
+def test_constants_fill_fields_a_file_implies(tmp_path):
+    """A click log and a buys log without an event column (YOOCHOOSE-style, no header), an opt-in list."""
+    (tmp_path / "clicks.dat").write_text("1,2014-04-07T10:51:09.277Z,214536502,0\n1,2014-04-07T10:54:09.868Z,214536500,0\n")
+    (tmp_path / "buys.dat").write_text("1,2014-04-07T10:58:00.000Z,214536502,1046,1\n")
+    (tmp_path / "optins.csv").write_text("email,signed_up\nAnna@Example.nl,2014-03-01\n")
+    log = {"format": "csv", "options": {"header": False}}
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [
+        {"name": "clicks", "kind": "events", "path": "clicks.dat", **log, "constants": {"event_type": "product_view"},
+         "columns": {"anonymous_id": "column0", "timestamp": "column1", "product_id": "column2", "category": "column3"}},
+        {"name": "buys", "kind": "events", "path": "buys.dat", **log, "constants": {"event_type": "purchase"},
+         "columns": {"anonymous_id": "column0", "timestamp": "column1", "product_id": "column2", "value": "column3"}},
+        {"name": "optins", "kind": "consents", "path": "optins.csv",
+         "constants": {"purpose": "newsletter", "granted": True},
+         "columns": {"email": "email", "timestamp": "signed_up"}}]}))
+    ws = Workspace.open(tmp_path)
+    res = ingest(ws)
+    assert (res.rows_read, res.rows_loaded) == (4, 4)
+    assert _rows(ws, "select source, event_type, value from events order by timestamp") == [
+        ("clicks", "product_view", None), ("clicks", "product_view", None), ("buys", "purchase", 1046.0)]
+    assert _rows(ws, "select email, purpose, granted from consents") == [("anna@example.nl", "email_marketing", True)]
+    base = {"name": "c", "kind": "consents", "path": "x.csv", "columns": {"timestamp": "t", "purpose": "p"}}
+    with pytest.raises(CdpError, match=r"constants.purpose: also mapped in columns"):
+        parse_config({"sources": [{**base, "constants": {"purpose": "ads", "granted": True}}]})
+    with pytest.raises(CdpError, match=r"constants: 'colour' is not a field of kind consents"):
+        parse_config({"sources": [{**base, "constants": {"colour": "red"}}]})
+    with pytest.raises(CdpError, match=r"columns.granted: required field .* or give it under constants"):
+        parse_config({"sources": [base]})

@@ -116,3 +116,8 @@ def fields(kind: str) -> tuple[Field, ...]:
 
 def required(kind: str) -> list[str]:
     return [f.name for f in KINDS[kind] if f.required]
+
+
+def constant_column(field_name: str) -> str:
+    """The raw column a reader adds for a source's constant field (no export has such a name)."""
+    return f"={field_name}"

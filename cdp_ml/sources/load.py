@@ -172,7 +172,8 @@ def event_overrides(src: SourceConfig) -> dict[str, str]:
 
 def _mapping_json(src: SourceConfig) -> str:
     return json.dumps([src.kind, src.columns, src.options, src.customer_source, src.customer_key, src.timezone,
-                       *([[dataclasses.asdict(lu) for lu in src.lookups]] if src.lookups else [])],
+                       *([[dataclasses.asdict(lu) for lu in src.lookups]] if src.lookups else []),
+                       *([src.constants] if src.constants else [])],
                       sort_keys=True, default=str)
 
 

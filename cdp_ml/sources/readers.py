@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from cdp_ml.errors import CdpError
+from cdp_ml.sources.kinds import constant_column
 from cdp_ml.sources.normalise import lit
 
 if TYPE_CHECKING:
@@ -68,6 +69,10 @@ def read_raw(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path,
         raw = _read_parquet(con, src, path)
     for i, file in enumerate(lookup_files):
         raw = _join_lookup(con, src, i, file, raw)
+    for name, value in src.constants.items():  # typed by the normaliser like any text column
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        con.execute(f"alter table {RAW} add column {_quote(constant_column(name))} varchar default {lit(text)}")
+        raw = RawRead([*raw.columns, constant_column(name)], raw.rows, raw.rejects, raw.notes)
     return raw
 
 
@@ -80,7 +85,7 @@ def _join_lookup(con: duckdb.DuckDBPyConnection, src: SourceConfig, i: int, file
         raise CdpError(f"{where}: key column {left!r} is not in the source file (columns: {', '.join(raw.columns[:12])})")
     con.execute(f"alter table {RAW} rename to _raw_main")
     part = read_raw(con, replace(src, name=f"{src.name} lookup", path=lookup.path, format=lookup.format,
-                                 options=lookup.options, lookups=()), file)
+                                 options=lookup.options, lookups=(), constants={}), file)
     con.execute(f"alter table {RAW} rename to _lookup")
     con.execute(f"alter table _raw_main rename to {RAW}")
     try:
