@@ -141,8 +141,9 @@ def test_train_gates_the_champion_and_score_writes_the_audience(ws):
 
 
 def test_training_slice_beyond_max_rows_is_sampled_in_sql_and_calibrated_back(ws):
-    """A large slice is never fetched whole: all positives and a hash sample of negatives, and the Platt
-    intercept undoes the sampling, so probabilities stay at the full slice's level."""
+    """A large slice is never fetched whole: all positives (a sample filling half the budget when they would
+    exceed it) and a hash sample of negatives, and the Platt intercept undoes the sampling of both classes, so
+    probabilities stay at the full slice's level."""
     cutoff = _midnight(conversion.default_as_of(ws) - timedelta(weeks=6))
     lag = timedelta(days=ws.config.conversion.horizon_days)
     with ws.connect() as con:
@@ -151,6 +152,9 @@ def test_training_slice_beyond_max_rows_is_sampled_in_sql_and_calibrated_back(ws
         full = feats.fetch(*args)
         sampled = feats.fetch(*args, max_rows=len(full) // 3)
         again = feats.fetch(*args, max_rows=len(full) // 3)
+        # a budget the positives alone would exceed: half of it goes to a hash sample of positives, half to negatives
+        positives = int(full["label"].sum())
+        both = feats.fetch(*args, max_rows=positives * 3 // 2)
     share = sampled.attrs["negative_share"]
     assert full.attrs["negative_share"] == 1.0 and 0.1 < share < 0.5
     assert sampled["label"].sum() == full["label"].sum()  # every positive kept
@@ -159,6 +163,11 @@ def test_training_slice_beyond_max_rows_is_sampled_in_sql_and_calibrated_back(ws
     p_full = conversion.fit(full, spec, ws.config.conversion).predict(full).mean()
     p_sampled = conversion.fit(sampled, spec, ws.config.conversion).predict(full).mean()
     assert 0.7 < p_sampled / p_full < 1.4, (p_sampled, p_full)  # uncorrected, the ratio is about 1 / share
+    assert 0.6 < both.attrs["positive_share"] < 0.9 and both.attrs["negative_share"] < share
+    assert abs(int(both["label"].sum()) - positives * 0.75) < positives * 0.15
+    assert abs(len(both) - positives * 1.5) < positives * 0.2
+    p_both = conversion.fit(both, spec, ws.config.conversion).predict(full).mean()
+    assert 0.85 < p_both / p_full < 1.2, (p_both, p_full)  # corrected for both classes' shares (else ~0.75)
 
 
 def test_sessionising_in_device_slices_gives_the_same_points(ws, monkeypatch):

