@@ -28,3 +28,16 @@ def test_no_purchase_probability_is_a_survival_curve():
     assert s[1, -1] < s[0, -1] and s[1, -1] < s[2, -1]
     alive = bgnbd.p_alive(params, x[:, 0], t_x[:, 0], T[:, 0])
     assert alive[0] == 1.0 and alive[2] < alive[1]
+
+
+def test_closed_form_gradient_matches_finite_differences():
+    from scipy.optimize import approx_fprime
+
+    x, t_x, T = bgnbd.simulate(bgnbd.BgNbdParams(r=0.6, alpha=2.0, a=1.2, b=4.0), 3_000, 52.0, seed=4)
+    weights = np.random.default_rng(5).integers(1, 4, len(x)).astype(float)
+    for log_params in (np.array([0.1, 1.2, -0.2, 0.9]), np.array([-1.0, 0.0, 0.5, 2.0])):
+        value, grad = bgnbd.neg_log_likelihood(log_params, x, t_x, T, weights)
+        ll = bgnbd.log_likelihood(bgnbd.BgNbdParams(*np.exp(log_params)), x, t_x, T)
+        assert np.isclose(value, -np.dot(weights, ll) / weights.sum())
+        numeric = approx_fprime(log_params, lambda p: bgnbd.neg_log_likelihood(p, x, t_x, T, weights)[0], 1e-6)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)

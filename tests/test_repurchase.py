@@ -165,3 +165,13 @@ def test_hazard_features_see_the_baseline_bgnbd_inputs(ws):
     assert (rows["weeks_since_exact"] >= rows["step"] - 1).all()
     assert ((rows["weeks_since_exact"] - rows["weeks_since"]).abs() < 1).all()
     assert rows["ly_window"].between(0, 8).all()
+
+
+def test_scoring_matrix_gives_lightgbms_own_predictions(ws):
+    """The fast numpy scoring path equals LightGBM on the DataFrame design (unseen categories included)."""
+    model = repurchase.fit(ws, CUTOFF)
+    frame, _ = repurchase.forecast_tracks(ws, model, CUTOFF)
+    rows = fr.expand(frame, model.horizon, None, model.peaks, model.categories, stop_at_purchase=False)
+    rows["category"] = rows["category"].astype(str)
+    rows.loc[rows.index[:50], "category"] = "a category bought only after training"
+    np.testing.assert_array_equal(model.raw(rows), model.booster.predict_proba(model.design(rows))[:, 1])

@@ -33,7 +33,7 @@ sources:
 """ + SMALL_MODEL
 
 
-def test_orders_only_invoice_log(tmp_path):
+def test_orders_only_invoice_log(tmp_path, monkeypatch):
     from cdp_ml.identity import resolve
     from cdp_ml.sources import ingest
 
@@ -53,6 +53,29 @@ def test_orders_only_invoice_log(tmp_path):
     assert set(pred["category"]) == {"(any)"} and len(pred) == result.tracks * 8
     assert result.persons > 300
     assert set(result.metrics["tracks"]) == {"(any)", "all"}
+
+    # train right after: its gate window is the backtest's, so the stored backtest is reused (one fit, not two)
+    fits = _count_fits(monkeypatch)
+    trained = repurchase.train(ws, START + timedelta(weeks=98))
+    assert len(fits) == 1
+    pd.testing.assert_frame_equal(trained.backtest.metrics, result.metrics)
+    # any change to what the backtest saw is a miss: the gate is computed again
+    with ws.connect() as con:
+        con.execute("update orders set quantity = quantity + 1 where order_id = (select min(order_id) from orders)")
+    repurchase.train(ws, START + timedelta(weeks=98))
+    assert len(fits) == 3
+
+
+def _count_fits(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    fit = repurchase._fit
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(repurchase, "_fit", counted)
+    return calls
 
 
 EVENTS_WORKSPACE = """

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cdp_ml.engine import columns, table_exists
-from cdp_ml.errors import CdpError
+from cdp_ml.errors import CdpError, NotEnoughData
 from cdp_ml.privacy.profiling import profiling_excluded_sql
 
 ANY = "(any)"
@@ -99,8 +99,8 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
     span = con.execute("select min(day), max(day), count(*) from rp_orders where day < ?",
                        [categories_before]).fetchall()[0]
     if not span[2]:
-        raise CdpError(f"repurchase: no orders linked to persons before {categories_before}; "
-                       "check the orders source and run `cdp-ml resolve`")
+        raise NotEnoughData(f"repurchase: no orders linked to persons before {categories_before}; "
+                            "check the orders source and run `cdp-ml resolve`")
     found = [r[0] for r in con.execute(
         "select category from rp_orders where day < ? and category is not null group by 1 order by 1",
         [categories_before]).fetchall()]
@@ -175,6 +175,20 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
             from tracked group by all
         """, [data_end])
     return Inputs(cats, has_events, has_interactions, span[0], span[1])
+
+
+def fingerprint(con: duckdb.DuckDBPyConnection, inputs: Inputs) -> tuple[tuple[str, int, str], ...]:
+    """Row count and order-independent content hash of every prepared input table (no personal data).
+
+    Everything the person-periods, baselines and labels are built from passes through these tables, so
+    equal fingerprints mean equal backtests (a stored backtest is reused only then).
+    """
+    tables = ["rp_orders", "rp_categories"] + ["rp_ev"] * inputs.has_events + ["rp_ix"] * inputs.has_interactions
+    out = []
+    for table in tables:
+        n, content = con.execute(f"select count(*), coalesce(sum(hash(t)), 0)::varchar from {table} t").fetchall()[0]
+        out.append((table, int(n), str(content)))
+    return tuple(out)
 
 
 def tracks_before(con: duckdb.DuckDBPyConnection, end: date) -> int:

@@ -11,6 +11,7 @@ backtest with BG/NBD and with the naive "last purchase + median own interval" ru
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -106,8 +107,27 @@ class HazardModel(_PythonModel):
         x["category"] = pd.Categorical(rows["category"].astype(str), categories=self.categories)
         return x
 
+    def matrix(self, rows: pd.DataFrame) -> np.ndarray:
+        """The feature matrix as LightGBM sees ``design(rows)``: one float array, the category as its code.
+
+        Filled column by column: scoring millions of person-weeks through a DataFrame costs several
+        full copies (select, concat, reorder, LightGBM's own conversion) for the same numbers.
+        """
+        bg = _bgnbd_features(rows, self.bg_params) if any(f in BGNBD_FEATURES for f in self.features) else None
+        out = np.empty((len(rows), len(self.features)), dtype=np.float64)
+        for j, name in enumerate(self.features):
+            if name == "category":
+                codes = pd.Categorical(rows["category"].astype(str), categories=self.categories).codes
+                out[:, j] = np.where(codes < 0, np.nan, codes)  # unseen category: missing, as LightGBM does
+            elif bg is not None and name in BGNBD_FEATURES:
+                out[:, j] = bg[name].to_numpy(dtype=float)
+            else:
+                out[:, j] = rows[name].to_numpy(dtype=float, na_value=np.nan)
+        return out
+
     def raw(self, rows: pd.DataFrame) -> np.ndarray:
-        return self.booster.predict_proba(self.design(rows))[:, 1]
+        """Uncalibrated hazard of the booster."""
+        return self.booster.booster_.predict(self.matrix(rows), num_threads=max(1, int(self.booster.n_jobs or 1)))
 
     def hazard(self, rows: pd.DataFrame) -> np.ndarray:
         """Calibrated P(purchase in the row's week | none since the origin)."""
@@ -180,25 +200,30 @@ def _origins(end: date, horizon: int, n: int, spacing: int) -> tuple[date, list[
 
 def _load(ws: Workspace, end: date, horizon: int, evaluate: bool) -> _Window:
     """Read training (and test) person-periods; the connection is closed before any model is fitted."""
-    s = ws.config.repurchase
-    calibration, train_origins = _origins(end, horizon, s.training_cutoffs, s.cutoff_spacing_weeks)
     data_end = end + timedelta(weeks=horizon) if evaluate else end
     with ws.connect() as con:
-        inputs = fr.prepare(con, data_end, end, s.categories)
-        if evaluate and _last_day(con) < end + timedelta(weeks=horizon - 1):
-            raise CdpError(f"repurchase backtest: the data ends {_last_day(con)}, before the last of the {horizon} "
-                           f"weeks after cutoff {end}; choose an earlier --cutoff or a smaller --horizon-weeks")
-        season = fr.season_table(con, end)
-        tracks = fr.tracks_before(con, end)
-        expected_rows = tracks * s.training_cutoffs * horizon * 0.5  # about half the window at risk on average
-        sample = min(1.0, s.max_training_rows / max(expected_rows, 1.0))
-        train = fr.track_frame(con, inputs, train_origins, horizon, s.max_weeks_at_risk, sample)
-        calib = fr.track_frame(con, inputs, [calibration], horizon, s.max_weeks_at_risk, sample)
-        test = bg = naive = None
-        if evaluate:
-            test = fr.track_frame(con, inputs, [end], horizon, s.max_weeks_at_risk)
-            bg = fr.bgnbd_frame(con, end)
-            naive = fr.naive_frame(con, end)
+        inputs = fr.prepare(con, data_end, end, ws.config.repurchase.categories)
+        return _read_window(ws, con, inputs, end, horizon, evaluate)
+
+
+def _read_window(ws: Workspace, con: Any, inputs: fr.Inputs, end: date, horizon: int, evaluate: bool) -> _Window:
+    """Person-periods of the training origins, the calibration origin and (evaluating) the cutoff itself."""
+    s = ws.config.repurchase
+    calibration, train_origins = _origins(end, horizon, s.training_cutoffs, s.cutoff_spacing_weeks)
+    if evaluate and _last_day(con) < end + timedelta(weeks=horizon - 1):
+        raise CdpError(f"repurchase backtest: the data ends {_last_day(con)}, before the last of the {horizon} "
+                       f"weeks after cutoff {end}; choose an earlier --cutoff or a smaller --horizon-weeks")
+    season = fr.season_table(con, end)
+    tracks = fr.tracks_before(con, end)
+    expected_rows = tracks * s.training_cutoffs * horizon * 0.5  # about half the window at risk on average
+    sample = min(1.0, s.max_training_rows / max(expected_rows, 1.0))
+    train = fr.track_frame(con, inputs, train_origins, horizon, s.max_weeks_at_risk, sample)
+    calib = fr.track_frame(con, inputs, [calibration], horizon, s.max_weeks_at_risk, sample)
+    test = bg = naive = None
+    if evaluate:
+        test = fr.track_frame(con, inputs, [end], horizon, s.max_weeks_at_risk)
+        bg = fr.bgnbd_frame(con, end)
+        naive = fr.naive_frame(con, end)
     return _Window(inputs, train, calib, test, bg, naive, sample, season)
 
 
@@ -354,16 +379,80 @@ def _weeks(horizon: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class _Evaluation:
+    """What a backtest leaves for train's gate: the result, and the test tracks to score the champion on."""
+
     result: BacktestResult
-    model: HazardModel
-    test: pd.DataFrame
-    forecasts: dict[str, Forecast]
-    training_frame: pd.DataFrame
     season: pd.DataFrame
+    test_tracks: Callable[[], pd.DataFrame]  # read lazily: only a champion comparison needs them
 
 
-def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None) -> _Evaluation:
-    window = _load(ws, cutoff, horizon, evaluate=True)
+class _StoredBacktest:
+    """The latest backtest of a workspace, kept so that `train` right after `backtest` on the same window
+    reuses it instead of fitting and scoring it again.
+
+    Keyed by the cutoff, horizon, repurchase settings, the code of the model and its features, and a
+    content hash of every prepared input table (orders, events and contacts up to the window's end, the
+    category list, profiling objections applied): any change to what the backtest saw is a miss.
+    One entry per workspace, next to the warehouse; person ids only, as in the warehouse itself.
+    """
+
+    def __init__(self, ws: Workspace):
+        self.dir = ws.warehouse_path.parent / "repurchase_backtest"
+
+    @staticmethod
+    def key(ws: Workspace, con: Any, inputs: fr.Inputs, cutoff: date, horizon: int) -> str:
+        import hashlib
+        import sys
+
+        digest = hashlib.sha256()
+        for module in (fr, bgnbd, rm, sys.modules[__name__]):
+            digest.update(Path(str(module.__file__)).read_bytes())
+        digest.update(repr((str(cutoff), horizon, ws.config.repurchase, tuple(ws.config.features.holiday_peaks),
+                            fr.fingerprint(con, inputs))).encode())
+        return digest.hexdigest()
+
+    def load(self, key: str) -> _Evaluation | None:
+        import pickle
+
+        try:
+            if (self.dir / "key").read_text() != key:
+                return None
+            with open(self.dir / "result.pkl", "rb") as f:
+                result, season = pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, ValueError):
+            return None  # missing, half-written or from an older class layout: just recompute
+        test_path = self.dir / "test.parquet"
+        return _Evaluation(result, season, lambda: pd.read_parquet(test_path))
+
+    def save(self, key: str, ev: _Evaluation) -> None:
+        """Write to a fresh folder and swap it in, so a reader never sees a mixed entry."""
+        import pickle
+        import shutil
+
+        tmp = self.dir.with_name(self.dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        ev.test_tracks().to_parquet(tmp / "test.parquet", index=False)
+        with open(tmp / "result.pkl", "wb") as f:
+            pickle.dump((_replace(ev.result, out=None), ev.season), f)
+        (tmp / "key").write_text(key)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        tmp.rename(self.dir)
+
+
+def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None, reuse: bool = False) -> _Evaluation:
+    """Fit before ``cutoff`` and compare with the baselines on the H weeks after it.
+
+    ``reuse``: return the stored backtest when it was computed on exactly the same inputs (train's gate).
+    """
+    store = _StoredBacktest(ws)
+    with ws.connect() as con:
+        inputs = fr.prepare(con, cutoff + timedelta(weeks=horizon), cutoff, ws.config.repurchase.categories)
+        key = _StoredBacktest.key(ws, con, inputs, cutoff, horizon)
+        stored = store.load(key) if reuse and out is None else None
+        if stored is not None:
+            return stored
+        window = _read_window(ws, con, inputs, cutoff, horizon, evaluate=True)
     assert window.test is not None and window.bgnbd is not None and window.naive is not None
     if not len(window.test):
         raise CdpError(f"repurchase backtest: no person has a purchase in the {ws.config.repurchase.max_weeks_at_risk} "
@@ -403,7 +492,12 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None) -> _E
     result = BacktestResult(cutoff, horizon, len(test), int(test["person_id"].nunique()),
                             window.inputs.categories, info["training_rows"], info["training_positives"],
                             table, weekly, importance, by_category, within_h, bg_params, out, None, note)
-    return _Evaluation(result, model, test, forecasts, info["training_frame"], window.season)
+    ev = _Evaluation(result, window.season, lambda: test)
+    try:
+        store.save(key, ev)
+    except OSError:  # a read-only or full disk only costs the reuse
+        pass
+    return ev
 
 
 def _targets_note(table: pd.DataFrame, horizon: int) -> str:
@@ -443,7 +537,7 @@ def _write_predictions(out: Path, test: pd.DataFrame, forecasts: dict[str, Forec
         raise CdpError(f"--out {out.name}: use a .parquet or .csv file name")
 
 
-def _log_evaluation(ev: _Evaluation, prefix: str = "") -> None:
+def _log_evaluation(r: BacktestResult, prefix: str = "") -> None:
     """Metrics and figures of a backtest into the active MLflow run."""
     import matplotlib
 
@@ -451,7 +545,6 @@ def _log_evaluation(ev: _Evaluation, prefix: str = "") -> None:
     import matplotlib.pyplot as plt
     import mlflow
 
-    r = ev.result
     flat: dict[str, float] = {}
     for row in r.metrics.to_dict("records"):
         tag = row["tracks"].strip("()")
@@ -490,7 +583,7 @@ def backtest(ws: Workspace, cutoff: date, horizon_weeks: int | None = None, out:
 
         mlflow.log_params({"cutoff": str(week), "horizon_weeks": horizon, "tracks": ev.result.tracks,
                            "categories": ",".join(ev.result.categories) or "(any)"})
-        _log_evaluation(ev)
+        _log_evaluation(ev.result)
         run_id = run.info.run_id
     return _replace(ev.result, run_id=run_id, note=note)
 
@@ -554,7 +647,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
     horizon = s.horizon_weeks
     as_of = fr.monday(as_of or default_as_of(ws))
     cutoff = as_of - timedelta(weeks=horizon)
-    ev = _evaluate(ws, cutoff, horizon, None)
+    ev = _evaluate(ws, cutoff, horizon, None, reuse=True)
     gate_metric = f"model_any_roc_auc_{horizon}w"
     new_value = float(ev.result.metrics.set_index(["tracks", "model"]).loc[("(any)", "model"), f"roc_auc_{horizon}w"])
     champion = tracking.champion_version(ws, MODEL_NAME)
@@ -570,10 +663,11 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
     elif champion is not None:
         try:
             old = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").unwrap_python_model()
-            fc = predict(old, ev.test, tuple(ws.config.features.holiday_peaks), ev.season)
+            test = ev.test_tracks()
+            fc = predict(old, test, tuple(ws.config.features.holiday_peaks), ev.season)
             if fc.p_week.shape[1] == horizon:
-                sel = (ev.test["category"] == fr.ANY).to_numpy()
-                bought = _bought(ev.test, horizon)
+                sel = (test["category"] == fr.ANY).to_numpy()
+                bought = _bought(test, horizon)
                 champion_metrics = rm.summary("", fc.p_week[sel], bought[sel], fc.expected_week[sel], _weeks(horizon))
                 champion_value = champion_metrics[f"roc_auc_{horizon}w"]
         except Exception as exc:  # noqa: BLE001 - an unreadable champion must not block a new model
@@ -591,7 +685,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         fp = tracking.fingerprint(frame[[*fr.FEATURES, "origin", "label"]], time_column="origin")
         mlflow.log_dict(fp, "dataset_fingerprint.json")
         mlflow.log_metrics({"training_rows": info["training_rows"], "training_positives": info["training_positives"]})
-        _log_evaluation(ev, prefix="gate_")
+        _log_evaluation(ev.result, prefix="gate_")
         example = frame[model.inputs].head(50)
         info_model = mlflow.pyfunc.log_model(
             name="model", python_model=model, registered_model_name=MODEL_NAME,
