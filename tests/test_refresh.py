@@ -208,14 +208,18 @@ def _events_workspace(tmp_path, this_week: int, last_week: int, missing_every: i
     (root / "cdp_ml.yaml").write_text("sources: []\n")
     ws = Workspace.open(root)
     with ws.connect() as con:
+        # each week's events spread over the whole week (a week whose data stops early is incomplete)
         con.execute("""create table events as
-            select timestamp '2026-03-09' + to_minutes(cast(i as integer)) as timestamp, 'page_view' as event_type,
-                   case when ? > 0 and i % ? = 0 then null else 'c' || (i % 50) end as customer_ref,
+            select timestamp '2026-03-09' + to_seconds(cast(i * 604000 // $this as bigint)) as timestamp,
+                   'page_view' as event_type,
+                   case when $every > 0 and i % greatest($every, 1) = 0 then null else 'c' || (i % 50) end
+                       as customer_ref,
                    null::varchar as anonymous_id
-            from range(?) t(i)
+            from range($this) t(i)
             union all
-            select timestamp '2026-03-02' + to_minutes(cast(i as integer)), 'page_view', 'c' || (i % 50), null
-            from range(?) t(i)""", [missing_every, max(missing_every, 1), this_week, last_week])
+            select timestamp '2026-03-02' + to_seconds(cast(i * 604000 // $last as bigint)), 'page_view',
+                   'c' || (i % 50), null
+            from range($last) t(i)""", {"every": missing_every, "this": this_week, "last": last_week})
     return ws
 
 
@@ -239,6 +243,22 @@ def test_weeks_too_small_to_judge_are_not_drift(tmp_path):
     (ws.root / "cdp_ml.yaml").write_text("sources: []\nrefresh: {drift_min_rows: 10}\n")
     checks = {c.name: c for c in data_checks(Workspace.open(ws.root), WEEK1)}
     assert checks["events_volume_change"].score == pytest.approx(2.75) and checks["events_volume_change"].drift
+
+
+def test_a_week_the_data_stops_in_is_incomplete_not_a_fall(tmp_path):
+    ws = _events_workspace(tmp_path, this_week=1000, last_week=1000)
+    with ws.connect() as con:  # an export cut on Wednesday: the volume seems to halve
+        con.execute("delete from events where timestamp >= timestamp '2026-03-12'")
+    checks = {c.name: c for c in data_checks(ws, WEEK1)}
+    for name in ("events_volume_change", "psi_events_per_person"):
+        assert checks[name].score is None and checks[name].note == "last week incomplete: events end 2026-03-11"
+    assert checks["psi_event_type"].score is not None  # a mix is still comparable
+    with ws.connect() as con:  # a shop closed at weekends is not a cut-off
+        con.execute("delete from events where timestamp >= timestamp '2026-03-09'")
+        con.execute("insert into events select timestamp '2026-03-09' + to_seconds(i * 400), 'page_view', "
+                    "'c' || (i % 50), null from range(1000) t(i)")  # Mon .. Fri 15:00
+    assert data_checks(ws, WEEK1)[1].name == "events_volume_change"
+    assert data_checks(ws, WEEK1)[1].score == pytest.approx(0.0)
 
 
 def test_stable_data_and_fresh_champion_do_not_retrain(tmp_path):
