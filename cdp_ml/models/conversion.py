@@ -152,8 +152,8 @@ def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> C
         "deterministic": True, "force_col_wise": True, "seed": 7, "verbose": -1,
         "num_threads": max(s.threads, 1), "max_bin": s.max_bin,
     }
-    if s.bagging_fraction < 1.0:  # each tree sees a fresh row sample: cheaper rounds on large slices
-        params.update(bagging_fraction=s.bagging_fraction, bagging_freq=1)
+    if len(fit_part) > s.rows_per_tree:  # a round costs in proportion to its rows: sample them on large slices
+        params.update(bagging_fraction=s.rows_per_tree / len(fit_part), bagging_freq=1)
     dtrain = lgb.Dataset(shell.matrix(fit_part), label=fit_part["label"].to_numpy(),
                          categorical_feature=list(spec.categorical), free_raw_data=True)
     dvalid = lgb.Dataset(shell.matrix(val_part), label=val_part["label"].to_numpy(), reference=dtrain)

@@ -31,15 +31,13 @@ class ConversionSettings:
     # larger training slices are hash-sampled: positives fill at most half (all of them when fewer), negatives
     # the rest; the calibration undoes the sampling
     max_training_rows: int = 1_000_000
-    bagging_fraction: float = 0.5  # LightGBM: share of the fitting rows each tree sees (1 = all)
+    rows_per_tree: int = 350_000  # LightGBM bagging: each tree fits a fresh sample of this many rows (when more)
     max_bin: int = 63  # LightGBM histogram bins per numeric feature
     gate_tolerance: float = 0.005  # champion moves unless backtest ROC-AUC is this much worse
 
     def __post_init__(self) -> None:
-        if not 0 < self.bagging_fraction <= 1:
-            raise ValueError("conversion.bagging_fraction must be in (0, 1]")
-        if self.max_bin < 2 or self.max_training_rows < 2:
-            raise ValueError("conversion.max_bin and max_training_rows must be at least 2")
+        if min(self.max_bin, self.max_training_rows, self.rows_per_tree) < 2:
+            raise ValueError("conversion.max_bin, max_training_rows and rows_per_tree must be at least 2")
 
 
 @dataclass(frozen=True)
