@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import resource
 import shutil
 import sys
@@ -105,6 +106,8 @@ def main() -> None:
     ap.add_argument("--from-workspace", help="copy this workspace's warehouse and cdp_ml.yaml instead of generating")
     ap.add_argument("--backtest-only", action="store_true",
                     help="time one `backtest` (features + fit + baselines + evaluation) instead of `train`")
+    ap.add_argument("--save-frames", help="--backtest-only: also pickle the training and evaluation frames here, "
+                                          "so model settings can be compared offline without rebuilding features")
     args = ap.parse_args()
     # the stages log each phase's seconds (sessions, histories, fetch, fit, scoring, baseline)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -158,6 +161,10 @@ def main() -> None:
         print(bt, flush=True)
         report("fit + baselines + evaluation", fit_s, bt.train_rows + bt.eval_rows)
         report("backtest total", feat_s + fit_s, bt.train_rows + bt.eval_rows)
+        if args.save_frames:  # after the timings: pickling is not part of them
+            with open(args.save_frames, "wb") as f:
+                pickle.dump({"spec": spec, "train": train, "train_attrs": dict(train.attrs), "evaluation": evaluation},
+                            f, protocol=5)
         return
     # train = gate backtest (fit before the window, score it, baselines) + final fit + register: the target
     t0 = time.perf_counter()
