@@ -135,6 +135,11 @@ class Workspace:
         return self.path(self.config.warehouse)
 
     @property
+    def cache_dir(self) -> Path:
+        """Derived results kept to save recomputation (e.g. a backtest train reuses); an erasure clears it."""
+        return self.warehouse_path.parent / "cache"
+
+    @property
     def mlflow_dir(self) -> Path:
         return self.path(self.config.mlflow_dir)
 

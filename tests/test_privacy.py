@@ -39,8 +39,11 @@ def _rows_with(ws: Workspace, email: str, phone: str) -> int:
 def test_forget_email_erases_and_survives_reingest(demo_ws: Workspace):
     email, phone, record_id = _crm_person(demo_ws)
     before = _one(demo_ws, "select count(*) from customers")[0][0]
+    demo_ws.cache_dir.mkdir(parents=True, exist_ok=True)
+    (demo_ws.cache_dir / "backtest.parquet").write_text(record_id)  # a derived cache naming persons
     result = forget(demo_ws, email=email.upper() + "  ")
     assert result.exit_code == 0, str(result)
+    assert not demo_ws.cache_dir.exists() and "cleared derived caches in data/cache" in result.notes
     assert dict(result.deleted)["customers"] >= 1
     assert _rows_with(demo_ws, email, phone) == 0
     assert _one(demo_ws, "select count(*) from events where ref_source = 'crm' and customer_ref = ?", [record_id]) == [(0,)]

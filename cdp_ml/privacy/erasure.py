@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,6 +99,9 @@ def forget(ws: Workspace, email: str | None = None, phone: str | None = None, pe
             raise
         residual = [str(h) for h in scan.scan_warehouse(con, scan.needles(subj), skip=_KEEP)]
         residual += _hash_residual(con)
+    if ws.cache_dir.exists():  # caches hold person ids; they are recomputed when next needed
+        shutil.rmtree(ws.cache_dir)
+        notes.append(f"cleared derived caches in {ws.relative(ws.cache_dir)}")
     hashed_needles = scan.needles(subj, hashed=True)
     for folder in (ws.segments_dir, ws.mlflow_dir, ws.runs_dir):
         residual += [f"file {h}" for h in scan.scan_tree(folder, hashed_needles, base=ws.root)]
