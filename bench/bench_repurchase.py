@@ -97,6 +97,7 @@ def main() -> None:
           f"peak {peak_mb():,.0f} MB")
     cpu = cpu_seconds() - c
     bench_row("backtest (fit + evaluate)", wall, bt.training_rows, cpu)
+    print(f"           phases (wall s): {bt.phase_seconds}")
     print(bt.note)
     print(bt.comparison().loc["all"].to_string())
     total, total_cpu = wall, cpu
@@ -108,6 +109,7 @@ def main() -> None:
         total_cpu += cpu_seconds() - c
         print(f"train      {wall:8.1f} s  (gate backtest + final fit + registration) v{tr.version}, "
               f"peak {peak_mb():,.0f} MB")
+        print(f"           phases (wall s): {tr.phase_seconds}")
         bench_row("train (gate backtest + fit + register)", wall, tr.backtest.training_rows, cpu_seconds() - c)
     bench_row("TOTAL backtest + train", total, lines, total_cpu)
     print(f"total      {total:8.1f} s  for {persons:,} persons with orders (target at 1M: 600 s), peak {peak_mb():,.0f} MB")

@@ -22,7 +22,7 @@ import pandas as pd
 
 from cdp_ml.engine import columns, table_exists
 from cdp_ml.errors import CdpError, NotEnoughData
-from cdp_ml.privacy.profiling import profiling_excluded_sql
+from cdp_ml.privacy.profiling import profiling_excluded_sql, profiling_objections
 
 ANY = "(any)"
 
@@ -110,20 +110,27 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
     con.execute("create or replace temp table rp_categories (category varchar)")
     if cats:
         con.executemany("insert into rp_categories values (?)", [[c] for c in cats])
+    # weekly aggregates per track in three plain group-bys (order-day, day, week) instead of distinct
+    # counts over every line twice over: an order is counted once per day it has lines on
     con.execute(f"""
-        create or replace temp table rp_lines as
-        select person_id, '{ANY}' as track, day, week, order_id, qty, amount, status from rp_orders
-        union all
-        select person_id, category, day, week, order_id, qty, amount, status from rp_orders
-        where category in (select category from rp_categories)
-    """)
-    con.execute("""
         create or replace temp table rp_pw as
-        with w as (
-            select person_id, track, week, count(distinct order_id) as n_orders, sum(qty) as qty,
-                   sum(amount) as amount, count(*) filter (where status = 'returned') as returns,
-                   count(distinct day) as days, min(day) as first_day, max(day) as last_day
-            from rp_lines group by all
+        with lines as (
+            select person_id, '{ANY}' as track, day, week, order_id, qty, amount, status from rp_orders
+            union all
+            select person_id, category, day, week, order_id, qty, amount, status from rp_orders
+            where category in (select category from rp_categories)
+        ), order_days as (
+            select person_id, track, week, day, order_id, sum(qty) as qty, sum(amount) as amount,
+                   count(*) filter (where status = 'returned') as returns
+            from lines group by all
+        ), days as (
+            select person_id, track, week, day, count(*) as n_orders, sum(qty) as qty, sum(amount) as amount,
+                   sum(returns) as returns
+            from order_days group by all
+        ), w as (
+            select person_id, track, week, sum(n_orders) as n_orders, sum(qty) as qty, sum(amount) as amount,
+                   sum(returns) as returns, count(*) as days, min(day) as first_day, max(day) as last_day
+            from days group by all
         )
         select *, (week - lag(week) over (partition by person_id, track order by week)) // 7 as gap
         from w
@@ -177,18 +184,25 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
     return Inputs(cats, has_events, has_interactions, span[0], span[1])
 
 
-def fingerprint(con: duckdb.DuckDBPyConnection, inputs: Inputs) -> tuple[tuple[str, int, str], ...]:
-    """Row count and order-independent content hash of every prepared input table (no personal data).
+def fingerprint(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: date) -> str:
+    """Content hash of everything :func:`prepare` would read for these dates (counts and hashes only).
 
-    Everything the person-periods, baselines and labels are built from passes through these tables, so
-    equal fingerprints mean equal backtests (a stored backtest is reused only then).
+    Order-independent row hashes of orders, events and contacts before ``data_end`` and of the profiling
+    objections as of ``categories_before``: equal fingerprints mean equal person-periods, baselines and
+    labels, so a stored backtest can be reused without preparing anything.
     """
-    tables = ["rp_orders", "rp_categories"] + ["rp_ev"] * inputs.has_events + ["rp_ix"] * inputs.has_interactions
-    out = []
-    for table in tables:
-        n, content = con.execute(f"select count(*), coalesce(sum(hash(t)), 0)::varchar from {table} t").fetchall()[0]
-        out.append((table, int(n), str(content)))
-    return tuple(out)
+    parts = []
+    for view, column in (("person_orders", "ordered_at"), ("person_events", '"timestamp"'),
+                         ("person_interactions", '"timestamp"')):
+        if table_exists(con, view):
+            parts.append(con.execute(f"select count(*), coalesce(sum(hash(t)), 0)::varchar from {view} t "
+                                     f"where {column} < ?", [data_end]).fetchall()[0])
+        else:
+            parts.append(None)
+    objections = profiling_objections(con, categories_before)
+    parts.append(con.execute(f"select count(*), coalesce(sum(hash(person_id)), 0)::varchar from {objections}"
+                             ).fetchall()[0])
+    return repr(parts)
 
 
 def tracks_before(con: duckdb.DuckDBPyConnection, end: date) -> int:
@@ -406,12 +420,15 @@ def expand(frame: pd.DataFrame, horizon: int, observed_weeks: np.ndarray | None,
 
 
 def bgnbd_frame(con: duckdb.DuckDBPyConnection, cutoff: date) -> pd.DataFrame:
-    """Per-track (x, t_x, T) in weeks from distinct purchase days before ``cutoff`` (BG/NBD inputs)."""
+    """Per-track (x, t_x, T) in weeks from distinct purchase days before ``cutoff`` (BG/NBD inputs).
+
+    From the weekly aggregates: ``cutoff`` is a Monday, so the weeks before it hold exactly its days.
+    """
     return con.execute("""
-        select person_id, track as category, count(distinct day) - 1 as x,
-               (max(day) - min(day)) / 7.0 as t_x, (?::date - min(day)) / 7.0 as "T"
-        from rp_lines where day < ? group by all
-    """, [cutoff, cutoff]).df()
+        select person_id, track as category, sum(days) - 1 as x,
+               (max(last_day) - min(first_day)) / 7.0 as t_x, (?::date - min(first_day)) / 7.0 as "T"
+        from rp_pw where week < ? group by all
+    """, [cutoff, monday(cutoff)]).df()
 
 
 def naive_frame(con: duckdb.DuckDBPyConnection, cutoff: date) -> pd.DataFrame:

@@ -10,7 +10,9 @@ backtest with BG/NBD and with the naive "last purchase + median own interval" ru
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -22,13 +24,30 @@ import pandas as pd
 
 from cdp_ml.errors import CdpError, NotEnoughData
 from cdp_ml.features import repurchase as fr
+from cdp_ml.features.conversion import bounded_memory
 from cdp_ml.models import bgnbd
 from cdp_ml.models import repurchase_metrics as rm
 from cdp_ml.workspace import Workspace, last_completed_week_end
 
+log = logging.getLogger(__name__)
 MODEL_NAME = "repurchase-timing"
 EXPERIMENT = "repurchase-timing"
 TAIL_WEEKS = 104  # expected week: geometric tail of the last weekly hazard, capped at two years
+
+
+class _Clock:
+    """Wall seconds per phase of a run: logged, kept on the result, reported by the benchmark."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._last, 1)
+        self._last = now
+        log.info("repurchase %s: %s %.1f s", self.what, phase, self.seconds[phase])
 
 try:  # the pyfunc base class only matters when MLflow saves the model; keep imports light otherwise
     from mlflow.pyfunc import PythonModel as _PythonModel
@@ -201,7 +220,7 @@ def _origins(end: date, horizon: int, n: int, spacing: int) -> tuple[date, list[
 def _load(ws: Workspace, end: date, horizon: int, evaluate: bool) -> _Window:
     """Read training (and test) person-periods; the connection is closed before any model is fitted."""
     data_end = end + timedelta(weeks=horizon) if evaluate else end
-    with ws.connect() as con:
+    with ws.connect() as con, bounded_memory(con):
         inputs = fr.prepare(con, data_end, end, ws.config.repurchase.categories)
         return _read_window(ws, con, inputs, end, horizon, evaluate)
 
@@ -330,6 +349,7 @@ class BacktestResult:
     out: Path | None = None
     run_id: str | None = None
     note: str = ""
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per phase of this run
 
     def comparison(self) -> pd.DataFrame:
         keys = [f"roc_auc_{k}w" for k in _weeks(self.horizon_weeks)] + \
@@ -391,8 +411,8 @@ class _StoredBacktest:
     reuses it instead of fitting and scoring it again.
 
     Keyed by the cutoff, horizon, repurchase settings, the code of the model and its features, and a
-    content hash of every prepared input table (orders, events and contacts up to the window's end, the
-    category list, profiling objections applied): any change to what the backtest saw is a miss.
+    content hash of its inputs (orders, events and contacts up to the window's end, profiling objections
+    at the cutoff): any change to what the backtest saw is a miss, and a hit prepares nothing.
     One entry per workspace, next to the warehouse; person ids only, as in the warehouse itself.
     """
 
@@ -400,7 +420,7 @@ class _StoredBacktest:
         self.dir = ws.warehouse_path.parent / "repurchase_backtest"
 
     @staticmethod
-    def key(ws: Workspace, con: Any, inputs: fr.Inputs, cutoff: date, horizon: int) -> str:
+    def key(ws: Workspace, con: Any, cutoff: date, horizon: int) -> str:
         import hashlib
         import sys
 
@@ -408,7 +428,7 @@ class _StoredBacktest:
         for module in (fr, bgnbd, rm, sys.modules[__name__]):
             digest.update(Path(str(module.__file__)).read_bytes())
         digest.update(repr((str(cutoff), horizon, ws.config.repurchase, tuple(ws.config.features.holiday_peaks),
-                            fr.fingerprint(con, inputs))).encode())
+                            fr.fingerprint(con, cutoff + timedelta(weeks=horizon), cutoff))).encode())
         return digest.hexdigest()
 
     def load(self, key: str) -> _Evaluation | None:
@@ -446,23 +466,31 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None, reuse
     ``reuse``: return the stored backtest when it was computed on exactly the same inputs (train's gate).
     """
     store = _StoredBacktest(ws)
-    with ws.connect() as con:
-        inputs = fr.prepare(con, cutoff + timedelta(weeks=horizon), cutoff, ws.config.repurchase.categories)
-        key = _StoredBacktest.key(ws, con, inputs, cutoff, horizon)
+    clock = _Clock(f"backtest {cutoff}")
+    with ws.connect() as con, bounded_memory(con):
+        key = _StoredBacktest.key(ws, con, cutoff, horizon)
         stored = store.load(key) if reuse and out is None else None
+        clock.lap("fingerprint")
         if stored is not None:
-            return stored
+            return _Evaluation(_replace(stored.result, phase_seconds=clock.seconds), stored.season,
+                               stored.test_tracks)
+        inputs = fr.prepare(con, cutoff + timedelta(weeks=horizon), cutoff, ws.config.repurchase.categories)
+        clock.lap("prepare")
         window = _read_window(ws, con, inputs, cutoff, horizon, evaluate=True)
+    clock.lap("person-periods")
     assert window.test is not None and window.bgnbd is not None and window.naive is not None
     if not len(window.test):
         raise CdpError(f"repurchase backtest: no person has a purchase in the {ws.config.repurchase.max_weeks_at_risk} "
                        f"weeks before cutoff {cutoff}")
     model, info = _fit(ws, window, horizon, cutoff)
+    clock.lap("fit")
     peaks = tuple(ws.config.features.holiday_peaks)
     test = window.test
     fc = predict(model, test, peaks, window.season)
+    clock.lap("score")
     bg, bg_params = _bgnbd_forecast(window.bgnbd, test, horizon)
     naive = _naive_forecast(window.naive, test, cutoff, horizon)
+    clock.lap("baselines")
     forecasts = {"model": fc, "bgnbd": bg, "naive": naive}
     bought = _bought(test, horizon)
     weeks = _weeks(horizon)
@@ -492,12 +520,14 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None, reuse
     result = BacktestResult(cutoff, horizon, len(test), int(test["person_id"].nunique()),
                             window.inputs.categories, info["training_rows"], info["training_positives"],
                             table, weekly, importance, by_category, within_h, bg_params, out, None, note)
+    clock.lap("metrics")
     ev = _Evaluation(result, window.season, lambda: test)
     try:
         store.save(key, ev)
     except OSError:  # a read-only or full disk only costs the reuse
         pass
-    return ev
+    clock.lap("store")
+    return _Evaluation(_replace(result, phase_seconds=clock.seconds), window.season, lambda: test)
 
 
 def _targets_note(table: pd.DataFrame, horizon: int) -> str:
@@ -616,6 +646,7 @@ class TrainResult:
     backtest: BacktestResult
     champion_backtest: dict[str, float] | None
     run_id: str
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (gate backtest first)
 
     def headline(self) -> dict[str, float]:
         """ROC-AUC of "buys within k weeks" for the person-level track, model vs BG/NBD (k = 4 and H)."""
@@ -648,6 +679,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
     as_of = fr.monday(as_of or default_as_of(ws))
     cutoff = as_of - timedelta(weeks=horizon)
     ev = _evaluate(ws, cutoff, horizon, None, reuse=True)
+    clock = _Clock(f"train {as_of}")
     gate_metric = f"model_any_roc_auc_{horizon}w"
     new_value = float(ev.result.metrics.set_index(["tracks", "model"]).loc[("(any)", "model"), f"roc_auc_{horizon}w"])
     champion = tracking.champion_version(ws, MODEL_NAME)
@@ -672,8 +704,11 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
                 champion_value = champion_metrics[f"roc_auc_{horizon}w"]
         except Exception as exc:  # noqa: BLE001 - an unreadable champion must not block a new model
             champion_metrics = {"error": str(exc)[:200]}  # type: ignore[dict-item]
+    clock.lap("champion comparison")
     window = _load(ws, as_of, horizon, evaluate=False)
+    clock.lap("person-periods")
     model, info = _fit(ws, window, horizon, as_of)
+    clock.lap("fit")
     frame = info["training_frame"]
     with tracking.run(ws, EXPERIMENT, f"train {as_of}", parent_run_id=parent_run_id) as run:
         mlflow.log_params({"as_of": str(as_of), "horizon_weeks": horizon, "training_cutoffs": s.training_cutoffs,
@@ -698,7 +733,10 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         if champion_value is not None:
             mlflow.log_metric("gate_champion_value", champion_value)
         run_id = run.info.run_id
-    return TrainResult(as_of, version, bool(gate["promoted"]), gate["reason"], ev.result, champion_metrics, run_id)
+    clock.lap("register")
+    phases = {f"gate {k}": v for k, v in ev.result.phase_seconds.items()} | clock.seconds
+    return TrainResult(as_of, version, bool(gate["promoted"]), gate["reason"], ev.result, champion_metrics, run_id,
+                       phases)
 
 
 @dataclass(frozen=True)
@@ -748,7 +786,7 @@ def fit(ws: Workspace, as_of: date) -> HazardModel:
 
 def forecast_tracks(ws: Workspace, model: HazardModel, as_of: date) -> tuple[pd.DataFrame, Forecast]:
     """Every track at risk at ``as_of`` (features from data before it) and its weekly forecast."""
-    with ws.connect() as con:
+    with ws.connect() as con, bounded_memory(con):
         inputs = fr.prepare(con, as_of, as_of, ws.config.repurchase.categories)
         frame = fr.track_frame(con, inputs, [as_of], model.horizon, model.max_weeks_at_risk)
         season = fr.season_table(con, as_of)
