@@ -372,3 +372,21 @@ def test_constants_fill_fields_a_file_implies(tmp_path):
         parse_config({"sources": [{**base, "constants": {"colour": "red"}}]})
     with pytest.raises(CdpError, match=r"columns.granted: required field .* or give it under constants"):
         parse_config({"sources": [base]})
+
+
+def test_unit_price_gives_the_line_total(tmp_path):
+    """Online Retail II: a unit price and a quantity, 'C' invoices with negative quantities are returns."""
+    (tmp_path / "retail.csv").write_text(
+        "Invoice,StockCode,Quantity,InvoiceDate,Price,Customer ID\n"
+        "489434,85048,12,12/1/2009 7:45,6.95,13085.0\nC489449,85048,-3,12/1/2009 10:33,6.95,13085.0\n"
+        "489435,22350,4,12/1/2009 7:46,2.5x,13086.0\n")
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [
+        {"name": "retail", "kind": "orders", "path": "retail.csv", "options": {"timestampformat": "%m/%d/%Y %H:%M"},
+         "columns": {"order_id": "Invoice", "customer_ref": "Customer ID", "ordered_at": "InvoiceDate",
+                     "product_id": "StockCode", "quantity": "Quantity", "unit_price": "Price"}}]}))
+    ws = Workspace.open(tmp_path)
+    res = ingest(ws)
+    assert (res.rows_loaded, res.rows_quarantined) == (2, 1)
+    assert _rows(ws, "select order_id, quantity, unit_price, amount, status from orders order by order_id") == [
+        ("489434", 12.0, 6.95, 12 * 6.95, "completed"), ("C489449", 3.0, 6.95, 3 * 6.95, "returned")]
+    assert _rows(ws, "select reason from quarantine") == [("not a number in column Price",)]

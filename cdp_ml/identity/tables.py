@@ -64,7 +64,7 @@ def _orders_from_purchase_events(con: duckdb.DuckDBPyConnection, purchase_types:
     con.execute(f"""create or replace view person_orders as
         select ({buyer}) || '@' || strftime("timestamp", '%Y-%m-%dT%H:%M:%S.%f') as order_id,
                customer_ref, "timestamp" as ordered_at, product_id, category, 1.0::double as quantity,
-               "value" as amount, 'completed' as status, {lineage}, ref_source, ref_key, person_id
+               "value" as amount, 'completed' as status, "value" as unit_price, {lineage}, ref_source, ref_key, person_id
         from person_events where {purchase}""")
 
 

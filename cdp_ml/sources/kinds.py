@@ -60,8 +60,9 @@ KINDS: dict[str, tuple[Field, ...]] = {
         _f("product_id"),
         _f("category"),
         _f("quantity", "double"),
-        _f("amount", "double"),
+        _f("amount", "double", doc="line total; when not mapped: quantity × unit_price"),
         _f("status", doc="completed, returned or cancelled (default completed)"),
+        _f("unit_price", "double", doc="price of one unit (Online Retail's Price)"),
     ),
     "sessions": (
         _f("session_id", required=True),

@@ -140,6 +140,7 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"alter table loads add column if not exists {column} {type_}")  # warehouses from older versions
     # the event name as the source spelled it (trimmed), next to the canonical event_type, for auditing the mapping
     con.execute("alter table events add column if not exists raw_event_type VARCHAR")
+    con.execute("alter table orders add column if not exists unit_price DOUBLE")  # warehouses from older versions
 
 
 def event_overrides(src: SourceConfig) -> dict[str, str]:
@@ -349,6 +350,11 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, 
     negative = "coalesce(" + nz.number('"__t_quantity"') + " < 0, false)" if "quantity" in src.columns else "false"
     for f in KINDS[src.kind]:
         column = src.columns.get(f.name)
+        if column is None and (src.kind, f.name) == ("orders", "amount") and "unit_price" in src.columns:
+            unit = nz.number('"__t_unit_price"')
+            qty = f"abs({nz.number(_q('__t_quantity'))})" if "quantity" in src.columns else "1.0"
+            typed.append(f"cast({qty} * {unit} as DOUBLE) as amount")  # a return's amount is positive, as its quantity
+            continue
         if column is None:
             default = f"case when {negative} then 'returned' else 'completed' end" \
                 if (src.kind, f.name) == ("orders", "status") else \
