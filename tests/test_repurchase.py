@@ -175,3 +175,34 @@ def test_scoring_matrix_gives_lightgbms_own_predictions(ws):
     rows["category"] = rows["category"].astype(str)
     rows.loc[rows.index[:50], "category"] = "a category bought only after training"
     np.testing.assert_array_equal(model.raw(rows), model.booster.predict_proba(model.design(rows))[:, 1])
+
+
+def test_weekly_segment_is_the_top_of_a_stable_sort():
+    """top_share selects exactly the first 10 % of a stable descending sort, ties included (any input)."""
+    from cdp_ml.models import repurchase_metrics as rm
+
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        n = int(rng.integers(1, 60))
+        score = rng.integers(0, 4, n).astype(float) if trial % 2 else rng.random(n)
+        actual = rng.random(n) < 0.3
+        top = np.argsort(-score, kind="stable")[:max(1, int(round(n * 0.1)))]
+        hits = actual[top].sum()
+        expected = (hits / len(top), hits / actual.sum() if actual.sum() else np.nan)
+        np.testing.assert_allclose(rm.top_share(score, actual), expected)
+
+
+def test_concordance_counts_every_comparable_pair():
+    """Harrell's C against the pairwise definition (ties in prediction count half), on small random inputs."""
+    from cdp_ml.models import repurchase_metrics as rm
+
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        n = int(rng.integers(2, 40))
+        time = rng.integers(1, 10, n).astype(float)
+        event = time < 9
+        pred = np.round(rng.random(n) * 5)
+        pairs = [(i, j) for i in range(n) for j in range(n) if event[i] and time[i] < time[j]]
+        score = sum(1.0 if pred[i] < pred[j] else 0.5 if pred[i] == pred[j] else 0.0 for i, j in pairs)
+        expected = score / len(pairs) if pairs else np.nan
+        np.testing.assert_allclose(rm.concordance(time, event, pred), expected)

@@ -71,9 +71,10 @@ def neg_log_likelihood(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T
         digamma(a) - d_abx - digamma(a) + digamma(a + b) + w_dead / a,
         digamma(b + x) - d_abx - digamma(b) + digamma(a + b) + w_dead * dead_b,
     )
+    # plain sums, not BLAS dot products: BLAS threads spin on a busy machine and were most of the fit time
     total = weights.sum()
-    value = -float(np.dot(weights, ll)) / total
-    grad = -np.array([np.dot(weights, g) for g in grads]) / total * np.array([r, alpha, a, b])
+    value = -float((weights * ll).sum()) / total
+    grad = -np.array([(weights * g).sum() for g in grads]) / total * np.array([r, alpha, a, b])
     if not np.isfinite(value) or not np.all(np.isfinite(grad)):
         return 1e10, np.zeros(4)
     return value, grad
@@ -89,7 +90,7 @@ def fit(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> BgNbdParams:
     if np.any(t_x > T + 1e-9) or np.any(x < 0) or np.any((x == 0) & (t_x > 0)):
         raise ValueError("BG/NBD data must satisfy 0 <= t_x <= T, and t_x = 0 when x = 0")
     triples, counts = np.unique(np.column_stack([x, np.round(t_x, 4), np.round(T, 4)]), axis=0, return_counts=True)
-    ux, ut, uT = triples[:, 0], triples[:, 1], triples[:, 2]
+    ux, ut, uT = (np.ascontiguousarray(triples[:, j]) for j in range(3))
     weights = counts.astype(float)
     best = None
     for start in ([0.0, np.log(max(float(np.mean(T)), 1.0)), 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]):

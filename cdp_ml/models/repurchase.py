@@ -133,7 +133,7 @@ class HazardModel(_PythonModel):
         full copies (select, concat, reorder, LightGBM's own conversion) for the same numbers.
         """
         bg = _bgnbd_features(rows, self.bg_params) if any(f in BGNBD_FEATURES for f in self.features) else None
-        out = np.empty((len(rows), len(self.features)), dtype=np.float64)
+        out = np.empty((len(rows), len(self.features)), dtype=np.float64, order="F")  # filled by column
         for j, name in enumerate(self.features):
             if name == "category":
                 codes = pd.Categorical(rows["category"].astype(str), categories=self.categories).codes
@@ -272,7 +272,8 @@ def _fit(ws: Workspace, window: _Window, horizon: int, end: date) -> tuple[Hazar
         max_bin=63, random_state=7, deterministic=True, force_row_wise=True, n_jobs=max(1, s.threads), verbose=-1)
     hazard = HazardModel(model, features, categories, (1.0, 0.0), horizon, s.max_weeks_at_risk, tuple(peaks),
                          bgnbd_feature_params(window.train))
-    model.fit(hazard.design(rows), rows["label"], categorical_feature=["category"])
+    model.fit(hazard.matrix(rows), rows["label"].to_numpy(), feature_name=features,
+              categorical_feature=[features.index("category")])
     calib_rows = fr.expand(window.calibration, horizon, None, peaks, categories, stop_at_purchase=True,
                            season=window.season)
     if len(calib_rows):

@@ -32,23 +32,29 @@ def concordance(time: np.ndarray, event: np.ndarray, predicted_time: np.ndarray)
     pred = np.asarray(predicted_time, dtype=float)
     concordant = 0.0
     comparable = 0.0
+    values = np.unique(time)
+    by_time = {v: np.sort(pred[time == v]) for v in values}  # each track sorted once, not once per earlier time
     for t in np.unique(time[event]):
-        early = pred[event & (time == t)]
-        later = np.sort(pred[time > t])
-        if not len(later) or not len(early):
-            continue
-        greater = len(later) - np.searchsorted(later, early, side="right")
-        ties = np.searchsorted(later, early, side="right") - np.searchsorted(later, early, side="left")
-        concordant += greater.sum() + 0.5 * ties.sum()
-        comparable += len(early) * len(later)
+        early = np.sort(pred[event & (time == t)])
+        for v in values[values > t]:
+            later = by_time[v]
+            right = np.searchsorted(later, early, side="right")
+            left = np.searchsorted(later, early, side="left")
+            concordant += (len(later) - right).sum() + 0.5 * (right - left).sum()
+            comparable += len(early) * len(later)
     return float(concordant / comparable) if comparable else float("nan")
 
 
 def top_share(score: np.ndarray, actual: np.ndarray, share: float = 0.10) -> tuple[float, float]:
     """Precision and recall of the top ``share`` of tracks by score (a weekly predicted segment)."""
     n = max(1, int(round(len(score) * share)))
-    top = np.argsort(-score, kind="stable")[:n]
-    hits = actual[top].sum()
+    n = min(n, len(score))
+    # the first n of a stable descending sort, without sorting millions of tracks: everything above the
+    # n-th largest score, then the earliest tracks tied with it
+    threshold = np.partition(score, len(score) - n)[len(score) - n]
+    above = score > threshold
+    tied = np.flatnonzero(score == threshold)[:n - int(above.sum())]
+    hits = actual[above].sum() + actual[tied].sum()
     total = actual.sum()
     return float(hits / n), float(hits / total) if total else float("nan")
 
