@@ -206,3 +206,19 @@ def test_concordance_counts_every_comparable_pair():
         score = sum(1.0 if pred[i] < pred[j] else 0.5 if pred[i] == pred[j] else 0.0 for i, j in pairs)
         expected = score / len(pairs) if pairs else np.nan
         np.testing.assert_allclose(rm.concordance(time, event, pred), expected)
+
+
+def test_ranking_aucs_equal_scikit_learns():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from cdp_ml.models import repurchase_metrics as rm
+
+    rng = np.random.default_rng(3)
+    for trial in range(100):
+        n = int(rng.integers(2, 200))
+        y = rng.random(n) < 0.4
+        score = np.round(rng.random(n), trial % 3)  # coarse scores: many ties
+        if y.all() or not y.any():
+            assert np.isnan(rm.ranking_aucs(y, score)).all()
+            continue
+        np.testing.assert_allclose(rm.ranking_aucs(y, score), (roc_auc_score(y, score), average_precision_score(y, score)))
