@@ -57,6 +57,15 @@ sources:
     customer_source: crm
     columns: {order_id: order_id, customer_ref: customer, ordered_at: created, product_id: sku,
               category: category, quantity: qty, amount: revenue, status: status}
+    # an export kept in several files: join them by key (rows are never added or dropped)
+    # lookups: [{path: raw/products.csv, key: {sku: product_id}}]
+
+  # constants: a field with one value for the whole file, e.g. a newsletter opt-in list
+  # - name: optins
+  #   kind: consents
+  #   path: raw/optins.csv
+  #   constants: {purpose: email_marketing, granted: true}
+  #   columns: {timestamp: signed_up, email: email}
 
   # interactions: service contacts and complaints, by customer_ref or by email/phone
   # - name: service
