@@ -133,21 +133,27 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
     for part, head in sliced_build(con, table, slices):
         con.execute(f"""
             {head}
-            with sliced as (
-                select * exclude (slice) from conv_events where slice = ?
+            with keys as (
+                -- the two window sorts carry only the keys; the event's other columns join back by row id
+                select rowid as event_row, device_hash, device_id, ts, is_purchase, tiebreak, logged_in
+                from conv_events where slice = ?
             ), marked as (
-                select *,
+                select event_row, device_hash, device_id,
                        row_number() over w as seq,
                        case when lag(ts) over w is null or lag(is_purchase) over w
                                  or ts - lag(ts) over w > to_minutes(?::bigint) then 1 else 0 end as new_session,
                        max(logged_in::integer) over w as known
                 -- partitioned on the device's hash first: integer keys sort far faster than long ids
-                from sliced window w as (partition by device_hash, device_id order by ts, is_purchase, tiebreak)
-            ), numbered as (
-                select *, sum(new_session) over (partition by device_hash, device_id order by seq
-                                                 rows unbounded preceding)
-                              as session_no
+                from keys window w as (partition by device_hash, device_id order by ts, is_purchase, tiebreak)
+            ), session_keys as (
+                select event_row, seq, known,
+                       sum(new_session) over (partition by device_hash, device_id order by seq rows unbounded preceding)
+                           as session_no
                 from marked
+            ), numbered as (
+                select e.* exclude (slice), k.seq, k.known, k.session_no
+                from conv_events e join session_keys k on e.rowid = k.event_row
+                where e.slice = ?
             ), agg as (
                 select device_id, session_no,
                        max(person_id) as person_id,
@@ -190,7 +196,7 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
                             'direct') as traffic_source,
                    ?::integer as slice
             from agg
-        """, [part, int(gap_minutes), known_types, part])
+        """, [part, int(gap_minutes), part, known_types, part])
     con.execute("""
         create or replace temp table conv_purchase_events as
         select device_id, person_id, ts from conv_events where is_purchase
