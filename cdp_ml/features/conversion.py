@@ -170,9 +170,10 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
 
 def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
                          features: FeatureSettings, until: datetime) -> PointsSpec:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()  # CPU seconds too: wall time varies with machine load
     _, slices = sess.build_sessions(con, until, features.session_gap_minutes, conversion.purchase_event_types)
-    log.info("conversion features: sessions in %.1fs", time.perf_counter() - started)
+    log.info("conversion features: sessions in %.1fs (%.0f CPU-s)", time.perf_counter() - started,
+             time.process_time() - cpu)
     orders = sess.order_relation(con)
     if orders is not None:
         status = '"status"' if "status" in _relation_columns(con, orders) else "null::varchar"
@@ -291,12 +292,11 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
             join history h on c.device_id = h.device_id and c.session_no = h.session_no
         """, {"slices": slices, "part": part})
     con.execute("drop table conv_sessions")
-    log.info("conversion features: order history and device history (%d slices) done at %.1fs", slices,
-             time.perf_counter() - started)
+    log.info("conversion features: order history and device history (%d slices) done at %.1fs (%.0f CPU-s)", slices,
+             time.perf_counter() - started, time.process_time() - cpu)
     # visitor history, order history and labels, in history-key slices (a visitor is never split). The windows
     # and ASOF joins sort a narrow projection (keys, times and the two counts they sum); the wide session row
-    # joins back once by its device and session number: at 1M persons carrying it through six sorts cost most
-    # of this stage
+    # joins back once by its device and session number instead of being carried through six sorts
     for part, head in sliced_build(con, POINTS_TABLE, slices):
         con.execute(f"""
             {head}
@@ -383,7 +383,8 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
               "conv_peaks", "conv_category_history"):
         con.execute(f"drop table if exists {t}")
     rows = con.execute(f"select count(*) from {POINTS_TABLE}").fetchall()[0][0]
-    log.info("conversion features: %d scoring points at %.1fs", rows, time.perf_counter() - started)
+    log.info("conversion features: %d scoring points at %.1fs (%.0f CPU-s)", rows, time.perf_counter() - started,
+             time.process_time() - cpu)
     return PointsSpec("events", EVENT_NUMERIC, EVENT_CATEGORICAL, conversion.horizon_days, rows)
 
 
