@@ -81,7 +81,7 @@ class ConversionModel:
         return out
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
-        # threads as in training: LightGBM's default (every core) spins on a shared machine
+        # conversion.threads, not LightGBM's default of every core: spare threads spin on a shared machine
         return self.booster.predict(self.matrix(frame), raw_score=True, num_threads=self.threads)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
@@ -531,6 +531,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
     if champion is not None:
         try:
             old = _load(champion)
+            old.threads = max(s.threads, 1)
             champion_auc = metrics.roc_auc(evaluation["label"], old.predict(evaluation))
             champion_note = f"champion v{champion.version}"
         except CdpError as exc:  # a champion on other features (e.g. another input) cannot be compared
