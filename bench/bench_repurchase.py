@@ -6,7 +6,7 @@ an already ingested and resolved workspace (e.g. the 1M-person demo: orders, eve
 times the stages and prints wall time, rows/s and peak memory. Target: training + backtest on 1M
 persons within 10 minutes on 2 cores.
 
-    .venv/bin/python bench/bench_repurchase.py --persons 1000000
+    .venv/bin/python bench/bench_repurchase.py --persons 1000000 [--set n_estimators=100 --set learning_rate=0.1]
     .venv/bin/python bench/bench_repurchase.py --copy-of /tmp/scale-1m --dir /tmp/repurchase-1m
 """
 
@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=200_000, help="persons simulated per block")
     parser.add_argument("--dir", default=None, help="scratch workspace (default /tmp/repurchase-bench-N)")
     parser.add_argument("--skip-train", action="store_true", help="only the backtest")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a repurchase: setting for the simulated workspace, e.g. --set n_estimators=100")
     parser.add_argument("--copy-of", default=None,
                         help="copy this ingested + resolved workspace (cdp_ml.yaml and warehouse) instead of simulating")
     args = parser.parse_args()
@@ -68,7 +70,8 @@ def main() -> None:
         (root / "data").mkdir()
         shutil.copy2(source / "data" / "warehouse.duckdb", root / "data" / "warehouse.duckdb")
     else:
-        (root / "cdp_ml.yaml").write_text("sources: []\n")
+        settings = "".join(f"  {item.split('=', 1)[0]}: {item.split('=', 1)[1]}\n" for item in args.set)
+        (root / "cdp_ml.yaml").write_text("sources: []\n" + (f"repurchase:\n{settings}" if settings else ""))
     ws = Workspace.open(root)
     print(f"cores {psutil.cpu_count()}, memory {psutil.virtual_memory().total / 2**30:.0f} GB, "
           f"threads {ws.config.repurchase.threads}")
