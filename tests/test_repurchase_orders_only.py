@@ -46,6 +46,7 @@ def test_orders_only_invoice_log(tmp_path, monkeypatch):
     ws = Workspace.open(tmp_path)
     ingest(ws)
     resolve(ws)
+    repurchase.train(ws, START + timedelta(weeks=90))  # a champion that has not seen the weeks after 90
     out = tmp_path / "bt.csv"
     result = repurchase.backtest(ws, START + timedelta(weeks=90), out=out)
     assert result.categories == ()
@@ -59,6 +60,7 @@ def test_orders_only_invoice_log(tmp_path, monkeypatch):
     trained = repurchase.train(ws, START + timedelta(weeks=98))
     assert len(fits) == 1
     pd.testing.assert_frame_equal(trained.backtest.metrics, result.metrics)
+    assert "roc_auc_8w" in trained.champion_backtest  # the champion was scored on the stored test tracks
     # any change to what the backtest saw is a miss: the gate is computed again
     with ws.connect() as con:
         con.execute("update orders set quantity = quantity + 1 where order_id = (select min(order_id) from orders)")

@@ -414,7 +414,8 @@ class _StoredBacktest:
     Keyed by the cutoff, horizon, repurchase settings, the code of the model and its features, and a
     content hash of its inputs (orders, events and contacts up to the window's end, profiling objections
     at the cutoff): any change to what the backtest saw is a miss, and a hit prepares nothing.
-    One entry per workspace, next to the warehouse; person ids only, as in the warehouse itself.
+    One entry per workspace, next to the warehouse: aggregates and the test tracks' feature rows, no person
+    ids (an erasure changes the inputs' hash, so it is never reused; the next backtest replaces it).
     """
 
     def __init__(self, ws: Workspace):
@@ -453,7 +454,8 @@ class _StoredBacktest:
         tmp = self.dir.with_name(self.dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        ev.test_tracks().to_parquet(tmp / "test.parquet", index=False)
+        # without person ids: the champion comparison needs only features, categories and window masks
+        ev.test_tracks().drop(columns=["person_id"]).to_parquet(tmp / "test.parquet", index=False)
         with open(tmp / "result.pkl", "wb") as f:
             pickle.dump((_replace(ev.result, out=None), ev.season), f)
         (tmp / "key").write_text(key)
