@@ -54,6 +54,7 @@ def test_orders_only_invoice_log(tmp_path, monkeypatch):
     assert set(pred["category"]) == {"(any)"} and len(pred) == result.tracks * 8
     assert result.persons > 300
     assert set(result.metrics["tracks"]) == {"(any)", "all"}
+    assert (ws.cache_dir / "repurchase_backtest" / "key").exists()  # where an erasure clears it
 
     # train right after: its gate window is the backtest's, so the stored backtest is reused (one fit, not two)
     fits = _count_fits(monkeypatch)

@@ -414,12 +414,12 @@ class _StoredBacktest:
     Keyed by the cutoff, horizon, repurchase settings, the code of the model and its features, and a
     content hash of its inputs (orders, events and contacts up to the window's end, profiling objections
     at the cutoff): any change to what the backtest saw is a miss, and a hit prepares nothing.
-    One entry per workspace, next to the warehouse: aggregates and the test tracks' feature rows, no person
-    ids (an erasure changes the inputs' hash, so it is never reused; the next backtest replaces it).
+    One entry per workspace in the workspace cache: aggregates and the test tracks' feature rows, no person
+    ids (an erasure changes the inputs' hash, so it is never reused, and clears the cache).
     """
 
     def __init__(self, ws: Workspace):
-        self.dir = ws.warehouse_path.parent / "repurchase_backtest"
+        self.dir = ws.cache_dir / "repurchase_backtest"  # an erasure clears the cache folder
 
     @staticmethod
     def key(ws: Workspace, con: Any, cutoff: date, horizon: int) -> str:
