@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -724,10 +725,18 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         mlflow.log_dict(fp, "dataset_fingerprint.json")
         mlflow.log_metrics({"training_rows": info["training_rows"], "training_positives": info["training_positives"]})
         _log_evaluation(ev.result, prefix="gate_")
+        # integer counts typed as doubles: a scoring frame may hold missing values there (MLflow's hint);
+        # no input example is stored (the signature says enough, and rows stay out of the tracking store)
         example = frame[model.inputs].head(50)
+        example = example.astype({c: "float64" for c in example.columns if pd.api.types.is_integer_dtype(example[c])})
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        import lightgbm
+        import sklearn
+
         info_model = mlflow.pyfunc.log_model(
             name="model", python_model=model, registered_model_name=MODEL_NAME,
-            signature=infer_signature(example, model.hazard(example)), pip_requirements=["lightgbm", "scikit-learn"])
+            signature=infer_signature(example, model.hazard(example)),
+            pip_requirements=[f"lightgbm=={lightgbm.__version__}", f"scikit-learn=={sklearn.__version__}"])
         version = str(info_model.registered_model_version)
         tracking.setup(ws).set_model_version_tag(MODEL_NAME, version, "as_of", str(as_of))
         gate = tracking.promote_if_not_worse(ws, MODEL_NAME, version, gate_metric, new_value, champion_value,
