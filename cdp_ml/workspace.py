@@ -233,13 +233,9 @@ def parse_config(raw: Any) -> WorkspaceConfig:
 
 def _fold_constants(config: WorkspaceConfig) -> WorkspaceConfig:
     """Map each constant field to its reader-added column, so every stage sees an ordinary mapping."""
-    sources = []
-    for i, src in enumerate(config.sources):
-        both = sorted(set(src.constants) & set(src.columns))
-        if both:
-            raise CdpError(f"sources[{i}].constants.{both[0]}: also mapped in columns; give a column or a constant")
-        sources.append(replace(src, columns={**src.columns, **{f: constant_column(f) for f in src.constants}}))
-    return replace(config, sources=tuple(sources))
+    return replace(config, sources=tuple(
+        replace(src, columns={**src.columns, **{f: constant_column(f) for f in src.constants}})
+        for src in config.sources))
 
 
 def _check_sources(config: WorkspaceConfig) -> None:
@@ -254,15 +250,16 @@ def _check_sources(config: WorkspaceConfig) -> None:
             if canonical not in known:
                 raise CdpError(f"{where}.constants: {canonical!r} is not a field of kind {src.kind} "
                                f"(fields: {', '.join(sorted(known))})")
+            if canonical in src.columns:
+                raise CdpError(f"{where}.constants.{canonical}: also mapped in columns; give a column or a constant")
         for canonical in src.columns:
             if canonical not in known:
                 raise CdpError(f"{where}.columns: {canonical!r} is not a field of kind {src.kind} "
                                f"(fields: {', '.join(sorted(known))})")
         for f in KINDS[src.kind]:
-            if f.required and f.name not in src.columns:
-                if f.name not in src.constants:
-                    raise CdpError(f"{where}.columns.{f.name}: required field of kind {src.kind} is not mapped "
-                                   f"(map it to a column of {src.path}, or give it under constants)")
+            if f.required and f.name not in src.columns and f.name not in src.constants:
+                raise CdpError(f"{where}.columns.{f.name}: required field of kind {src.kind} is not mapped "
+                               f"(map it to a column of {src.path}, or give it under constants)")
         for j, lookup in enumerate(src.lookups):
             if isinstance(lookup.key, dict) and len(lookup.key) != 1:
                 raise CdpError(f"{where}.lookups[{j}].key: give one column, or one {{source column: lookup column}} pair")

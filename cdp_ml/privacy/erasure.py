@@ -99,7 +99,7 @@ def forget(ws: Workspace, email: str | None = None, phone: str | None = None, pe
             raise
         residual = [str(h) for h in scan.scan_warehouse(con, scan.needles(subj), skip=_KEEP)]
         residual += _hash_residual(con)
-    if ws.cache_dir.exists():  # caches hold person ids; they are recomputed when next needed
+    if ws.cache_dir.exists():  # derived from the erased rows; recomputed when next needed, so dropped, not scanned
         shutil.rmtree(ws.cache_dir)
         notes.append(f"cleared derived caches in {ws.relative(ws.cache_dir)}")
     hashed_needles = scan.needles(subj, hashed=True)

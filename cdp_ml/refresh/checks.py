@@ -8,6 +8,7 @@ aggregates (shares, counts, PSI); they never read personal fields.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -88,38 +89,38 @@ def data_checks(ws: Workspace, as_of: date) -> tuple[Check, ...]:
     prev = (as_of - timedelta(days=14), as_of - timedelta(days=7))
     if not ws.warehouse_path.exists():
         return (Check("warehouse", None, None, None, 0.0, "no warehouse yet"),)
+    # (name, threshold, check, the table whose cut-off last week would read as a fall in it, and which week
+    # must hold refresh.drift_min_rows rows: max = the larger one (a source falling silent is real), min = both
+    # (ten deciles of 60 orders differ by a PSI near 0.3 between two quiet weeks))
     runs = [
         ("missing_identifier_share", s.drift_missing_identifier_share,
-         lambda con, t: _missing_identifiers(con, week, prev, t)),
+         lambda con, t: _missing_identifiers(con, week, prev, t), None, None),
         ("events_volume_change", s.drift_volume_change,
-         lambda con, t: _volume(con, "events", "timestamp", week, prev, t)),
+         lambda con, t: _volume(con, "events", "timestamp", week, prev, t), "events", max),
         ("orders_volume_change", s.drift_volume_change,
-         lambda con, t: _volume(con, "orders", "ordered_at", week, prev, t)),
+         lambda con, t: _volume(con, "orders", "ordered_at", week, prev, t), "orders", max),
         ("psi_event_type", s.drift_psi, lambda con, t: _psi_categorical(con, "events", "timestamp", "event_type",
-                                                                         week, prev, t)),
-        ("psi_order_amount", s.drift_psi, lambda con, t: _psi_numeric_orders(con, week, prev, t)),
-        ("psi_events_per_person", s.drift_psi, lambda con, t: _psi_events_per_person(con, week, prev, t)),
+                                                                         week, prev, t), None, min),
+        ("psi_order_amount", s.drift_psi, lambda con, t: _psi_numeric_orders(con, week, prev, t), None, min),
+        ("psi_events_per_person", s.drift_psi, lambda con, t: _psi_events_per_person(con, week, prev, t),
+         "events", min),
     ]
-    small = s.drift_min_rows
     checks = []
     with ws.connect() as con:
         partial = {table: _partial_week(con, table, ts, week) for table, ts in (("events", "timestamp"),
                                                                                ("orders", "ordered_at"))}
-        for name, threshold, run in runs:
-            table = "orders" if name == "orders_volume_change" else "events"
-            if name in PER_WEEK_TOTALS and partial[table]:
-                checks.append(Check(name, None, None, None, threshold, partial[table]))
+        for name, threshold, run, cut_by, rows_of in runs:
+            if cut_by and partial[cut_by]:
+                checks.append(Check(name, None, None, None, threshold, partial[cut_by]))
                 continue
             try:
-                checks.append(_too_small(run(con, threshold), small))
+                checks.append(_too_small(run(con, threshold), s.drift_min_rows, rows_of))
             except duckdb.Error as exc:  # an unusual schema must not stop the refresh: report the check as n/a
                 first = str(exc).strip().splitlines()[0][:120]
                 checks.append(Check(name, None, None, None, threshold, f"not computed: {first}"))
     return tuple(checks)
 
 
-# checks of per-week totals: a week the data stops in the middle of reads as a fall, not a change
-PER_WEEK_TOTALS = ("events_volume_change", "orders_volume_change", "psi_events_per_person")
 PARTIAL_DAYS = 3  # data ending this many days before the week does is a cut-off export (not a closed weekend)
 
 
@@ -135,20 +136,11 @@ def _partial_week(con: duckdb.DuckDBPyConnection, table: str, ts: str, week) -> 
     return ""
 
 
-def _too_small(check: Check, min_rows: int) -> Check:
-    """A check over weeks too small to judge reports n/a: sampling noise alone would flag drift.
-
-    Ten deciles of 60 orders differ between two quiet weeks by a PSI near 0.3; a volume change needs only
-    the larger week to be big enough (a source falling silent is real).
-    """
-    if check.score is None or check.value is None or check.previous is None:
+def _too_small(check: Check, min_rows: int, rows_of: Callable[[float, float], float] | None) -> Check:
+    """n/a when ``rows_of`` (max or min) of the two weeks' rows is under ``min_rows``: noise would flag drift."""
+    if rows_of is None or check.score is None or rows_of(check.value, check.previous) >= min_rows:
         return check
-    rows = max(check.value, check.previous) if check.name.endswith("volume_change") else \
-        min(check.value, check.previous)
-    if check.name == "missing_identifier_share" or rows >= min_rows:
-        return check
-    return Check(check.name, check.value, check.previous, None, check.threshold,
-                 f"fewer than {min_rows} rows in a week")
+    return Check(check.name, check.value, check.previous, None, check.threshold, f"fewer than {min_rows} rows in a week")
 
 
 def _missing_identifiers(con: duckdb.DuckDBPyConnection, week, prev, threshold: float) -> Check:

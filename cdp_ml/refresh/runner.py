@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from cdp_ml.engine import table_exists
+from cdp_ml.engine import has_rows
 from cdp_ml.errors import CdpError
 from cdp_ml.refresh.asof import resolve_as_of
 from cdp_ml.refresh.checks import RetrainDecision, decide_retrain
@@ -272,8 +272,7 @@ class _Run:
         if not step.needs:
             return True
         with self.ws.connect() as con:
-            return any(table_exists(con, t) and con.execute(f'select exists (from "{t}")').fetchall()[0][0]
-                       for t in step.needs)
+            return any(has_rows(con, t) for t in step.needs)
 
     def _run_step(self, step: Step) -> bool:
         record = self.state["steps"][step.index]

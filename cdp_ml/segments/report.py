@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from cdp_ml.engine import count, table_exists
+from cdp_ml.engine import has_rows, table_exists
 from cdp_ml.errors import CdpError
 from cdp_ml.segments.build import MANIFEST, iso_week, week_folders
 from cdp_ml.segments.models import model_status
@@ -160,7 +160,7 @@ def _not_applicable(ws: Workspace) -> dict[str, str]:
     """Models whose inputs the warehouse does not have -> the sentence saying so."""
     with ws.connect() as con:
         return {name: f"Not applicable: the warehouse has no {words}."
-                for name, (tables, words, _) in MODEL_INPUTS.items() if not any(count(con, t) for t in tables)}
+                for name, (tables, words, _) in MODEL_INPUTS.items() if not any(has_rows(con, t) for t in tables)}
 
 
 def write_report(ws: Workspace, as_of: date | None = None) -> ReportResult:

@@ -100,8 +100,9 @@ def ingest(ws: Workspace, source: str | None = None) -> IngestResult:
         raise CdpError(f"{ws.root / 'cdp_ml.yaml'} lists no sources")
     for src in sources:
         event_overrides(src)
-    plan = [(src, ws.source_files(src)) for src in sources]  # fail fast on missing files before loading
-    for src in sources:
+    plan = []
+    for src in sources:  # fail fast on missing files (exports and lookups) before loading anything
+        plan.append((src, ws.source_files(src)))
         ws.lookup_files(src)
     loads: list[FileLoad] = []
     removed: list[str] = []
@@ -172,6 +173,7 @@ def event_overrides(src: SourceConfig) -> dict[str, str]:
 
 
 def _mapping_json(src: SourceConfig) -> str:
+    # lookups and constants only when set: sources without them keep the fingerprints of older loads
     return json.dumps([src.kind, src.columns, src.options, src.customer_source, src.customer_key, src.timezone,
                        *([[dataclasses.asdict(lu) for lu in src.lookups]] if src.lookups else []),
                        *([src.constants] if src.constants else [])],

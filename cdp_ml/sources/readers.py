@@ -71,8 +71,8 @@ def read_raw(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path,
         raw = _join_lookup(con, src, i, file, raw)
     for name, value in src.constants.items():  # typed by the normaliser like any text column
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        con.execute(f"alter table {RAW} add column {_quote(constant_column(name))} varchar default {lit(text)}")
-        raw = RawRead([*raw.columns, constant_column(name)], raw.rows, raw.rejects, raw.notes)
+        con.execute(f'alter table {RAW} add column "{_ident(constant_column(name))}" varchar default {lit(text)}')
+        raw = replace(raw, columns=[*raw.columns, constant_column(name)])
     return raw
 
 
@@ -91,16 +91,16 @@ def _join_lookup(con: duckdb.DuckDBPyConnection, src: SourceConfig, i: int, file
     try:
         if right not in part.columns:
             raise CdpError(f"{where}: key column {right!r} is not in it (columns: {', '.join(part.columns[:12])})")
-        key_l, key_r = f"trim(m.{_quote(left)})", f"trim({_quote(right)})"
+        key_l, key_r = f'trim(m."{_ident(left)}")', f'trim("{_ident(right)}")'
         repeated = con.execute(f"select count(*) from (select {key_r} as k from _lookup where {key_r} <> '' "
                                f"group by k having count(*) > 1)").fetchall()[0][0]
         if repeated:
             raise CdpError(f"{where}: {repeated} values of {right!r} are on more than one row "
                            f"(a lookup needs one row per key)")
         added = [c for c in part.columns if c not in raw.columns and c != right]
-        picked = "".join(f", l.{_quote(c)}" for c in added)
+        picked = "".join(f', l."{_ident(c)}"' for c in added)
         con.execute(f"create or replace temp table _joined as select m.*{picked}, l._row is null as _unmatched "
-                    f"from {RAW} m left join _lookup l on {key_l} = trim(l.{_quote(right)}) and {key_l} <> ''")
+                    f"from {RAW} m left join _lookup l on {key_l} = trim(l.\"{_ident(right)}\") and {key_l} <> ''")
         unmatched = con.execute("select count(*) from _joined where _unmatched").fetchall()[0][0]
         con.execute(f"drop table {RAW}")
         con.execute(f"create temp table {RAW} as select * exclude (_unmatched) from _joined order by _row")
@@ -111,11 +111,7 @@ def _join_lookup(con: duckdb.DuckDBPyConnection, src: SourceConfig, i: int, file
         notes.append(f"lookup {file.name}: {unmatched} of {raw.rows} rows have no {right} match")
     if part.rejects:
         notes.append(f"lookup {file.name}: {len(part.rejects)} unreadable lines ignored")
-    return RawRead(raw.columns + added, raw.rows, raw.rejects, notes)
-
-
-def _quote(column: str) -> str:
-    return '"' + column.replace('"', '""') + '"'
+    return replace(raw, columns=raw.columns + added, notes=notes)
 
 
 def _read_csv(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> RawRead:
