@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
+from cdp_ml import engine  # noqa: E402
 from cdp_ml.models import conversion  # noqa: E402
 from cdp_ml.workspace import Workspace  # noqa: E402
 
@@ -151,7 +152,7 @@ def main() -> None:
         cutoff = as_of - timedelta(weeks=s.backtest_weeks + 1)
         window_end = cutoff + timedelta(weeks=s.backtest_weeks)
         t0 = time.perf_counter()
-        with ws.connect() as con, conversion.feats.bounded_memory(con):  # as backtest() runs it
+        with ws.connect() as con, engine.bounded_memory(con):  # as backtest() runs it
             spec, train, evaluation = conversion._frames(con, ws, cutoff, window_end + timedelta(days=s.horizon_days))
         feat_s = time.perf_counter() - t0
         report("features (sessionise + points + fetch)", feat_s, spec.rows)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 import yaml
 
-from cdp_ml import Workspace
+from cdp_ml import Workspace, engine
 from cdp_ml.features import conversion as feats
 
 DAY0 = datetime(2026, 3, 2, 10, 0)
@@ -94,9 +94,9 @@ def test_feature_building_caps_duckdb_memory_and_restores_the_settings(tiny_ws):
     with tiny_ws.connect() as con:
         before = con.execute("select current_setting('memory_limit'), current_setting('preserve_insertion_order')"
                              ).fetchall()[0]
-        with feats.bounded_memory(con):
-            limit = feats._setting_bytes(con.execute("select current_setting('memory_limit')").fetchall()[0][0])
-            assert limit <= feats._machine_memory() * feats.DUCKDB_MEMORY_SHARE * 1.01
+        with engine.bounded_memory(con):
+            limit = engine._setting_bytes(con.execute("select current_setting('memory_limit')").fetchall()[0][0])
+            assert limit <= engine._machine_memory() * engine.DUCKDB_MEMORY_SHARE * 1.01
             feats.build_points(con, tiny_ws.config.conversion, tiny_ws.config.features, DAY0 + timedelta(days=10))
         after = con.execute("select current_setting('memory_limit'), current_setting('preserve_insertion_order')"
                             ).fetchall()[0]

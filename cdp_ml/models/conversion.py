@@ -29,6 +29,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from cdp_ml import tracking
+from cdp_ml.engine import bounded_memory
 from cdp_ml.errors import CdpError, NotEnoughData
 from cdp_ml.features import conversion as feats
 from cdp_ml.models import metrics
@@ -480,7 +481,7 @@ def backtest(ws: Workspace, cutoff: date, out: Path | None = None) -> BacktestRe
         lag = s.horizon_days if feats.input_kind(con, s) == "events" else 0
     until = window_end + timedelta(days=lag)
     _check_window(ws, cutoff, until)
-    with ws.connect() as con, feats.bounded_memory(con):
+    with ws.connect() as con, bounded_memory(con):
         spec, train, evaluation = _frames(con, ws, cutoff, until)
     result = _evaluate(ws, spec, train, evaluation, cutoff, window_end, out)
     with tracking.run(ws, EXPERIMENT, f"backtest {cutoff}") as run:
@@ -516,7 +517,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         lag = s.horizon_days if feats.input_kind(con, s) == "events" else 0
     gate_window_end = as_of - timedelta(days=lag)
     gate_cutoff = gate_window_end - timedelta(weeks=s.backtest_weeks)
-    with ws.connect() as con, feats.bounded_memory(con):
+    with ws.connect() as con, bounded_memory(con):
         spec, bt_train, evaluation = _frames(con, ws, gate_cutoff, as_of)
         final = feats.fetch(con, spec, _midnight(as_of) - timedelta(weeks=s.training_weeks, days=lag),
                             _midnight(as_of) - timedelta(days=lag), s.horizon_days,
@@ -587,7 +588,7 @@ def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
     model = _load(champion)
     model.threads = max(s.threads, 1)
     as_of = as_of or default_as_of(ws)
-    with ws.connect() as con, feats.bounded_memory(con):
+    with ws.connect() as con, bounded_memory(con):
         spec = feats.build_points(con, s, ws.config.features, _midnight(as_of))
         if spec.kind != model.kind:
             raise CdpError(f"the champion conversion model was trained on {model.kind} but the workspace input is "

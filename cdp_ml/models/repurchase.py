@@ -10,7 +10,11 @@ backtest with BG/NBD and with the naive "last purchase + median own interval" ru
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import pickle
+import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -23,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cdp_ml.engine import bounded_memory
 from cdp_ml.errors import CdpError, NotEnoughData
 from cdp_ml.features import repurchase as fr
-from cdp_ml.features.conversion import bounded_memory
 from cdp_ml.models import bgnbd
 from cdp_ml.models import repurchase_metrics as rm
 from cdp_ml.workspace import Workspace, last_completed_week_end
@@ -424,9 +428,6 @@ class _StoredBacktest:
 
     @staticmethod
     def key(ws: Workspace, con: Any, cutoff: date, horizon: int) -> str:
-        import hashlib
-        import sys
-
         digest = hashlib.sha256()
         for module in (fr, bgnbd, rm, sys.modules[__name__]):
             digest.update(Path(str(module.__file__)).read_bytes())
@@ -435,8 +436,6 @@ class _StoredBacktest:
         return digest.hexdigest()
 
     def load(self, key: str) -> _Evaluation | None:
-        import pickle
-
         try:
             if (self.dir / "key").read_text() != key:
                 return None
@@ -449,9 +448,6 @@ class _StoredBacktest:
 
     def save(self, key: str, ev: _Evaluation) -> None:
         """Write to a fresh folder and swap it in, so a reader never sees a mixed entry."""
-        import pickle
-        import shutil
-
         tmp = self.dir.with_name(self.dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -673,7 +669,9 @@ class TrainResult:
 
 def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = None) -> TrainResult:
     """Backtest on the last H weeks before ``as_of``, fit on everything before it, register, gate."""
+    import lightgbm
     import mlflow
+    import sklearn
     from mlflow.models import infer_signature
 
     from cdp_ml import tracking
@@ -730,9 +728,6 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         example = frame[model.inputs].head(50)
         example = example.astype({c: "float64" for c in example.columns if pd.api.types.is_integer_dtype(example[c])})
         warnings.filterwarnings("ignore", message=".*input example was not provided")
-        import lightgbm
-        import sklearn
-
         info_model = mlflow.pyfunc.log_model(
             name="model", python_model=model, registered_model_name=MODEL_NAME,
             signature=infer_signature(example, model.hazard(example)),
