@@ -374,6 +374,27 @@ def test_constants_fill_fields_a_file_implies(tmp_path):
         parse_config({"sources": [base]})
 
 
+def test_a_sessions_table_without_key_or_time_column_loads_by_row_and_lookup(tmp_path):
+    """UCI Online Shoppers: one row per session, no session id, a month name for time, identical rows."""
+    (tmp_path / "shoppers.csv").write_text("ProductRelated,PageValues,Month,VisitorType,Revenue\n"
+                                           "3,0.0,Feb,New_Visitor,FALSE\n3,0.0,Feb,New_Visitor,FALSE\n"
+                                           "40,12.5,Nov,Returning_Visitor,TRUE\n7,0.0,Jan,Other,FALSE\n")
+    (tmp_path / "months.csv").write_text("Month,month_start\nFeb,2017-02-01\nNov,2017-11-01\n")
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [
+        {"name": "shoppers", "kind": "sessions", "path": "shoppers.csv",
+         "lookups": [{"path": "months.csv", "key": "Month"}],
+         "columns": {"timestamp": "month_start", "converted": "Revenue"}}]}))
+    ws = Workspace.open(tmp_path)
+    res = ingest(ws)
+    assert (res.rows_read, res.rows_loaded, res.rows_quarantined) == (4, 3, 1)  # 'Jan' is not in the lookup
+    assert _rows(ws, 'select session_id, timestamp::date::varchar, converted, "PageValues" from sessions '
+                     "order by session_id") == [
+        ("shoppers.csv#1", "2017-02-01", False, 0.0), ("shoppers.csv#2", "2017-02-01", False, 0.0),
+        ("shoppers.csv#3", "2017-11-01", True, 12.5)]
+    assert _rows(ws, "select reason from quarantine") == [("missing required field timestamp (column month_start)",)]
+    assert ingest(ws).files[0].status == "unchanged"
+
+
 def test_unit_price_gives_the_line_total(tmp_path):
     """Online Retail II: a unit price and a quantity, 'C' invoices with negative quantities are returns."""
     (tmp_path / "retail.csv").write_text(

@@ -65,7 +65,7 @@ KINDS: dict[str, tuple[Field, ...]] = {
         _f("unit_price", "double", doc="price of one unit (Online Retail's Price)"),
     ),
     "sessions": (
-        _f("session_id", required=True),
+        _f("session_id", doc="when not mapped: file#row (a pre-aggregated table without a session key)"),
         _f("timestamp", "timestamp", True),
         _f("anonymous_id"),
         _f("customer_ref"),

@@ -259,7 +259,7 @@ def _load_file(con: duckdb.DuckDBPyConnection, ws: Workspace, src: SourceConfig,
     load_id = uuid.uuid4().hex[:12]
     raw = read_raw(con, src, path, ws.lookup_files(src))
     _check_mapping(src, raw, path)
-    typed_sql, notes_sql = _typed_select(ws, src, raw)
+    typed_sql, notes_sql = _typed_select(ws, src, raw, rel)
     con.execute(f"create or replace temp table _typed as {typed_sql}")
     _mark_duplicates(con, src, rel)
     notes = raw.notes + [n for n in (con.execute(q).fetchall()[0][0] for q in notes_sql) if n]
@@ -330,7 +330,7 @@ def _q(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
 
 
-def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, list[str]]:
+def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead, rel: str) -> tuple[str, list[str]]:
     """SQL selecting typed canonical fields, a quarantine reason per row, and note queries.
 
     Three materialised steps (text cleaned once -> typed once -> reasons over typed columns) keep each
@@ -362,7 +362,8 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead) -> tuple[str, 
                 if (src.kind, f.name) == ("orders", "status") else \
                 "1.0" if (src.kind, f.name) == ("orders", "quantity") else \
                 "\"__t_customer_ref\" || '@' || \"__t_ordered_at\"" if (src.kind, f.name) == ("orders", "order_id") \
-                else "null"  # transaction logs without an order number (CDNOW-style): one order per customer and time
+                else f"{nz.lit(rel + '#')} || _row" if (src.kind, f.name) == ("sessions", "session_id") \
+                else "null"  # logs without an order number (CDNOW) or a session key (UCI Online Shoppers)
             typed.append(f"cast({default} as {_SQL_TYPES[f.type]}) as \"{f.name}\"")
             continue
         r = _q("__t_" + f.name)
