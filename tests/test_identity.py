@@ -204,6 +204,10 @@ def test_score_only_run_predicts_with_the_saved_model(demo_ws):
     model_path = demo_ws.warehouse_path.parent / MODEL_FILE
     saved = model_path.read_text(encoding="utf-8")
     before = _map(demo_ws)
+    unchanged = resolve(demo_ws, retrain=False)
+    assert any(n.startswith("nothing changed") for n in unchanged.notes), unchanged.notes
+    with demo_ws.connect() as con:  # as if resolved by a version without incremental state: all work is done
+        con.execute("drop table _identity_state")
     reused = resolve(demo_ws, retrain=False)
     assert any("saved model" in n and "not retrained" in n for n in reused.notes), reused.notes
     assert not any("not retrained" in n for n in trained.notes)

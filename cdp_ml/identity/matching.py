@@ -73,6 +73,16 @@ class MatchOutcome:
     trained: bool
     comparison_names: tuple[str, ...]
     rule_columns: tuple[tuple[str, ...], ...] = ()  # columns each used blocking rule equates (on _id_records)
+    notes: tuple[str, ...] = ()  # what matching said (blocking rules capped, model reused), for a run reusing its pairs
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> MatchOutcome:
+        """Back from JSON (lists to tuples)."""
+        return cls(**{**d, "rules": tuple(d["rules"]), "comparison_names": tuple(d["comparison_names"]),
+                      "rule_columns": tuple(tuple(r) for r in d["rule_columns"]), "notes": tuple(d["notes"])})
 
 
 def _comparison(col: MatchColumn):
@@ -285,13 +295,6 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
     trained = True
     model = _saved_model(model_path, cols, settings, retrain, log)
     if model is not None:
-        model["blocking_rules_to_generate_predictions"] = [
-            {"blocking_rule": _rule(r, link_only), "sql_dialect": "duckdb"} for r in rules]
-        linker = Linker(sdf, model, log_level=logging.ERROR)
-        tf_columns = {level["tf_adjustment_column"] for comp in model.get("comparisons", [])
-                      for level in comp.get("comparison_levels", []) if level.get("tf_adjustment_column")}
-        for column in sorted(tf_columns):
-            linker.table_management.compute_tf_table(column)
         trained = False
     else:
         creator = SettingsCreator(
@@ -307,6 +310,10 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
         tmp_model = model_path.with_name(f".tmp-{model_path.name}")
         linker.misc.save_model_to_json(str(tmp_model), overwrite=True)
         os.replace(tmp_model, model_path)  # atomic: a killed refresh never leaves a torn model for the next run
+        # predict from the file, as every score-only week will: a week after training with unchanged data then
+        # gets exactly this week's pairs, so it can keep them (cdp_ml.identity.state)
+        model = json.loads(model_path.read_text(encoding="utf-8"))
+    linker = _predicting_linker(sdf, model, rules, link_only)
 
     threshold = min(settings.review_threshold, settings.match_threshold)
     pairs = linker.inference.predict(threshold_match_probability=threshold)
@@ -367,6 +374,18 @@ def _match_in_memory(wh: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnecti
     scored, accepted = wh.execute("select count(*), count(*) filter (where accepted) from _id_pairs").fetchall()[0]
     return MatchOutcome(comparisons, int(scored), int(accepted), tuple(shown), trained,
                         tuple(c.name for c in cols), tuple(compared))
+
+
+def _predicting_linker(sdf, model: dict, rules: list[tuple[str, ...]], link_only: bool) -> Linker:  # noqa: ANN001
+    """A linker predicting with a saved model over this run's blocking rules and term frequencies."""
+    model["blocking_rules_to_generate_predictions"] = [
+        {"blocking_rule": _rule(r, link_only), "sql_dialect": "duckdb"} for r in rules]
+    linker = Linker(sdf, model, log_level=logging.ERROR)
+    tf_columns = {level["tf_adjustment_column"] for comp in model.get("comparisons", [])
+                  for level in comp.get("comparison_levels", []) if level.get("tf_adjustment_column")}
+    for column in sorted(tf_columns):
+        linker.table_management.compute_tf_table(column)
+    return linker
 
 
 @contextmanager

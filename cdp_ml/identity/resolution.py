@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 
 import duckdb
 
 from cdp_ml.engine import table_exists
 from cdp_ml.errors import CdpError
-from cdp_ml.identity import inputs, matching, tables
+from cdp_ml.identity import inputs, matching, state, tables
 from cdp_ml.identity.clustering import assign_person_ids, component_conflicts, connected_components, merge_weak_edges
 from cdp_ml.identity.settings import IdentitySettings
 from cdp_ml.workspace import Workspace
@@ -71,7 +71,9 @@ def resolve(ws: Workspace, as_of: date | None = None, retrain: bool = True) -> R
     """Cluster every known identifier into persons; keeps person ids stable across runs.
 
     ``retrain=False`` (score-only refresh weeks) predicts with the saved Splink model instead of
-    re-estimating u and m; clustering, ids and tables are rebuilt either way.
+    re-estimating u and m, and does only the work the data asks for: nothing when the records,
+    identifiers, settings and model are those of the last run (its tables already are this run's), and
+    no Splink prediction when the customer records are unchanged (the last run's scored pairs are exact).
     """
     started = time.monotonic()
     settings = ws.config.identity
@@ -81,45 +83,86 @@ def resolve(ws: Workspace, as_of: date | None = None, retrain: bool = True) -> R
         raise CdpError("resolve: the workspace has no customers, events, orders, sessions, interactions or "
                        "consents source (add one under sources:)")
     notes: list[str] = []
+    model_path = ws.warehouse_path.parent / matching.MODEL_FILE
     with ws.connect() as con:
         if not any(table_exists(con, k) for k in ("customers", *inputs.REFERENCE_COLUMNS)):
             raise CdpError("resolve: the warehouse has no staging tables yet (run: cdp-ml ingest)")
+        fingerprint = state.fingerprint(con, ws, settings, as_of, model_path)
+        saved = state.load(con)
+        if saved is not None and not retrain:
+            changed = fingerprint.differences(saved.fingerprint)
+            if not changed:
+                result = _unchanged(saved, as_of, time.monotonic() - started)
+                _log(ws, result, matching.MatchOutcome.from_dict(saved.outcome))
+                return result
+            notes.append(f"changed since the last resolution: {', '.join(changed)}")
         # DuckDB 2.0.0 can fail with "dict-surviving cache ... changed identity" when hash joins meet
         # dictionary-compressed temp tables (seen at 100k persons); this run writes them uncompressed
         con.execute("set disabled_compression_methods = 'dictionary,fsst,dict_fsst'")
         cols = inputs.prepare(con, ws, settings, as_of)
-        if settings.probabilistic and cols:
-            outcome = matching.match(con, cols, settings, ws.warehouse_path.parent, notes, retrain=retrain)
+        reuse_pairs = (saved is not None and not retrain and settings.probabilistic and bool(cols)
+                       and table_exists(con, state.PAIRS_TABLE)
+                       and (fingerprint.config, fingerprint.model, fingerprint.records)
+                       == (saved.fingerprint.config, saved.fingerprint.model, saved.fingerprint.records))
+        if reuse_pairs:
+            state.restore_pairs(con)
+            outcome = replace(matching.MatchOutcome.from_dict(saved.outcome), trained=False)
+            notes += [*outcome.notes, "customer records unchanged: the last run's scored pairs reused (no Splink)"]
+        elif settings.probabilistic and cols:
+            match_notes: list[str] = []
+            outcome = matching.match(con, cols, settings, ws.warehouse_path.parent, match_notes, retrain=retrain)
+            outcome = replace(outcome, notes=tuple(match_notes))
+            notes += match_notes
+            fingerprint = replace(fingerprint, model=state.model_digest(model_path))  # (re)trained: the new model
         else:
             matching._empty_pairs(con)
             outcome = matching.MatchOutcome(0, 0, 0, (), False, ())
+        state.snapshot_pairs(con)
         _cluster(con, settings, outcome.rule_columns)
         # one transaction: a crash (e.g. a killed weekly refresh) leaves the previous persons intact
         con.execute("begin transaction")
         try:
             ids = assign_person_ids(con, "_id_clusters", datetime.now(UTC).replace(tzinfo=None))
             _write_tables(con, ws, as_of)
+            counts = _counts(con)
+            state.save_pairs(con)
+            state.save(con, fingerprint, counts, outcome.as_dict())
             con.execute("commit")
         except BaseException:
             con.execute("rollback")
             raise
-        stats = con.execute("""select
-            (select count(distinct person_id) from person_map where person_id is not null),
-            (select count(*) from person_map where id_type = 'record'),
-            (select count(*) from person_map), (select count(*) from person_map where person_id is null),
-            (select coalesce(max(n), 0) from (select count(*) n from person_map where person_id is not null
-                                               group by person_id)),
-            (select count(*) from identity_edges where method <> 'probabilistic'),
-            (select count(*) from identity_edges where method = 'probabilistic' and accepted),
-            (select count(*) from identity_edges where method = 'probabilistic' and not accepted)""").fetchall()[0]
     result = ResolveResult(
-        as_of=as_of, persons=stats[0], records=stats[1], identifiers=stats[2], unresolved=stats[3],
-        largest_cluster=stats[4], comparisons=outcome.comparisons, deterministic_edges=stats[5],
-        probabilistic_edges=stats[6], review_pairs=stats[7], ids_kept=ids["kept"], ids_new=ids["new"],
+        as_of=as_of, **counts, comparisons=outcome.comparisons, ids_kept=ids["kept"], ids_new=ids["new"],
         merges=ids["merged"], splits=ids["split"], seconds=time.monotonic() - started,
         blocking_rules=outcome.rules, notes=tuple(notes))
     _log(ws, result, outcome)
     return result
+
+
+def _counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """The sizes a result reports, read back from the tables just written."""
+    names = ("persons", "records", "identifiers", "unresolved", "largest_cluster", "deterministic_edges",
+             "probabilistic_edges", "review_pairs")
+    values = con.execute("""select
+        (select count(distinct person_id) from person_map where person_id is not null),
+        (select count(*) from person_map where id_type = 'record'),
+        (select count(*) from person_map), (select count(*) from person_map where person_id is null),
+        (select coalesce(max(n), 0) from (select count(*) n from person_map where person_id is not null
+                                           group by person_id)),
+        (select count(*) from identity_edges where method <> 'probabilistic'),
+        (select count(*) from identity_edges where method = 'probabilistic' and accepted),
+        (select count(*) from identity_edges where method = 'probabilistic' and not accepted)""").fetchall()[0]
+    return dict(zip(names, map(int, values), strict=True))
+
+
+def _unchanged(saved: state.Saved, as_of: date | None, seconds: float) -> ResolveResult:
+    """The last run's tables are this run's: report them as kept, without touching a table."""
+    counts = {k: int(v) for k, v in saved.result.items()}  # type: ignore[call-overload]
+    return ResolveResult(
+        as_of=as_of, **counts, comparisons=0, ids_kept=counts["persons"], ids_new=0, merges=0, splits=0,
+        seconds=seconds, blocking_rules=(),
+        notes=("nothing changed since the last resolution (same customer records, identifiers, settings and "
+               "Splink model): its persons and tables are kept as they are",))
 
 
 def _cluster(con: duckdb.DuckDBPyConnection, settings: IdentitySettings,

@@ -86,7 +86,10 @@ def write_priority(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
 
 
 def write_profiles(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date | None) -> int:
-    """One golden record per person: most trusted source first, then the most recent value."""
+    """One golden record per person: most trusted source first, then the most recent value.
+
+    Lists are sorted: the same persons always give the same profiles (a re-run can be compared, or skipped).
+    """
     write_priority(con, ws)
     have = set(columns(con, "customers")) if table_exists(con, "customers") else set()
 
@@ -121,12 +124,12 @@ def _profiles_sql(records: str, golden: str, fields: list[tuple[str, str]], cuto
         g as (
           select person_id, {golden}, count(*) as n_records, min(least(created_at, recent)) as rec_first,
             max(recent) as rec_last,
-            list(distinct case when street is not null or postcode is not null then
-              concat_ws(' ', street, house_number) || ', ' || concat_ws(' ', postcode, city) end) as addresses
+            list_sort(list(distinct case when street is not null or postcode is not null then
+              concat_ws(' ', street, house_number) || ', ' || concat_ws(' ', postcode, city) end)) as addresses
           from rec group by person_id),
         contacts as (
-          select person_id, list(distinct email) filter (where email is not null) as emails,
-            list(distinct phone) filter (where phone is not null) as phones
+          select person_id, list_sort(list(distinct email) filter (where email is not null)) as emails,
+            list_sort(list(distinct phone) filter (where phone is not null)) as phones
           from (select person_id, email, phone from rec
                 union all select person_id, case when id_type = 'email' then record_id end,
                   case when id_type = 'phone' then record_id end from person_map
