@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
@@ -14,6 +14,7 @@ import yaml
 
 from cdp_ml import CdpError, Workspace
 from cdp_ml.cli import main
+from cdp_ml.refresh.asof import latest_data_time
 from cdp_ml.sources import ingest
 from cdp_ml.sources.normalise import email, phone, timestamp
 from cdp_ml.workspace import parse_config
@@ -393,6 +394,31 @@ def test_a_sessions_table_without_key_or_time_column_loads_by_row_and_lookup(tmp
         ("shoppers.csv#3", "2017-11-01", True, 12.5)]
     assert _rows(ws, "select reason from quarantine") == [("missing required field timestamp (column month_start)",)]
     assert ingest(ws).files[0].status == "unchanged"
+
+
+def test_day_numbers_count_from_a_timestamp_origin(tmp_path):
+    """Dunnhumby's Complete Journey numbers days (DAY 1..711) and hides the calendar."""
+    (tmp_path / "transaction_data.csv").write_text(
+        "household_key,BASKET_ID,DAY,PRODUCT_ID,QUANTITY,SALES_VALUE\n"
+        "2375,26984851472,1,1004906,1,1.39\n2375,26984851516,711,1033142,2,0.82\n7,1,1.5,9,1,1\n8,2,x,9,1,1\n")
+    src = {"name": "tx", "kind": "orders", "path": "transaction_data.csv",
+           "options": {"timestamp_origin": "2017-12-31"},
+           "columns": {"order_id": "BASKET_ID", "customer_ref": "household_key", "ordered_at": "DAY",
+                       "product_id": "PRODUCT_ID", "quantity": "QUANTITY", "amount": "SALES_VALUE"}}
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"timezone": "UTC", "sources": [src]}))
+    ws = Workspace.open(tmp_path)
+    assert latest_data_time(ws) == datetime(2019, 12, 12)  # `--as-of latest` reads the files the same way
+    res = ingest(ws)
+    assert (res.rows_read, res.rows_loaded, res.rows_quarantined) == (4, 3, 1)
+    assert _rows(ws, "select ordered_at::varchar from orders order by ordered_at") == [
+        ("2018-01-01 00:00:00",), ("2018-01-01 12:00:00",), ("2019-12-12 00:00:00",)]
+    assert _rows(ws, "select reason from quarantine") == [("unparseable timestamp in column DAY",)]
+    for options, message in (({"timestamp_origin": "day one"}, "timestamp_origin 'day one' is not a date"),
+                             ({"timestamp_origin": "2018-01-01", "timestamp_unit": "week"}, "timestamp_unit 'week'"),
+                             ({"timestamp_unit": "day"}, "timestamp_unit needs timestamp_origin")):
+        (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [{**src, "options": options}]}))
+        with pytest.raises(CdpError, match=message):
+            ingest(Workspace.open(tmp_path))
 
 
 def test_unit_price_gives_the_line_total(tmp_path):

@@ -337,7 +337,7 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead, rel: str) -> t
     regular expression to one evaluation per value.
     """
     tz = src.timezone or ws.config.timezone
-    ts_fmt = src.options.get("timestampformat")
+    ts_fmt = (src.options.get("timestampformat"), _elapsed(src))
     date_fmt = src.options.get("dateformat")
     country = ws.config.default_country
     latest = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
@@ -454,9 +454,31 @@ def _reserved(src: SourceConfig) -> set[str]:
     return {f.name for f in KINDS[src.kind]} | {n for n, _ in LINEAGE_COLUMNS} | {"ref_source", "ref_key", "_reason"}
 
 
+def source_timestamp(ws: Workspace, src: SourceConfig, text: str) -> str:
+    """SQL reading the text ``text`` as the source's timestamps (formats, zone, numeric origin) in naive UTC."""
+    return nz.timestamp(text, src.timezone or ws.config.timezone, src.options.get("timestampformat"), _elapsed(src))
+
+
+def _elapsed(src: SourceConfig) -> tuple[str, str] | None:
+    """The source's (origin, unit) for numeric timestamps, checked: ``timestamp_origin`` / ``timestamp_unit``."""
+    origin, unit = src.options.get("timestamp_origin"), src.options.get("timestamp_unit")
+    if origin is None:
+        if unit is not None:
+            raise CdpError(f"source '{src.name}': timestamp_unit needs timestamp_origin (the date numbers count from)")
+        return None
+    try:
+        start = datetime.fromisoformat(str(origin))
+    except ValueError:
+        raise CdpError(f"source '{src.name}': timestamp_origin {str(origin)!r} is not a date (YYYY-MM-DD)") from None
+    unit = str(unit or "day")
+    if unit not in nz.ELAPSED_UNITS:
+        raise CdpError(f"source '{src.name}': timestamp_unit {unit!r} is not one of {', '.join(nz.ELAPSED_UNITS)}")
+    return start.strftime("%Y-%m-%d %H:%M:%S"), unit
+
+
 def _typed_expr(kind: str, name: str, type_: str, r: str, tz: str, ts_fmt, date_fmt, country: str) -> str:
     if type_ == "timestamp":
-        return nz.timestamp(r, tz, ts_fmt)
+        return nz.timestamp(r, tz, ts_fmt[0], ts_fmt[1])
     if type_ == "date":
         d = nz.date_value(r, date_fmt)
         return f"(case when {d} between DATE '1900-01-01' and current_date then {d} end)"

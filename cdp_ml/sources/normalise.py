@@ -206,11 +206,19 @@ def _formats(fmt: str | list[str] | None, defaults: tuple[str, ...]) -> str:
     return "[" + ", ".join(lit(f) for f in fmts) + "]"
 
 
-def timestamp(expr: str, timezone: str, fmt: str | list[str] | None = None) -> str:
+# Units of numeric timestamps counted from a source's ``timestamp_origin``, in microseconds.
+ELAPSED_UNITS = {"day": 86_400_000_000, "hour": 3_600_000_000, "minute": 60_000_000, "second": 1_000_000,
+                 "millisecond": 1_000}
+
+
+def timestamp(expr: str, timezone: str, fmt: str | list[str] | None = None,
+              elapsed: tuple[str, str] | None = None) -> str:
     """A naive UTC timestamp from text: ISO with offset or Z, epoch seconds/milli-/microseconds, or a format list.
 
     Text without an offset is read in ``timezone`` (the source's zone) and converted to UTC; text ending in
     ``UTC`` or ``GMT`` (REES46, many Java and Go exports: ``2019-10-01 00:00:00 UTC``) is UTC already.
+    ``elapsed`` = (origin, unit): a plain number counts units from that local origin instead (Dunnhumby's
+    day numbers), because such exports hide the calendar and an epoch reading would put them in 1970.
     """
     raw = f"trim({expr})"
     utc = f"(upper(right({raw}, 3)) in ('UTC', 'GMT'))"
@@ -218,6 +226,12 @@ def timestamp(expr: str, timezone: str, fmt: str | list[str] | None = None) -> s
     has_offset = f"regexp_matches({s}, '(Z|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$')"
     local = (f"try_strptime({s}, {_formats(fmt, TIMESTAMP_FORMATS)})" if fmt
              else f"coalesce(try_cast({s} as timestamp), try_strptime({s}, {_formats(None, TIMESTAMP_FORMATS)}))")
+    if elapsed:
+        origin, unit = elapsed
+        since = (f"(TIMESTAMP {lit(origin)} + to_microseconds(cast(round(try_cast({s} as double) * "
+                 f"{ELAPSED_UNITS[unit]}) as bigint)))")
+        local = f"(case when regexp_full_match({s}, '-?[0-9]+(\\.[0-9]+)?') then {since} else {local} end)"
+        return f"(case when {utc} then {local} else timezone('UTC', timezone({lit(timezone)}, {local})) end)"
     return (f"(case when {has_offset} then timezone('UTC', try_cast({s} as timestamptz)) "
             f"when regexp_full_match({s}, '[0-9]{{13}}([0-9]{{3}})?') then "  # epoch ms, or µs (GA4 event_timestamp)
             f"make_timestamp(try_cast({s} as bigint) * (case when length({s}) = 13 then 1000 else 1 end)) "

@@ -26,7 +26,7 @@ RAW = "_raw_in"
 CSV_OPTIONS = {"delim", "sep", "header", "quote", "escape", "encoding", "skip", "comment", "new_line",
                "null_padding", "strict_mode", "max_line_size", "nullstr", "auto_detect", "compression",
                "allow_quoted_nulls", "ignore_errors"}
-FORMAT_OPTIONS = {"dateformat", "timestampformat", "event_types"}  # applied by the normaliser (load.py)
+FORMAT_OPTIONS = {"dateformat", "timestampformat", "timestamp_origin", "timestamp_unit", "event_types"}  # applied by the normaliser (load.py)
 REJECTS = "store_rejects=true, rejects_table='_rejects', rejects_scan='_reject_scans'"
 
 
