@@ -248,7 +248,11 @@ def _time_column(kind: str) -> str:
 
 
 def _references(con: duckdb.DuckDBPyConnection, as_of: date | None) -> None:
-    """``_id_refs``: one row per distinct identifier combination seen on a referencing row."""
+    """``_id_refs``: one row per distinct identifier combination seen on a referencing row.
+
+    Also ``_id_activity``: per combination of the identifiers exactly as the ``person_*`` views join them,
+    its rows' first and last time and count - the profiles' activity, so the events are scanned once.
+    """
     parts = []
     params: list = []
     for kind, have in _ref_tables(con):
@@ -256,18 +260,25 @@ def _references(con: duckdb.DuckDBPyConnection, as_of: date | None) -> None:
         where = f'where "{ts}" < ?' if as_of is not None and ts in have else ""
         if where:
             params.append(as_of)
-        parts.append(f"""select distinct source, '{kind}' as kind,
-            nullif(trim(cast({_col(have, 'customer_ref')} as varchar)), '') as customer_ref,
-            {_col(have, 'ref_source')} as ref_source, coalesce({_col(have, 'ref_key')}, 'record_id') as ref_key,
-            nullif(trim(cast({_col(have, 'anonymous_id')} as varchar)), '') as anonymous_id,
-            nullif(lower(trim({_col(have, 'email')})), '') as email,
-            nullif(trim({_col(have, 'phone')}), '') as phone
-            from "{kind}" {where}""")
+        parts.append(f"""select source, '{kind}' as kind,
+            cast({_col(have, 'customer_ref')} as varchar) as customer_ref,
+            {_col(have, 'ref_source')} as ref_source, {_col(have, 'ref_key')} as ref_key,
+            cast({_col(have, 'anonymous_id')} as varchar) as anonymous_id,
+            cast({_col(have, 'email')} as varchar) as email, cast({_col(have, 'phone')} as varchar) as phone,
+            min({_col(have, ts, 'timestamp')}) as first_ts, max({_col(have, ts, 'timestamp')}) as last_ts,
+            count(*) as n_rows
+            from "{kind}" {where} group by all""")
     if not parts:
-        con.execute("""create or replace temp table _id_refs(source varchar, kind varchar, customer_ref varchar,
-            ref_source varchar, ref_key varchar, anonymous_id varchar, email varchar, phone varchar)""")
-        return
-    con.execute("create or replace temp table _id_refs as " + " union all ".join(parts), params)
+        con.execute("""create or replace temp table _id_activity(source varchar, kind varchar, customer_ref varchar,
+            ref_source varchar, ref_key varchar, anonymous_id varchar, email varchar, phone varchar,
+            first_ts timestamp, last_ts timestamp, n_rows bigint)""")
+    else:
+        con.execute("create or replace temp table _id_activity as " + " union all ".join(parts), params)
+    con.execute("""create or replace temp table _id_refs as
+        select distinct source, kind, nullif(trim(customer_ref), '') as customer_ref, ref_source,
+          coalesce(ref_key, 'record_id') as ref_key, nullif(trim(anonymous_id), '') as anonymous_id,
+          nullif(lower(trim(email)), '') as email, nullif(trim(phone), '') as phone
+        from _id_activity""")
 
 
 def _values(con: duckdb.DuckDBPyConnection, settings: IdentitySettings) -> None:

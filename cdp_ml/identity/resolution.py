@@ -123,7 +123,7 @@ def resolve(ws: Workspace, as_of: date | None = None, retrain: bool = True) -> R
         con.execute("begin transaction")
         try:
             ids = assign_person_ids(con, "_id_clusters", datetime.now(UTC).replace(tzinfo=None))
-            _write_tables(con, ws, as_of)
+            _write_tables(con, ws)
             counts = _counts(con)
             state.save_pairs(con)
             state.save(con, fingerprint, counts, outcome.as_dict())
@@ -265,7 +265,7 @@ def _attach_weak_pairs(con: duckdb.DuckDBPyConnection, settings: IdentitySetting
         select node_l, node_r, 'probabilistic', match_probability from _id_pairs where accepted and not corroborated""")
 
 
-def _write_tables(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date | None) -> None:
+def _write_tables(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
     con.execute("""create or replace table person_map as
         select m.source, m.id_type, m.record_id, a.person_id, m.method, m.match_probability
         from _id_members m left join _id_assigned a using (cluster)
@@ -292,7 +292,7 @@ def _write_tables(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date | N
         from rows x join _id_nodes l on l.node = x.a join _id_nodes r on r.node = x.b
         left join person_map pm on pm.source = l.source and pm.id_type = l.id_type and pm.record_id = l.record_id""")
     tables.create_views(con, ws.config.conversion.purchase_event_types)
-    tables.write_profiles(con, ws, as_of)
+    tables.write_profiles(con, ws)
 
 
 def _log(ws: Workspace, result: ResolveResult, outcome: matching.MatchOutcome) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
 
 import duckdb
 
@@ -85,10 +84,11 @@ def write_priority(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
         con.executemany("insert into _id_priority values (?, ?)", ranked)
 
 
-def write_profiles(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date | None) -> int:
+def write_profiles(con: duckdb.DuckDBPyConnection, ws: Workspace) -> int:
     """One golden record per person: most trusted source first, then the most recent value.
 
     Lists are sorted: the same persons always give the same profiles (a re-run can be compared, or skipped).
+    Activity (first/last seen, events) comes from ``_id_activity``, already cut at the as-of date.
     """
     write_priority(con, ws)
     have = set(columns(con, "customers")) if table_exists(con, "customers") else set()
@@ -113,12 +113,11 @@ def write_profiles(con: duckdb.DuckDBPyConnection, ws: Workspace, as_of: date | 
                    f"null::timestamp created_at, {nulls} where false")
     golden = ", ".join(f"first({f} order by rank, recent desc nulls last) filter (where {f} is not null) as {f}"
                        for f, _ in fields)
-    cutoff = "where ts < ?" if as_of is not None else ""
-    con.execute(_profiles_sql(records, golden, fields, cutoff), [as_of] if as_of is not None else [])
+    con.execute(_profiles_sql(records, golden, fields))
     return con.execute("select count(*) from profiles").fetchall()[0][0]
 
 
-def _profiles_sql(records: str, golden: str, fields: list[tuple[str, str]], cutoff: str) -> str:
+def _profiles_sql(records: str, golden: str, fields: list[tuple[str, str]]) -> str:
     return f"""create or replace table profiles as
         with rec as ({records}),
         g as (
@@ -135,14 +134,22 @@ def _profiles_sql(records: str, golden: str, fields: list[tuple[str, str]], cuto
                   case when id_type = 'phone' then record_id end from person_map
                 where id_type in ('email', 'phone') and person_id is not null)
           group by person_id),
-        activity as (
-          select person_id, min(ts) as first_seen, max(ts) as last_seen,
-            count(*) filter (where what = 'event') as n_events
-          from (select person_id, "timestamp" as ts, 'event' as what from person_events where person_id is not null
-                union all select person_id, ordered_at, 'order' from person_orders where person_id is not null
-                union all select person_id, "timestamp", 'interaction' from person_interactions where person_id is not null
-                union all select person_id, "timestamp", 'consent' from person_consents where person_id is not null) x
-          {cutoff}
+        activity as (  -- the person_* views' rows, pre-aggregated per identifier combination (inputs._references)
+          select person_id, min(first_ts) as first_seen, max(last_ts) as last_seen,
+            coalesce(sum(n_rows) filter (where kind = 'events'), 0)::bigint as n_events
+          from (select coalesce(m0.person_id, m1.person_id, m2.person_id, m3.person_id) as person_id, a.kind,
+                  a.first_ts, a.last_ts, a.n_rows
+                from _id_activity a
+                left join person_map m0 on m0.source = a.source and m0.id_type = 'customer_ref'
+                  and m0.record_id = a.customer_ref
+                left join person_map m1 on a.kind = 'events' and m1.source = a.source and m1.id_type = 'anonymous_id'
+                  and m1.record_id = a.anonymous_id
+                left join person_map m2 on a.kind in ('interactions', 'consents') and m2.source = a.source
+                  and m2.id_type = 'email' and m2.record_id = a.email
+                left join person_map m3 on a.kind in ('interactions', 'consents') and m3.source = a.source
+                  and m3.id_type = 'phone' and m3.record_id = a.phone
+                where a.kind in ('events', 'orders', 'interactions', 'consents')) x
+          where person_id is not null
           group by person_id),
         srcs as (
           select person_id, list(distinct source order by source) as sources from person_map
