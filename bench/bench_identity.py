@@ -2,6 +2,12 @@
 
     python bench/bench_identity.py --persons 100000 [--dir /tmp/identity-bench-100k] [--keep]
     python bench/bench_identity.py --febrl-like 1500   # FEBRL-layout file, own column names, soc_sec_id extra field
+    python bench/bench_identity.py --incremental --dir /tmp/copy-of-a-resolved-demo [--new 5000]
+
+``--incremental`` times the weekly (score-only) cases on a copy of an ingested, resolved demo workspace: a
+first score-only resolution, a week with nothing changed, a week of new identifiers only (new cookies,
+most logging in to existing accounts) and a week that also brings new customer records (a new export,
+half of them existing persons under a new email). It writes new files into the workspace: use a copy.
 
 Generates the demo workspace (or reuses ``--dir`` when it already holds an ingested one), then times
 ``resolve`` and ``evaluate`` on it. Targets (issue 3): 1M customer records in <= 5 minutes and <= 8 GB
@@ -73,7 +79,14 @@ def main() -> int:
                         help="only the demo's three customers sources (no events): the 1M-record resolution target")
     parser.add_argument("--febrl-like", type=int, default=0, metavar="ENTITIES",
                         help="instead of demo data: a FEBRL-layout file of this many entities (tests/test_identity.py)")
+    parser.add_argument("--incremental", action="store_true",
+                        help="weekly score-only cases on --dir (a copy of a resolved demo workspace; files are added)")
+    parser.add_argument("--new", type=int, default=5000, help="--incremental: new cookies and new customer rows")
     args = parser.parse_args()
+    if args.incremental:
+        if not args.dir:
+            parser.error("--incremental needs --dir (a copy of an ingested, resolved demo workspace)")
+        return _incremental(Workspace.open(args.dir), args.new, args.seed)
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="identity-bench-"))
     try:
         ws = _febrl(root, args.febrl_like) if args.febrl_like else _prepared(root, args.persons, args.seed,
@@ -104,6 +117,77 @@ def main() -> int:
     finally:
         if not args.dir and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def _timed_resolve(ws: Workspace, step: str) -> None:
+    from cdp_ml.identity import resolve
+
+    cpu0 = time.process_time()
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        result = resolve(ws, retrain=False)
+        seconds = time.perf_counter() - t0
+    print(result, flush=True)
+    path = "no-op" if any(n.startswith("nothing changed") for n in result.notes) else \
+        "pairs reused" if any("pairs reused" in n for n in result.notes) else "full"
+    bench_line(step, seconds, result.identifiers, mem.mb, path=path, persons=result.persons,
+               cpu_seconds=round(time.process_time() - cpu0, 1), ids_new=result.ids_new, merges=result.merges)
+
+
+def _timed_ingest(ws: Workspace) -> None:
+    from cdp_ml.sources import ingest
+
+    t0 = time.perf_counter()
+    ingest(ws)
+    print(f"ingested in {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def _incremental(ws: Workspace, n: int, seed: int) -> int:
+    """Score-only weeks: first, unchanged, new identifiers only, new customer records (see the module doc)."""
+    import yaml
+
+    rng = np.random.default_rng(seed)
+    _timed_resolve(ws, "first score-only")
+    _timed_resolve(ws, "nothing changed")
+    with ws.connect() as con:
+        accounts = [r[0] for r in con.execute(
+            f"select record_id from customers where source = 'crm' using sample reservoir({int(n)} rows) repeatable (7)"
+        ).fetchall()]
+        last = con.execute("select max(timestamp) from events").fetchall()[0][0]
+        people = con.sql(f"""select first_name, last_name, date_of_birth, postcode, phone from customers
+            where source = 'crm' and first_name is not null using sample reservoir({int(n)} rows) repeatable (11)""").df()
+    when = (last - pd.Timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    tag = f"bench{int(time.time())}"
+    events = pd.DataFrame({
+        "event_id": [f"{tag}-{i}" for i in range(2 * n)], "ts": when,
+        "type": ["page_view", "login"] * n,
+        "anonymous_id": [f"{tag}-cookie-{i // 2}" for i in range(2 * n)],
+        "user_id": [None if i % 2 == 0 or (i // 2) % 10 == 0 else accounts[(i // 2) % len(accounts)]
+                    for i in range(2 * n)],
+        "session_id": [f"{tag}-s-{i // 2}" for i in range(2 * n)], "product_id": None, "category": None,
+        "value": None, "channel": "web", "page_url": "/", "referrer": None})
+    events.to_json(ws.root / "raw" / "events" / f"{tag}.jsonl", orient="records", lines=True)
+    _timed_ingest(ws)
+    _timed_resolve(ws, "new identifiers")
+    # new sign-ups: half are existing persons under a new e-mail, half new people (recombined names)
+    k = len(people)
+    new = people.copy()
+    half = np.arange(k) >= k // 2
+    new.loc[half, "last_name"] = rng.permutation(new.loc[half, "last_name"].to_numpy())
+    new.loc[half, ["date_of_birth", "phone"]] = None
+    new.insert(0, "record_id", [f"{tag}-{i}" for i in range(k)])
+    new["email"] = [f"{tag}.{i}@example.org" for i in range(k)]
+    new["created_at"] = when
+    new.to_csv(ws.root / "raw" / f"{tag}-signups.csv", index=False)
+    config = yaml.safe_load((ws.root / "cdp_ml.yaml").read_text(encoding="utf-8"))
+    config["sources"].append({"name": f"signups_{tag}", "kind": "customers", "path": f"raw/{tag}-signups.csv",
+                                 "columns": {c: c for c in new.columns}})
+    (ws.root / "cdp_ml.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    ws = Workspace.open(ws.root)
+    _timed_ingest(ws)
+    _timed_resolve(ws, "new customer records")
+    print(f"max RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0
 
 
