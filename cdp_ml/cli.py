@@ -49,7 +49,7 @@ def cmd_ingest(args) -> object:
 def cmd_resolve(args) -> object:
     from cdp_ml.identity import resolve
 
-    return resolve(_ws(args), as_of=_date(args.as_of))
+    return resolve(_ws(args), as_of=_date(args.as_of), retrain=not args.score_only)
 
 
 def cmd_evaluate(args) -> object:
@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("resolve", help="resolve identifiers into persons (deterministic + Splink)")
     s.add_argument("--as-of", default=None)
+    s.add_argument("--score-only", action="store_true",
+                   help="as a score-only refresh week: the saved Splink model, and only the work changed data needs")
     s.set_defaults(func=cmd_resolve)
 
     s = sub.add_parser("evaluate", help="evaluate identity resolution against a truth file")
