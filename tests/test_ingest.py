@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from datetime import date, datetime
@@ -419,6 +420,40 @@ def test_day_numbers_count_from_a_timestamp_origin(tmp_path):
         (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [{**src, "options": options}]}))
         with pytest.raises(CdpError, match=message):
             ingest(Workspace.open(tmp_path))
+
+
+def test_mapped_paths_reach_into_nested_columns(tmp_path):
+    """A GA4 BigQuery export: device, traffic source and ecommerce are objects, items a list of objects."""
+    lines = [
+        {"event_timestamp": "1606780800000000", "event_name": "view_item", "user_pseudo_id": "111.1",
+         "device": {"category": "mobile"}, "traffic_source": {"source": "google", "medium": "organic"},
+         "ecommerce": {"purchase_revenue": None}, "items": [{"item_id": "GGOE1", "item_category": "Apparel"}]},
+        {"event_timestamp": "1606780860000000", "event_name": "purchase", "user_pseudo_id": "111.1",
+         "device": {"category": "mobile"}, "traffic_source": {"source": "google", "medium": "organic"},
+         "ecommerce": {"purchase_revenue": 48.5}, "items": [{"item_id": "GGOE1", "item_category": "Apparel"},
+                                                            {"item_id": "GGOE2", "item_category": "Bags"}]},
+        {"event_timestamp": "1606780900000000", "event_name": "page_view", "user_pseudo_id": "222.2",
+         "device": {"category": "desktop"}, "traffic_source": None, "ecommerce": None, "items": []}]
+    (tmp_path / "ga4.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    duckdb.sql(f"copy (select * from read_json('{tmp_path / 'ga4.jsonl'}')) to '{tmp_path / 'ga4.parquet'}'")
+    mapping = {"timestamp": "event_timestamp", "event_type": "event_name", "anonymous_id": "user_pseudo_id",
+               "product_id": "items[0].item_id", "category": "items[0].item_category",
+               "value": "ecommerce.purchase_revenue", "channel": "device.category", "referrer": "traffic_source.source"}
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [
+        {"name": name, "kind": "events", "path": f"ga4.{ext}", "columns": mapping}
+        for name, ext in (("jsonl", "jsonl"), ("parquet", "parquet"))]}))
+    ws = Workspace.open(tmp_path)
+    res = ingest(ws)
+    assert (res.rows_read, res.rows_loaded) == (6, 6)
+    expected = [("product_view", "GGOE1", "Apparel", None, "mobile", "google"),
+                ("purchase", "GGOE1", "Apparel", 48.5, "mobile", "google"),
+                ("page_view", None, None, None, "desktop", None)]
+    for name in ("jsonl", "parquet"):
+        assert _rows(ws, "select event_type, product_id, category, value, channel, referrer from events "
+                         f"where source = '{name}' order by timestamp") == expected
+    # the rest of a nested column is kept (as JSON) in the row's attributes
+    kept = _rows(ws, "select attributes->>'$.traffic_source' from events where source = 'parquet' order by timestamp")
+    assert json.loads(kept[0][0]) == {"source": "google", "medium": "organic"}
 
 
 def test_unit_price_gives_the_line_total(tmp_path):

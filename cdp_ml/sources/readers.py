@@ -7,6 +7,7 @@ line is one rejected row with its line number); Parquet is read and cast to text
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -73,7 +74,33 @@ def read_raw(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path,
         text = str(value).lower() if isinstance(value, bool) else str(value)
         con.execute(f'alter table {RAW} add column "{_ident(constant_column(name))}" varchar default {lit(text)}')
         raw = replace(raw, columns=[*raw.columns, constant_column(name)])
-    return raw
+    return _extract_paths(con, src, raw)
+
+
+def _extract_paths(con: duckdb.DuckDBPyConnection, src: SourceConfig, raw: RawRead) -> RawRead:
+    """Mapped columns that are paths into a nested column (``device.category``, ``items[0].item_id``) as text.
+
+    GA4 exports and analytics JSON keep the fields a mapping needs inside objects and lists; a column whose
+    name really contains the dot wins over the path.
+    """
+    paths = {}
+    for column in src.columns.values():
+        head = re.match(r"[^.\[]+", column)
+        if column in raw.columns or head is None or head.group(0) not in raw.columns or column in paths:
+            continue
+        rest = column[head.end():]
+        if not re.fullmatch(r"(\.[^.\[\]]+|\[[0-9]+\])+", rest):
+            continue
+        paths[column] = f'json_extract_string("{_ident(head.group(0))}", {lit("$" + rest)})'
+    if not paths:
+        return raw
+    try:
+        con.execute(f"create or replace temp table {RAW} as select *, "
+                    + ", ".join(f'{expr} as "{_ident(c)}"' for c, expr in paths.items()) + f" from {RAW}")
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CdpError(f"source '{src.name}': cannot read the nested columns {', '.join(paths)}: {first}") from None
+    return replace(raw, columns=[*raw.columns, *paths])
 
 
 def _join_lookup(con: duckdb.DuckDBPyConnection, src: SourceConfig, i: int, file: Path, raw: RawRead) -> RawRead:
@@ -85,7 +112,7 @@ def _join_lookup(con: duckdb.DuckDBPyConnection, src: SourceConfig, i: int, file
         raise CdpError(f"{where}: key column {left!r} is not in the source file (columns: {', '.join(raw.columns[:12])})")
     con.execute(f"alter table {RAW} rename to _raw_main")
     part = read_raw(con, replace(src, name=f"{src.name} lookup", path=lookup.path, format=lookup.format,
-                                 options=lookup.options, lookups=(), constants={}), file)
+                                 options=lookup.options, lookups=(), constants={}, columns={}), file)
     con.execute(f"alter table {RAW} rename to _lookup")
     con.execute(f"alter table _raw_main rename to {RAW}")
     try:
@@ -176,8 +203,11 @@ def _read_jsonl(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -
 def _read_parquet(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> RawRead:
     _check_options(src)
     try:
-        cols = [r[0] for r in con.execute(f"describe select * from read_parquet({lit(str(path))})").fetchall()]
-        casts = ", ".join(f"cast(\"{_ident(c)}\" as varchar) as \"{_ident(c)}\"" for c in cols)
+        described = con.execute(f"describe select * from read_parquet({lit(str(path))})").fetchall()
+        cols = [r[0] for r in described]
+        # nested values as JSON text (as a JSON-lines reader gives them), so mapped paths can reach inside
+        casts = ", ".join(f"cast({'to_json(' if _nested(t) else ''}\"{_ident(c)}\"{')' if _nested(t) else ''} as varchar) "
+                          f"as \"{_ident(c)}\"" for c, t, *_ in described)
         con.execute(f"create or replace temp table {RAW} as select {casts}, row_number() over () as _row "
                     f"from read_parquet({lit(str(path))})")
     except duckdb.Error as exc:
@@ -185,6 +215,10 @@ def _read_parquet(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path)
         raise CdpError(f"source '{src.name}': cannot read {path.name} as Parquet: {first}") from None
     rows = con.execute(f"select count(*) from {RAW}").fetchall()[0][0]
     return RawRead(cols, rows, [])
+
+
+def _nested(duckdb_type: str) -> bool:
+    return duckdb_type.startswith(("STRUCT", "MAP", "UNION")) or duckdb_type.endswith("]")
 
 
 def _take_rejects(con: duckdb.DuckDBPyConnection) -> list[tuple[int | None, str, str]]:
