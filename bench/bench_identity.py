@@ -120,9 +120,30 @@ def main() -> int:
     return 0
 
 
+def _time_phases(phases: dict[str, float]) -> None:
+    """Seconds per resolution phase into ``phases``, by wrapping the phase functions resolution calls."""
+    from cdp_ml.identity import inputs, matching, resolution, state, tables
+
+    for module, name in ((state, "fingerprint"), (inputs, "prepare"), (matching, "match"), (state, "restore_pairs"),
+                         (resolution, "_cluster"), (resolution, "connected_components"),
+                         (resolution, "_attach_weak_pairs"), (resolution, "assign_person_ids"),
+                         (tables, "write_profiles"), (resolution, "_write_tables"), (resolution, "_counts")):
+        def timed(*a, _f=getattr(module, name), _n=name, **k):  # noqa: ANN002, ANN003, ANN202
+            t0 = time.perf_counter()
+            try:
+                return _f(*a, **k)
+            finally:
+                phases[_n] = phases.get(_n, 0.0) + time.perf_counter() - t0
+        setattr(module, name, timed)
+
+
+PHASES: dict[str, float] = {}
+
+
 def _timed_resolve(ws: Workspace, step: str) -> None:
     from cdp_ml.identity import resolve
 
+    PHASES.clear()
     cpu0 = time.process_time()
     with PeakMemory() as mem:
         t0 = time.perf_counter()
@@ -132,7 +153,8 @@ def _timed_resolve(ws: Workspace, step: str) -> None:
     path = "no-op" if any(n.startswith("nothing changed") for n in result.notes) else \
         "pairs reused" if any("pairs reused" in n for n in result.notes) else "full"
     bench_line(step, seconds, result.identifiers, mem.mb, path=path, persons=result.persons,
-               cpu_seconds=round(time.process_time() - cpu0, 1), ids_new=result.ids_new, merges=result.merges)
+               cpu_seconds=round(time.process_time() - cpu0, 1), ids_new=result.ids_new, merges=result.merges,
+               phases={k: round(v, 1) for k, v in PHASES.items()})
 
 
 def _timed_ingest(ws: Workspace) -> None:
@@ -147,6 +169,7 @@ def _incremental(ws: Workspace, n: int, seed: int) -> int:
     """Score-only weeks: first, unchanged, new identifiers only, new customer records (see the module doc)."""
     import yaml
 
+    _time_phases(PHASES)
     rng = np.random.default_rng(seed)
     _timed_resolve(ws, "first score-only")
     _timed_resolve(ws, "nothing changed")
