@@ -71,9 +71,11 @@ def replace_table(con: duckdb.DuckDBPyConnection, name: str, query: str, params:
     return con.execute(f'select count(*) from "{name}"').fetchall()[0][0]
 
 
-def has_rows(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    """Whether table or view ``name`` exists and holds a row (stops at the first: cheap on big views)."""
-    return table_exists(con, name) and bool(con.execute(f'select exists (from "{name}")').fetchall()[0][0])
+def has_rows(con: duckdb.DuckDBPyConnection, name: str, where: str | None = None) -> bool:
+    """Whether table or view ``name`` exists and holds a row (matching ``where``; stops at the first: cheap
+    on big views)."""
+    condition = f" where {where}" if where else ""
+    return table_exists(con, name) and bool(con.execute(f'select exists (from "{name}"{condition})').fetchall()[0][0])
 
 
 def count(con: duckdb.DuckDBPyConnection, name: str) -> int:

@@ -317,6 +317,17 @@ def test_report_says_a_model_without_its_data_is_not_applicable(tmp_path):
     assert any(w.startswith("conversion_scores has no scores") for w in warnings)
 
 
+def test_anonymous_purchases_do_not_make_repurchase_applicable(tmp_path):
+    """A GA4 export without user ids: purchase events, but none of a known person."""
+    ws = make_workspace(tmp_path / "ws", persons=40, seed=7)
+    with ws.connect() as con:
+        con.execute("drop table repurchase_scores; update person_orders set person_id = null")
+    build_segments(ws, AS_OF)
+    report = write_report(ws, AS_OF)
+    assert not [w for w in report.warnings if "repurchase" in w]
+    assert "Not applicable: the warehouse has no orders or purchase events of known persons." in report.path.read_text()
+
+
 def test_quality_in_words_warns_on_stale_or_rejected_models():
     champion = {"version": "2", "created": "2026-09-01T00:00:00+00:00", "gate": "promoted",
                 "metrics": {"backtest_roc_auc": 0.83, "train_roc_auc": 0.95, "backtest_logistic_roc_auc": 0.9,

@@ -31,10 +31,13 @@ REASON_WORDS = {
 
 # What each model learns from, with its score table: a workspace without any of these rows (an orders-only
 # log has no browsing) has no such model by design, which the report says instead of warning about it.
+# Inputs are (table, row condition): purchases only teach repurchase timing when they belong to persons (a
+# GA4 export without user ids has anonymous purchase events only).
 MODEL_INPUTS = {
-    "conversion-intent": (("events", "sessions", "person_events", "person_sessions"), "events or sessions",
-                          "conversion_scores"),
-    "repurchase-timing": (("orders", "person_orders"), "orders or purchase events", "repurchase_scores"),
+    "conversion-intent": (tuple((t, None) for t in ("events", "sessions", "person_events", "person_sessions")),
+                          "events or sessions", "conversion_scores"),
+    "repurchase-timing": ((("orders", None), ("person_orders", "person_id is not null")),
+                          "orders or purchase events of known persons", "repurchase_scores"),
 }
 
 
@@ -160,7 +163,7 @@ def _not_applicable(ws: Workspace) -> dict[str, str]:
     """Models whose inputs the warehouse does not have -> the sentence saying so."""
     with ws.connect() as con:
         return {name: f"Not applicable: the warehouse has no {words}."
-                for name, (tables, words, _) in MODEL_INPUTS.items() if not any(has_rows(con, t) for t in tables)}
+                for name, (inputs, words, _) in MODEL_INPUTS.items() if not any(has_rows(con, t, w) for t, w in inputs)}
 
 
 def write_report(ws: Workspace, as_of: date | None = None) -> ReportResult:
