@@ -49,6 +49,8 @@ sources:
     # vendor names (GA4, Segment, Shopify, RetailRocket, ...) map to page_view, product_view, search,
     # add_to_cart, checkout_start, login, purchase by themselves; name your own ones here:
     # options: {event_types: {basket_click: add_to_cart, betaald: purchase}}
+    # a column may be a path into nested JSON/Parquet fields, e.g. GA4: {channel: device.category,
+    # product_id: "items[0].item_id"}; numbered days: options: {timestamp_origin: "2018-01-01"}
 
   # orders: order lines and returns
   - name: orders
@@ -84,7 +86,7 @@ sources:
   # - name: ga_sessions
   #   kind: sessions
   #   path: raw/sessions.csv
-  #   columns: {session_id: id, timestamp: start, converted: revenue_flag}
+  #   columns: {session_id: id, timestamp: start, converted: revenue_flag}   # no id column: file#row
 
 identity:
   match_threshold: 0.9             # Splink match probability that joins two customer records
