@@ -55,9 +55,10 @@ def cmd_resolve(args) -> object:
 def cmd_evaluate(args) -> object:
     from cdp_ml.identity import evaluate
 
-    if not args.truth and not args.demo:
-        raise CdpError("evaluate identity: give --truth FILE or --demo")
-    return evaluate(_ws(args), truth=Path(args.truth) if args.truth else None, demo=args.demo)
+    if sum(map(bool, (args.truth, args.demo, args.entity_column))) != 1:
+        raise CdpError("evaluate identity: give one of --truth FILE, --demo or --entity-column COLUMN")
+    return evaluate(_ws(args), truth=Path(args.truth) if args.truth else None, demo=args.demo,
+                    entity_column=args.entity_column, entity_pattern=args.entity_pattern)
 
 
 def cmd_backtest(args) -> object:
@@ -159,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["identity"])
     s.add_argument("--truth", default=None, help="CSV of source,record_id,entity")
     s.add_argument("--demo", action="store_true", help="use the demo ground truth")
+    s.add_argument("--entity-column", default=None,
+                   help="the true entity is this column of the customers exports (e.g. cluster)")
+    s.add_argument("--entity-pattern", default=None,
+                   help="with --entity-column: the entity is the part matching this regex (FEBRL: 'rec-[0-9]+')")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("backtest", help="train before a cutoff and evaluate after it")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from cdp_ml.engine import table_exists
 from cdp_ml.errors import CdpError
+from cdp_ml.sources.normalise import lit
+from cdp_ml.sources.readers import json_key
 from cdp_ml.workspace import Workspace
 
 
@@ -86,13 +88,40 @@ def truth_files(ws: Workspace, truth: Path | None, demo: bool) -> list[Path]:
     raise CdpError("evaluate identity: give --truth FILE or --demo")
 
 
-def evaluate(ws: Workspace, truth: Path | None = None, demo: bool = False) -> EvaluationResult:
-    """Compare person_map with a truth CSV of (source, record_id, entity[, id_type]); logs aggregates to MLflow."""
-    files = truth_files(ws, truth, demo)
+def _label_parts(ws: Workspace, column: str, pattern: str | None) -> list[str]:
+    """Truth selects reading each customers source's own label column (mapped, or kept in attributes)."""
+    parts = []
+    for src in ws.config.sources:
+        if src.kind != "customers":
+            continue
+        mapped = [field for field, col in src.columns.items() if col == column]
+        value = f'"{mapped[0]}"' if mapped else f"json_extract_string(attributes, {lit('$.' + json_key(column))})"
+        entity = f"nullif(regexp_extract({value}, {lit(pattern)}), '')" if pattern else value
+        parts.append(f"select source, 'record' as id_type, record_id, {entity} as entity from customers "
+                     f"where source = {lit(src.name)}")
+    return parts
+
+
+def evaluate(ws: Workspace, truth: Path | None = None, demo: bool = False, entity_column: str | None = None,
+             entity_pattern: str | None = None) -> EvaluationResult:
+    """Compare person_map with a truth CSV of (source, record_id, entity[, id_type]), or with a label column
+    of the customer exports themselves (Splink's ``cluster``, FEBRL's ``rec_id`` with a pattern such as
+    ``rec-[0-9]+``); logs aggregates to MLflow."""
+    if entity_pattern is not None and entity_column is None:
+        raise CdpError("evaluate identity: --entity-pattern needs --entity-column")
+    files = [] if entity_column else truth_files(ws, truth, demo)
     with ws.connect() as con:
         if not table_exists(con, "person_map"):
             raise CdpError("evaluate identity: no person_map in the warehouse yet (run: cdp-ml resolve)")
-        parts = []
+        parts = _label_parts(ws, entity_column, entity_pattern) if entity_column else []
+        if entity_column and not parts:
+            raise CdpError("evaluate identity: --entity-column needs a customers source")
+        if entity_pattern is not None:
+            try:
+                con.execute("select regexp_extract('', ?)", [entity_pattern])
+            except Exception as exc:
+                raise CdpError(f"evaluate identity: --entity-pattern is not a regular expression: "
+                               f"{str(exc).splitlines()[0]}") from None
         for f in files:
             rel = con.read_csv(str(f), all_varchar=True, header=True)
             cols = {c.lower(): c for c in rel.columns}
@@ -113,6 +142,9 @@ def evaluate(ws: Workspace, truth: Path | None = None, demo: bool = False) -> Ev
         records = _scores(con, "where id_type = 'record'")
         identifiers = _scores(con, "")
     if identifiers is None:
+        if entity_column:
+            raise CdpError(f"evaluate identity: column {entity_column!r} gives no entity for any customer record "
+                           f"(is it in the customers exports{', and does the pattern match' if entity_pattern else ''}?)")
         raise CdpError("evaluate identity: the truth file has no rows with source, record_id and entity")
     result = EvaluationResult(records, identifiers)
     _log(ws, result)

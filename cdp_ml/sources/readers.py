@@ -190,7 +190,7 @@ def _read_jsonl(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -
     if not keys and not bad and not rejects:
         raise CdpError(f"source '{src.name}': file {path.name} has no JSON objects")
     # One parse per line: extracting a list of paths at once, then indexing it.
-    paths = "[" + ", ".join(lit("$." + _json_key(k)) for k in keys) + "]"
+    paths = "[" + ", ".join(lit("$." + json_key(k)) for k in keys) + "]"
     select = ", ".join(f"v[{i + 1}] as \"{_ident(k)}\"" for i, k in enumerate(keys))
     con.execute(f"create or replace temp table {RAW} as select {select + ', ' if select else ''}_row from "
                 f"(select json_extract_string(line, {paths}) as v, _row from _lines where _kind = 1)" if keys else
@@ -229,7 +229,7 @@ def _take_rejects(con: duckdb.DuckDBPyConnection) -> list[tuple[int | None, str,
     return [(line, raw or "", f"malformed line ({etype}): {msg}") for line, raw, etype, msg in rows]
 
 
-def _json_key(key: str) -> str:
+def json_key(key: str) -> str:
     return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
