@@ -112,12 +112,18 @@ def test_train_gates_the_champion_and_score_writes_the_audience(ws):
     weak = conversion.train(_fast(ws, n_estimators=1, num_leaves=2), as_of)
     assert not weak.promoted and "vs champion" in weak.gate_reason
     result = conversion.score(ws, as_of)
-    again = conversion.score(ws, as_of)  # idempotent per as-of
+    with ws.connect() as con:
+        built = con.execute("select * from conversion_scores order by anonymous_id, person_id").df()
+    # the audience train fetched from its full feature build: the same visitors and probabilities, no rebuild
+    assert len(first.audience) == result.visitors
+    again = conversion.score(ws, as_of, audience=first.audience)  # also idempotent per as-of
     with ws.connect() as con:
         scores = con.execute("select * from conversion_scores").df()
+        reused = con.execute("select * from conversion_scores order by anonymous_id, person_id").df()
         active = con.execute("""select count(distinct anonymous_id) from events
                                 where "timestamp" >= ? and "timestamp" < ?""",
                              [_midnight(as_of) - timedelta(days=30), _midnight(as_of)]).fetchall()[0][0]
+    pd.testing.assert_frame_equal(built, reused, check_exact=False, rtol=1e-12, atol=0)
     assert len(scores) == result.visitors == again.visitors > 0
     assert result.visitors <= active
     assert set(scores["model_version"]) == {"1"} and (scores["as_of"] == pd.Timestamp(as_of)).all()
@@ -177,3 +183,40 @@ def test_sessionising_in_device_slices_gives_the_same_points(ws, monkeypatch):
     _, sliced = _points(ws, until)
     assert len(whole) > 1000
     pd.testing.assert_frame_equal(whole, sliced)
+
+
+def _audience_frames(ws: Workspace, until: datetime, build) -> tuple[feats.PointsSpec, pd.DataFrame, pd.DataFrame]:
+    """(spec, points scored since the audience window opened, the audience fetched from them)."""
+    s = ws.config.conversion
+    since = until - timedelta(days=s.active_days)
+    with ws.connect() as con:
+        spec = build(con, s, ws.config.features, until, since)
+        points = con.execute(f"select * from {feats.POINTS_TABLE} where scored_at >= ? order by session_id",
+                             [since]).df()
+        audience = feats.fetch_audience(con, spec, until, s.active_days)
+    return spec, points, audience
+
+
+def test_audience_build_gives_the_full_builds_rows_and_probabilities(ws, monkeypatch):
+    """Scoring builds only the recent sessions' rows (histories from narrow sessions): every row, and so every
+    probability, is the one the full build gives the same scoring point; also in several device slices."""
+    until = _midnight(conversion.default_as_of(ws))
+    full_spec, full, full_audience = _audience_frames(
+        ws, until, lambda con, s, f, u, since: feats.build_points(con, s, f, u))
+    spec, points, audience = _audience_frames(ws, until, feats.build_audience_points)
+    assert spec == replace(full_spec, rows=len(points)) and spec.rows < full_spec.rows / 3  # only the recent rows
+    assert len(points) > 200 and points["known"].sum() > 0 and points["prev_sessions"].gt(0).sum() > 0
+    assert points["visitor_decayed_sessions"].gt(0).sum() > 0 and points["person_orders"].gt(0).sum() > 0
+    pd.testing.assert_frame_equal(full, points[full.columns], check_exact=False, rtol=1e-12, atol=0)
+    pd.testing.assert_frame_equal(full_audience, audience, check_exact=False, rtol=1e-12, atol=0)
+    # the champion's probabilities, from a model fitted on the full build's history
+    with ws.connect() as con:
+        feats.build_points(con, ws.config.conversion, ws.config.features, until)
+        train = feats.fetch(con, full_spec, until - timedelta(weeks=16), until - timedelta(days=7), 7)
+    model = conversion.fit(train, full_spec, ws.config.conversion)
+    np.testing.assert_array_equal(model.predict(full_audience), model.predict(audience))
+    # slices: the history build and the recent sessions in several device slices each
+    monkeypatch.setattr(sess, "EVENTS_PER_SLICE", 3_000)
+    monkeypatch.setattr(sess, "HISTORY_EVENTS_PER_SLICE", 5_000)
+    _, sliced, _ = _audience_frames(ws, until, feats.build_audience_points)
+    pd.testing.assert_frame_equal(full, sliced[full.columns], check_exact=False, rtol=1e-12, atol=0)

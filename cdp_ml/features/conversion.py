@@ -102,12 +102,120 @@ def _event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings
         return _event_points_sliced(con, conversion, features, until)
 
 
-def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
-                         features: FeatureSettings, until: datetime) -> PointsSpec:
-    started, cpu = time.perf_counter(), time.process_time()  # CPU seconds too: wall time varies with machine load
-    _, slices = sess.build_sessions(con, until, features.session_gap_minutes, conversion.purchase_event_types)
-    log.info("conversion features: sessions in %.1fs (%.0f CPU-s)", time.perf_counter() - started,
-             time.process_time() - cpu)
+# SQL shared by the full build and the audience build, so both compute every feature with the same expressions.
+# Device history: windows over one device's sessions, ordered by start (wp: the sessions before this one).
+# A visitor is the known person (once the device logged in) across devices, else the device.
+KNOWN_PERSON = "case when known = 1 then person_id end"
+HISTORY_KEY = "coalesce(case when known = 1 then 'p:' || person_id end, device_id)"
+DEVICE_HISTORY = f"""
+    (row_number() over wd - 1)::integer as prev_sessions,
+    (count(*) over (partition by device_id order by started_at
+                    range between interval 30 days preceding and current row) - 1)::integer as sessions_30d,
+    (epoch(started_at) - epoch(lag(scored_at) over wd)) / 86400.0 as days_since_prev_session,
+    coalesce(sum(n_product_views) over wp, 0)::integer as prev_product_views,
+    coalesce(sum(n_cart_adds) over wp, 0)::integer as prev_cart_adds,
+    coalesce(sum(n_checkout_starts) over wp, 0)::integer as prev_checkout_starts,
+    coalesce(count(purchased_at) over wp, 0)::integer as prev_purchases,
+    max(purchased_at) over wp as prev_purchase_at,
+    (epoch(started_at) - epoch(first_value(started_at) over wd)) / 86400.0 as device_age_days,
+    coalesce(sum(bounce) over wp, 0)::integer as prev_bounces,
+    {KNOWN_PERSON} as known_person_id,
+    {HISTORY_KEY} as history_key
+"""
+DEVICE_HISTORY_COLUMNS = ("prev_sessions", "sessions_30d", "days_since_prev_session", "prev_product_views",
+                          "prev_cart_adds", "prev_checkout_starts", "prev_purchases", "prev_purchase_at",
+                          "device_age_days", "prev_bounces", "known_person_id", "history_key")
+DEVICE_WINDOWS = """
+    window wd as (partition by device_id order by started_at, session_no),
+           wp as (partition by device_id order by started_at, session_no
+                  rows between unbounded preceding and 1 preceding)
+"""
+# Visitor history (known person across devices, else the device) in the days before this session.
+VISITOR_HISTORY = f"""
+    (count(*) over v7 - 1)::integer as visitor_sessions_7d,
+    (count(*) over (partition by history_key order by started_at
+                    range between interval 1 day preceding and current row) - 1)::integer as visitor_sessions_1d,
+    (sum(n_product_views) over v7 - n_product_views)::integer as visitor_product_views_7d,
+    (sum(n_cart_adds) over v7 - n_cart_adds)::integer as visitor_cart_adds_7d,
+    (epoch(started_at) - epoch(lag(started_at) over vr)) / 86400.0 as visitor_days_since_prev_session,
+    -- recency-weighted engagement: sum of exp(-(t - t_i) / tau) over earlier visits, as
+    -- exp(-(t - t0) / tau) * sum(exp((t_i - t0) / tau)) with t0 the visitor's first visit
+    -- (exponent capped: histories beyond ~13 years lose the oldest weights, not the recent ones)
+    exp(-least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
+               700)) as decay_now,
+    exp(least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
+              700)) as decay_weight
+"""
+VISITOR_WINDOWS = """
+    window v7 as (partition by history_key order by started_at range between interval 7 days preceding and current row),
+           vr as (partition by history_key order by started_at, session_id)
+"""
+DECAYED = """
+    coalesce(decay_now * sum(decay_weight) over vp, 0) as visitor_decayed_sessions,
+    coalesce(decay_now * sum(decay_weight * n_product_views) over vp, 0) as visitor_decayed_product_views,
+    coalesce(decay_now * sum(decay_weight * n_cart_adds) over vp, 0) as visitor_decayed_cart_adds
+"""
+DECAYED_WINDOW = """
+    window vp as (partition by history_key order by started_at, session_id rows between unbounded preceding and 1 preceding)
+"""
+
+
+def _points_sql(decayed: str, wide: str, category_history: str, order_history: str, purchases: str) -> str:
+    """From visitor-history rows (``decayed``: keys, times, last category and the visitor windows) and the wide
+    rows (``wide``: session aggregates and device history), the order/category ASOF joins, the person's next
+    purchase and the final scoring-point columns."""
+    return f"""
+        with_category as (
+            select d.*, c.category_orders, c.category_mean_gap_days, c.ordered_at as last_category_order_at
+            from {decayed} d asof left join {category_history} c
+              on d.known_person_id = c.person_id and d.last_category = c.category and d.started_at > c.ordered_at
+        ), with_orders as (
+            select s.*, h.person_orders, h.person_returns, h.person_order_amount, h.person_mean_order_gap_days,
+                   h.ordered_at as last_order_at
+            from with_category s asof left join {order_history} h
+              on s.known_person_id = h.person_id and s.started_at > h.ordered_at
+        ), history as (
+            select w.* exclude (session_id, history_key, known_person_id, last_category, started_at, scored_at),
+                   p.ts as next_person_purchase
+            from with_orders w asof left join {purchases} p
+              on 'p:' || w.known_person_id = p.k and w.scored_at < p.ts
+        ), wide as (
+            select d.*, h.* exclude (device_id, session_no)
+            from {wide} d
+            join history h on d.device_id = h.device_id and d.session_no = h.session_no
+        )
+        select w.session_id, w.device_id, w.person_id, w.anonymous_id, w.scored_at,
+               coalesce('p:' || w.person_id, w.device_id) as visitor_id,
+               least(w.next_device_purchase, w.next_person_purchase) as next_purchase_at,
+               null::boolean as converted, w.purchased_at is not null as session_purchased,
+               w.* exclude (session_id, device_id, person_id, anonymous_id, scored_at, session_no, known_person_id,
+                            history_key, started_at, purchased_at, prev_purchase_at, last_order_at,
+                            person_orders, person_returns, person_order_amount, category_orders,
+                            category_mean_gap_days, last_category_order_at, next_device_purchase,
+                            next_person_purchase, visitor_slice),
+               coalesce(w.person_orders, 0)::integer as person_orders,
+               coalesce(w.person_returns, 0)::integer as person_returns,
+               coalesce(w.person_order_amount, 0)::double as person_order_amount,
+               (epoch(w.started_at) - epoch(greatest(w.prev_purchase_at, w.last_order_at))) / 86400.0
+                   as days_since_last_purchase,
+               (epoch(w.started_at) - epoch(w.last_order_at)) / 86400.0 / w.person_mean_order_gap_days
+                   as purchase_cycle_ratio,
+               coalesce(w.category_orders, 0)::integer as category_orders,
+               coalesce(w.category_orders, 0) / nullif(w.person_orders, 0) as category_share,
+               (epoch(w.started_at) - epoch(w.last_category_order_at)) / 86400.0 as days_since_category_purchase,
+               (epoch(w.started_at) - epoch(w.last_category_order_at)) / 86400.0 / w.category_mean_gap_days
+                   as category_cycle_ratio,
+               pk.days_to_peak
+        from wide w
+        left join conv_peaks pk on pk.d = cast(w.started_at as date)
+    """
+
+
+def _order_histories(con: duckdb.DuckDBPyConnection, features: FeatureSettings, until: datetime,
+                     sessions: str) -> None:
+    """Temp tables of the person's order history (``conv_orders``, ``conv_order_history``,
+    ``conv_category_history``), purchases by person (``conv_purchases``, from orders and
+    ``conv_purchase_events``) and days to the next holiday peak of each day a session in ``sessions`` started."""
     orders = sess.order_relation(con)
     if orders is not None:
         status = '"status"' if "status" in _relation_columns(con, orders) else "null::varchar"
@@ -165,9 +273,9 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
         select 'p:' || person_id as k, ts from conv_purchase_events where person_id is not null
         union all select 'p:' || person_id, ordered_at from conv_orders where not cancelled
     """)
-    con.execute("""
+    con.execute(f"""
         create or replace temp table conv_peaks as
-        with dates as (select distinct cast(started_at as date) as d from conv_sessions),
+        with dates as (select distinct cast(started_at as date) as d from {sessions}),
         peaks as (
             select cast(split_part(md, '-', 1) as integer) as m, cast(split_part(md, '-', 2) as integer) as dd
             from (select unnest(?::varchar[]) as md)
@@ -179,6 +287,19 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
         select d, min(case when this_year >= d then this_year - d else next_year - d end)::integer as days_to_peak
         from dated group by d
     """, [list(features.holiday_peaks) or ["12-24"]])
+
+
+_HISTORY_TABLES = ("conv_device_history", "conv_purchase_events", "conv_orders", "conv_order_history",
+                   "conv_purchases", "conv_peaks", "conv_category_history")
+
+
+def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
+                         features: FeatureSettings, until: datetime) -> PointsSpec:
+    started, cpu = time.perf_counter(), time.process_time()  # CPU seconds too: wall time varies with machine load
+    _, slices = sess.build_sessions(con, until, features.session_gap_minutes, conversion.purchase_event_types)
+    log.info("conversion features: sessions in %.1fs (%.0f CPU-s)", time.perf_counter() - started,
+             time.process_time() - cpu)
+    _order_histories(con, features, until, "conv_sessions")
     # the sessions' device slices again; persons' histories get their visitor slice (a known visitor's key is
     # 'p:' || person_id), stored so each slice's scans filter on one small column
     for t, key in (("conv_category_history", "'p:' || person_id"), ("conv_order_history", "'p:' || person_id"),
@@ -196,24 +317,9 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                 from conv_sessions
                 where slice = $part
             ), s as (
-                select device_id, session_no, scored_at,
-                       (row_number() over wd - 1)::integer as prev_sessions,
-                       (count(*) over (partition by device_id order by started_at
-                                       range between interval 30 days preceding and current row) - 1)::integer as sessions_30d,
-                       (epoch(started_at) - epoch(lag(scored_at) over wd)) / 86400.0 as days_since_prev_session,
-                       coalesce(sum(n_product_views) over wp, 0)::integer as prev_product_views,
-                       coalesce(sum(n_cart_adds) over wp, 0)::integer as prev_cart_adds,
-                       coalesce(sum(n_checkout_starts) over wp, 0)::integer as prev_checkout_starts,
-                       coalesce(count(purchased_at) over wp, 0)::integer as prev_purchases,
-                       max(purchased_at) over wp as prev_purchase_at,
-                       (epoch(started_at) - epoch(first_value(started_at) over wd)) / 86400.0 as device_age_days,
-                       coalesce(sum(bounce) over wp, 0)::integer as prev_bounces,
-                       case when known = 1 then person_id end as known_person_id,
-                       coalesce(case when known = 1 then 'p:' || person_id end, device_id) as history_key
+                select device_id, session_no, scored_at, {DEVICE_HISTORY}
                 from narrow
-                window wd as (partition by device_id order by started_at, session_no),
-                       wp as (partition by device_id order by started_at, session_no
-                              rows between unbounded preceding and 1 preceding)
+                {DEVICE_WINDOWS}
             ), history as (
                 select s.* exclude (scored_at), p.ts as next_device_purchase,
                        (hash(s.history_key) % $slices)::integer as visitor_slice
@@ -240,85 +346,132 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
                 from conv_device_history
                 where visitor_slice = $part
             ), visitor as (
-                -- the visitor (known person across devices, else the device) in the days before this session
-                select *,
-                       (count(*) over v7 - 1)::integer as visitor_sessions_7d,
-                       (count(*) over (partition by history_key order by started_at
-                                       range between interval 1 day preceding and current row) - 1)::integer
-                           as visitor_sessions_1d,
-                       (sum(n_product_views) over v7 - n_product_views)::integer as visitor_product_views_7d,
-                       (sum(n_cart_adds) over v7 - n_cart_adds)::integer as visitor_cart_adds_7d,
-                       (epoch(started_at) - epoch(lag(started_at) over vr)) / 86400.0 as visitor_days_since_prev_session,
-                       -- recency-weighted engagement: sum of exp(-(t - t_i) / tau) over earlier visits, as
-                       -- exp(-(t - t0) / tau) * sum(exp((t_i - t0) / tau)) with t0 the visitor's first visit
-                       -- (exponent capped: histories beyond ~13 years lose the oldest weights, not the recent ones)
-                       exp(-least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
-                                  700)) as decay_now,
-                       exp(least((epoch(started_at) - epoch(first_value(started_at) over vr)) / {DECAY_DAYS * 86400},
-                                 700)) as decay_weight
+                select *, {VISITOR_HISTORY}
                 from narrow
-                window v7 as (partition by history_key order by started_at
-                              range between interval 7 days preceding and current row),
-                       vr as (partition by history_key order by started_at, session_id)
+                {VISITOR_WINDOWS}
             ), decayed as (
-                select * exclude (decay_now, decay_weight, n_product_views, n_cart_adds),
-                       coalesce(decay_now * sum(decay_weight) over vp, 0) as visitor_decayed_sessions,
-                       coalesce(decay_now * sum(decay_weight * n_product_views) over vp, 0)
-                           as visitor_decayed_product_views,
-                       coalesce(decay_now * sum(decay_weight * n_cart_adds) over vp, 0) as visitor_decayed_cart_adds
+                select * exclude (decay_now, decay_weight, n_product_views, n_cart_adds), {DECAYED}
                 from visitor
-                window vp as (partition by history_key order by started_at, session_id
-                              rows between unbounded preceding and 1 preceding)
-            ), with_category as (
-                select d.*, c.category_orders, c.category_mean_gap_days, c.ordered_at as last_category_order_at
-                from decayed d asof left join (select * from conv_category_history where slice = $part) c
-                  on d.known_person_id = c.person_id and d.last_category = c.category and d.started_at > c.ordered_at
-            ), with_orders as (
-                select s.*, h.person_orders, h.person_returns, h.person_order_amount, h.person_mean_order_gap_days,
-                       h.ordered_at as last_order_at
-                from with_category s asof left join (select * from conv_order_history where slice = $part) h
-                  on s.known_person_id = h.person_id and s.started_at > h.ordered_at
-            ), history as (
-                select w.* exclude (session_id, history_key, known_person_id, last_category, started_at, scored_at),
-                       p.ts as next_person_purchase
-                from with_orders w asof left join (select * from conv_purchases where slice = $part) p
-                  on 'p:' || w.known_person_id = p.k and w.scored_at < p.ts
-            ), wide as (
-                select d.*, h.* exclude (device_id, session_no)
-                from (select * from conv_device_history where visitor_slice = $part) d
-                join history h on d.device_id = h.device_id and d.session_no = h.session_no
-            )
-            select w.session_id, w.device_id, w.person_id, w.anonymous_id, w.scored_at,
-                   coalesce('p:' || w.person_id, w.device_id) as visitor_id,
-                   least(w.next_device_purchase, w.next_person_purchase) as next_purchase_at,
-                   null::boolean as converted, w.purchased_at is not null as session_purchased,
-                   w.* exclude (session_id, device_id, person_id, anonymous_id, scored_at, session_no, known_person_id,
-                                history_key, started_at, purchased_at, prev_purchase_at, last_order_at,
-                                person_orders, person_returns, person_order_amount, category_orders,
-                                category_mean_gap_days, last_category_order_at, next_device_purchase,
-                                next_person_purchase, visitor_slice),
-                   coalesce(w.person_orders, 0)::integer as person_orders,
-                   coalesce(w.person_returns, 0)::integer as person_returns,
-                   coalesce(w.person_order_amount, 0)::double as person_order_amount,
-                   (epoch(w.started_at) - epoch(greatest(w.prev_purchase_at, w.last_order_at))) / 86400.0
-                       as days_since_last_purchase,
-                   (epoch(w.started_at) - epoch(w.last_order_at)) / 86400.0 / w.person_mean_order_gap_days
-                       as purchase_cycle_ratio,
-                   coalesce(w.category_orders, 0)::integer as category_orders,
-                   coalesce(w.category_orders, 0) / nullif(w.person_orders, 0) as category_share,
-                   (epoch(w.started_at) - epoch(w.last_category_order_at)) / 86400.0 as days_since_category_purchase,
-                   (epoch(w.started_at) - epoch(w.last_category_order_at)) / 86400.0 / w.category_mean_gap_days
-                       as category_cycle_ratio,
-                   pk.days_to_peak
-            from wide w
-            left join conv_peaks pk on pk.d = cast(w.started_at as date)
+                {DECAYED_WINDOW}
+            ), {_points_sql("decayed", "(select * from conv_device_history where visitor_slice = $part)",
+                            "(select * from conv_category_history where slice = $part)",
+                            "(select * from conv_order_history where slice = $part)",
+                            "(select * from conv_purchases where slice = $part)")}
         """, {"part": part})
-    for t in ("conv_device_history", "conv_purchase_events", "conv_orders", "conv_order_history", "conv_purchases",
-              "conv_peaks", "conv_category_history"):
+    for t in _HISTORY_TABLES:
         con.execute(f"drop table if exists {t}")
     rows = con.execute(f"select count(*) from {POINTS_TABLE}").fetchall()[0][0]
     log.info("conversion features: %d scoring points at %.1fs (%.0f CPU-s)", rows, time.perf_counter() - started,
              time.process_time() - cpu)
+    return PointsSpec("events", EVENT_NUMERIC, EVENT_CATEGORICAL, conversion.horizon_days, rows)
+
+
+def build_audience_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
+                          features: FeatureSettings, until: datetime, since: datetime) -> PointsSpec:
+    """Create temp table ``conv_points`` with only the scoring points ``since <= scored_at < until`` (what
+    :func:`fetch_audience` reads), each row identical to what :func:`build_points` gives it.
+
+    Scoring needs the features of a few recent sessions, not of the whole history: every session is still
+    found (histories count sessions), but from a narrow projection of the events
+    (:func:`sessions.build_session_history`); the windows over devices and visitors run on those narrow rows
+    with the full build's expressions, and the wide session aggregates, ASOF joins and final columns are built
+    only for the recent sessions — from each device's events since the start of its first recent session.
+    """
+    kind = input_kind(con, conversion)
+    if kind == "sessions":
+        return _session_source_points(con, until)
+    with duckdb_settings(con, asof_loop_join_threshold="0"):  # see _event_points
+        return _audience_event_points(con, conversion, features, until, since)
+
+
+def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
+                           features: FeatureSettings, until: datetime, since: datetime) -> PointsSpec:
+    started, cpu = time.perf_counter(), time.process_time()
+    slices = sess.build_session_history(con, until, features.session_gap_minutes, conversion.purchase_event_types,
+                                        since=since)
+    log.info("conversion audience features: session history (%d slices) in %.1fs (%.0f CPU-s)", slices,
+             time.perf_counter() - started, time.process_time() - cpu)
+    # the recent sessions, whole: each device with one from the start of its first recent session on
+    con.execute("""
+        create or replace temp table conv_tails as
+        select device_id, min(started_at) as since from conv_history_sessions where scored_at >= ? group by device_id
+    """, [since])
+    sess.build_sessions(con, until, features.session_gap_minutes, conversion.purchase_event_types,
+                        table="conv_tail_sessions", tails="conv_tails")
+    log.info("conversion audience features: recent sessions done at %.1fs (%.0f CPU-s)",
+             time.perf_counter() - started, time.process_time() - cpu)
+    _order_histories(con, features, until, "conv_tail_sessions")
+    # device histories of the devices with a recent session (each with all its sessions), kept for the recent ones
+    con.execute("drop table if exists conv_recent_devices")
+    for part in range(slices):
+        con.execute(f"""
+            {"create temp table conv_recent_devices as" if part == 0 else "insert into conv_recent_devices"}
+            with s as (
+                select device_id, session_no, started_at, scored_at, known, {DEVICE_HISTORY}
+                from (from conv_history_sessions semi join conv_tails using (device_id)) h
+                where slice = $part
+                {DEVICE_WINDOWS}
+            )
+            select h.device_id, h.session_no, h.started_at, h.known, {", ".join(f"h.{c}" for c in DEVICE_HISTORY_COLUMNS)},
+                   p.ts as next_device_purchase
+            from (select * from s where scored_at >= $since) h
+            asof left join (select device_id, ts from conv_purchase_events where hash(device_id) % $slices = $part) p
+              on h.device_id = p.device_id and h.scored_at < p.ts
+        """, {"since": since, "slices": slices, "part": part})
+    log.info("conversion audience features: device histories done at %.1fs (%.0f CPU-s)",
+             time.perf_counter() - started, time.process_time() - cpu)
+    # every session of the visitors (history keys) with a recent session: the visitor windows need them all
+    con.execute(f"""
+        create or replace temp table conv_visits as
+        with keyed as (
+            select device_id, session_no, started_at, scored_at, n_product_views, n_cart_adds,
+                   {KNOWN_PERSON} as known_person_id, {HISTORY_KEY} as history_key
+            from conv_history_sessions
+        ), recent_keys as (select distinct history_key from keyed where scored_at >= $since)
+        select device_id, session_no, {sess.SESSION_ID} as session_id,
+               history_key, known_person_id, started_at, scored_at, n_product_views, n_cart_adds,
+               scored_at >= $since as recent, (hash(history_key) % $slices)::integer as visitor_slice
+        from keyed semi join recent_keys using (history_key)
+    """, {"since": since, "slices": slices})
+    con.execute("drop table conv_history_sessions")
+    # visitor windows over every session of the visitor, kept for the recent ones
+    for part, head in sliced_build(con, "conv_recent_visitors", slices):
+        con.execute(f"""
+            {head}
+            with visitor as (
+                select *, {VISITOR_HISTORY}
+                from (select * from conv_visits where visitor_slice = $part)
+                {VISITOR_WINDOWS}
+            ), decayed as (
+                select * exclude (decay_now, decay_weight, n_product_views, n_cart_adds, visitor_slice), {DECAYED}
+                from visitor
+                {DECAYED_WINDOW}
+            )
+            select * exclude (recent) from decayed where recent
+        """, {"part": part})
+    con.execute("drop table conv_visits")
+    # the recent sessions' wide rows: the tail build's session aggregates, the whole history's counters
+    con.execute(f"""
+        create or replace temp table conv_recent_wide as
+        select t.* exclude (slice, known, session_no), d.session_no, d.known, {", ".join(f"d.{c}" for c in DEVICE_HISTORY_COLUMNS)},
+               d.next_device_purchase, 0 as visitor_slice
+        from conv_tail_sessions t
+        join conv_recent_devices d on d.device_id = t.device_id and d.started_at = t.started_at
+    """)
+    con.execute(f"""
+        create or replace temp table {POINTS_TABLE} as
+        with recent as (
+            select v.*, w.last_category
+            from conv_recent_visitors v
+            join conv_recent_wide w on w.device_id = v.device_id and w.session_no = v.session_no
+        ), {_points_sql("recent", "conv_recent_wide", "conv_category_history", "conv_order_history", "conv_purchases")}
+    """)
+    for t in ("conv_tails", "conv_tail_sessions", "conv_recent_devices", "conv_recent_visitors", "conv_recent_wide",
+              *_HISTORY_TABLES):
+        con.execute(f"drop table if exists {t}")
+    rows = con.execute(f"select count(*) from {POINTS_TABLE}").fetchall()[0][0]
+    log.info("conversion audience features: %d scoring points at %.1fs (%.0f CPU-s)", rows,
+             time.perf_counter() - started, time.process_time() - cpu)
     return PointsSpec("events", EVENT_NUMERIC, EVENT_CATEGORICAL, conversion.horizon_days, rows)
 
 

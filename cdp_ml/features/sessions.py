@@ -73,16 +73,20 @@ def _optional(con: duckdb.DuckDBPyConnection, relation: str, name: str, sql_type
 EVENTS_PER_SLICE = 4_000_000
 
 
-def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes: int,
-                   purchase_types: Sequence[str], table: str = "conv_sessions") -> tuple[int, int]:
-    """Create temp table ``table``: one row per session from events strictly before ``until``.
+_PURCHASE_NAMES: dict[tuple[str, ...], list[str]] = {}
 
-    Also leaves temp table ``conv_purchase_events(device_id, person_id, ts)`` for labelling. Returns the
-    number of sessions and of device slices (column ``slice`` = ``hash(device_id) % slices``). Events are first projected to the narrow columns the aggregates need (the entry
-    URL and referrer are reduced to their traffic-source parts here, so the sorts never carry them), then
-    sessionised in device-hash slices of about ``EVENTS_PER_SLICE`` events: a session never spans devices,
-    so slices are independent and the result does not depend on their number.
-    """
+
+def _purchase_names(con: duckdb.DuckDBPyConnection, purchase_types: Sequence[str]) -> list[str]:
+    """The purchase event types as ingest spells them (a pure function of the setting, so computed once)."""
+    key = tuple(purchase_types)
+    if key not in _PURCHASE_NAMES:
+        _PURCHASE_NAMES[key] = canonical_event_names(con, purchase_types)
+    return list(_PURCHASE_NAMES[key])
+
+
+def _projection(con: duckdb.DuckDBPyConnection) -> tuple[str, dict[str, str], str]:
+    """The events relation, its typed optional columns and the ``utm_source`` expression (shared by the full
+    and the history-only sessionising, so both hash and order events identically)."""
     rel = event_relation(con)
     opt = {name: _optional(con, rel, name, typ) for name, typ in (
         ("anonymous_id", "varchar"), ("customer_ref", "varchar"), ("product_id", "varchar"),
@@ -90,11 +94,45 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
         ("referrer", "varchar"), ("attributes", "json"))}
     utm = (f"json_extract_string({opt['attributes']}, '$.utm_source')" if opt["attributes"] != "null::json"
            else "null::varchar")
-    # slices sized on the staging events (the person view has the same rows); a slice number stored per event
-    # lets each slice's scan filter on one small column instead of reading every event
-    n_events = con.execute('select count(*) from events where "timestamp" < ?', [until]).fetchall()[0][0] \
-        if table_exists(con, "events") else 0
-    slices = max(1, -(-n_events // EVENTS_PER_SLICE))
+    return rel, opt, utm
+
+
+# a session's id: its device and start (stable when later data is added)
+SESSION_ID = "md5(device_id || '|' || strftime(started_at, '%Y-%m-%dT%H:%M:%S.%f'))"
+# the order of a device's events with equal timestamps: deterministic and independent of later data
+TIEBREAK = "hash(event_type, product_id, url, referrer, customer_ref, person_id, category, value, channel, utm_source)"
+
+
+def _slices(con: duckdb.DuckDBPyConnection, until: datetime, since: datetime | None = None,
+            events_per_slice: int = EVENTS_PER_SLICE) -> int:
+    """Device-hash slices for the staging events in ``[since, until)`` (the person view has the same rows)."""
+    if not table_exists(con, "events"):
+        return 1
+    n_events = con.execute('select count(*) from events where "timestamp" < ? and "timestamp" >= ?',
+                           [until, since or datetime.min]).fetchall()[0][0]
+    return max(1, -(-n_events // events_per_slice))
+
+
+def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes: int,
+                   purchase_types: Sequence[str], table: str = "conv_sessions",
+                   tails: str | None = None) -> tuple[int, int]:
+    """Create temp table ``table``: one row per session from events strictly before ``until``.
+
+    Also leaves temp table ``conv_purchase_events(device_id, person_id, ts)`` for labelling. Returns the
+    number of sessions and of device slices (column ``slice`` = ``hash(device_id) % slices``). Events are first projected to the narrow columns the aggregates need (the entry
+    URL and referrer are reduced to their traffic-source parts here, so the sorts never carry them), then
+    sessionised in device-hash slices of about ``EVENTS_PER_SLICE`` events: a session never spans devices,
+    so slices are independent and the result does not depend on their number.
+
+    ``tails``: a temp table ``(device_id, since)`` whose ``since`` is the start of one of the device's sessions:
+    only those devices' events from then on are sessionised (the sessions from ``since`` on are exactly those of
+    the whole history; ``session_no`` and ``known`` then count from ``since``), and no purchase table is left.
+    """
+    rel, opt, utm = _projection(con)
+    tail_join = f"join {tails} tl on tl.device_id = keyed.device_id and keyed.ts >= tl.since" if tails else ""
+    since = con.execute(f"select min(since) from {tails}").fetchall()[0][0] if tails else None
+    # a slice number stored per event lets each slice's scan filter on one small column instead of reading every event
+    slices = _slices(con, until, since) if since is not None or not tails else 1
     con.execute(f"""
         create or replace temp table conv_events as
         with ev as (
@@ -105,12 +143,12 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
                    {opt['channel']}::varchar as channel, {opt['url']}::varchar as url,
                    {opt['referrer']}::varchar as referrer, {utm}::varchar as utm_source
             from {rel}
-            where "timestamp" < ? and "timestamp" is not null and event_type is not null
+            where "timestamp" < ? and "timestamp" >= ? and "timestamp" is not null and event_type is not null
         ), keyed as (
             select *, coalesce('a:' || anonymous_id, 'p:' || person_id, 'c:' || customer_ref) as device_id
             from ev
         )
-        select device_id, ts, event_type, person_id, product_id, category, value, channel,
+        select keyed.device_id, ts, event_type, person_id, product_id, category, value, channel,
                list_contains(?::varchar[], event_type) as is_purchase,
                customer_ref is not null as logged_in,
                utm_source,
@@ -120,13 +158,11 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
                     then regexp_extract(url, '[?&]utm_source=([^&#]+)', 1) else '' end as url_utm,
                regexp_replace(regexp_extract(lower(referrer), '^[a-z]+://([^/:?#]+)', 1), '^(www|l|m)\\.', '')
                    as referrer_host,
-               -- deterministic order of events with equal timestamps (independent of later data)
-               hash(event_type, product_id, url, referrer, customer_ref, person_id, category, value, channel, utm_source)
-                   as tiebreak,
-               hash(device_id) as device_hash,
-               (hash(device_id) % {slices})::integer as slice
-        from keyed where device_id is not null
-    """, [until, canonical_event_names(con, purchase_types)])  # as ingest spells them
+               {TIEBREAK} as tiebreak,
+               hash(keyed.device_id) as device_hash,
+               (hash(keyed.device_id) % {slices})::integer as slice
+        from keyed {tail_join} where keyed.device_id is not null
+    """, [until, since or datetime.min, _purchase_names(con, purchase_types)])  # as ingest spells them
     counts = ",\n".join(f"count(*) filter (where event_type = '{t}')::integer as {col}"
                         for t, col in COUNTED_TYPES.items())
     known_types = list(COUNTED_TYPES)
@@ -182,7 +218,7 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
                 group by device_id, session_no
                 having count(*) filter (where not is_purchase) > 0
             )
-            select md5(device_id || '|' || strftime(started_at, '%Y-%m-%dT%H:%M:%S.%f')) as session_id,
+            select {SESSION_ID} as session_id,
                    device_id, session_no,
                    case when device_id like 'a:%' then substr(device_id, 3) end as anonymous_id,
                    * exclude (device_id, session_no, entry_url_utm, entry_referrer_host, entry_utm),
@@ -197,9 +233,133 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
                    ?::integer as slice
             from agg
         """, [part, int(gap_minutes), part, known_types, part])
-    con.execute("""
-        create or replace temp table conv_purchase_events as
-        select device_id, person_id, ts from conv_events where is_purchase
-    """)
+    if tails is None:
+        con.execute("""
+            create or replace temp table conv_purchase_events as
+            select device_id, person_id, ts from conv_events where is_purchase
+        """)
     con.execute("drop table conv_events")
     return con.execute(f"select count(*) from {table}").fetchall()[0][0], slices
+
+
+# Narrow events are about a quarter of the wide rows' width: larger slices still sort in memory.
+HISTORY_EVENTS_PER_SLICE = 3 * EVENTS_PER_SLICE
+
+
+def build_session_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes: int,
+                          purchase_types: Sequence[str], since: datetime | None = None,
+                          table: str = "conv_history_sessions") -> int:
+    """Create temp table ``table``: every session before ``until`` with only what histories need.
+
+    The same sessions as :func:`build_sessions` (same boundaries, ``session_no``, ``known``, ``person_id``,
+    funnel counts, ``purchased_at``) from a projection without URLs, products or categories: the order of
+    equal-time events only decides which of several same-time purchases closes a session (non-purchase events
+    sort before purchases at equal times and never split), so only the few purchase events carry the
+    tiebreak, computed apart. Also leaves ``conv_purchase_events``. Returns the number of device slices.
+
+    ``since``: only the devices whose histories a session scored since then needs — the device itself and
+    every device of a person any of its events belongs to (a known visitor's history spans their devices) —
+    each with its whole history.
+    """
+    rel, opt, utm = _projection(con)
+    slices = _slices(con, until, events_per_slice=HISTORY_EVENTS_PER_SLICE)
+    funnel = {"product_view": 1, "add_to_cart": 2, "checkout_start": 3}
+    counted = " ".join(f"when '{t}' then {code}" for t, code in funnel.items())
+    con.execute(f"""
+        create or replace temp table conv_history_events as
+        with ev as (
+            select "timestamp" as ts, lower(event_type) as event_type,
+                   {opt['anonymous_id']}::varchar as anonymous_id, {opt['customer_ref']}::varchar as customer_ref,
+                   person_id::varchar as person_id
+            from {rel}
+            where "timestamp" < $until and "timestamp" is not null and event_type is not null
+        ), keyed as (
+            select *, coalesce('a:' || anonymous_id, 'p:' || person_id, 'c:' || customer_ref) as device_id,
+                   list_contains($purchase::varchar[], event_type) as is_purchase
+            from ev
+        )
+        select device_id, ts, person_id, customer_ref is not null as logged_in,
+               (case event_type {counted} else 0 end)::utinyint as funnel,
+               hash(device_id) as device_hash, (hash(device_id) % {slices})::integer as slice
+        from keyed where device_id is not null and not is_purchase
+    """, {"until": until, "purchase": _purchase_names(con, purchase_types)})
+    # the tiebreak of purchase events, from the full projection's columns (a few rows: joined back by row id)
+    con.execute(f"""
+        create or replace temp table conv_history_tiebreak as
+        with ev as (
+            select "timestamp" as ts, lower(event_type) as event_type,
+                   {opt['anonymous_id']}::varchar as anonymous_id, {opt['customer_ref']}::varchar as customer_ref,
+                   person_id::varchar as person_id, {opt['product_id']}::varchar as product_id,
+                   {opt['category']}::varchar as category, {opt['value']}::double as value,
+                   {opt['channel']}::varchar as channel, {opt['url']}::varchar as url,
+                   {opt['referrer']}::varchar as referrer, {utm}::varchar as utm_source
+            from {rel}
+            where "timestamp" < $until and "timestamp" is not null
+              and list_contains($purchase::varchar[], lower(event_type))
+        )
+        select coalesce('a:' || anonymous_id, 'p:' || person_id, 'c:' || customer_ref) as device_id, ts,
+               {TIEBREAK} as tiebreak, person_id, customer_ref is not null as logged_in,
+               (case event_type {counted} else 0 end)::utinyint as funnel
+        from ev where coalesce(anonymous_id, person_id, customer_ref) is not null
+    """, {"until": until, "purchase": _purchase_names(con, purchase_types)})
+    if since is not None:
+        # a session scored since then has a non-purchase event since then (the table holds no purchases)
+        con.execute("""
+            create or replace temp table conv_history_devices as
+            with active as (select distinct device_id from conv_history_events where ts >= $since),
+            persons as (
+                select distinct person_id from conv_history_events semi join active using (device_id)
+                where person_id is not null
+                union select distinct person_id from conv_history_tiebreak semi join active using (device_id)
+                where person_id is not null
+            )
+            select device_id from active
+            union select device_id from conv_history_events semi join persons using (person_id)
+            union select device_id from conv_history_tiebreak semi join persons using (person_id)
+        """, {"since": since})
+        for t in ("conv_history_events", "conv_history_tiebreak"):
+            con.execute(f"create or replace temp table {t} as from {t} semi join conv_history_devices using (device_id)")
+        con.execute("drop table conv_history_devices")
+    for part, head in sliced_build(con, table, slices):
+        con.execute(f"""
+            {head}
+            with keys as (
+                select device_hash, device_id, ts, false as is_purchase, person_id, logged_in, funnel,
+                       null::ubigint as tiebreak
+                from conv_history_events where slice = $part
+                union all
+                select hash(device_id), device_id, ts, true, person_id, logged_in, funnel, tiebreak
+                from conv_history_tiebreak where (hash(device_id) % {slices})::integer = $part
+            ), marked as (
+                select *, row_number() over w as seq,
+                       case when lag(ts) over w is null or lag(is_purchase) over w
+                                 or ts - lag(ts) over w > to_minutes($gap::bigint) then 1 else 0 end as new_session,
+                       max(logged_in::integer) over w as known
+                from keys window w as (partition by device_hash, device_id order by ts, is_purchase, tiebreak)
+            ), numbered as (
+                select *, sum(new_session) over (partition by device_hash, device_id order by seq
+                                                 rows unbounded preceding) as session_no
+                from marked
+            )
+            select device_id, session_no,
+                   max(person_id) as person_id,
+                   max(known) filter (where not is_purchase)::integer as known,
+                   min(ts) filter (where not is_purchase) as started_at,
+                   max(ts) filter (where not is_purchase) as scored_at,
+                   min(ts) filter (where is_purchase) as purchased_at,
+                   count(*) filter (where funnel = 1)::integer as n_product_views,
+                   count(*) filter (where funnel = 2)::integer as n_cart_adds,
+                   count(*) filter (where funnel = 3)::integer as n_checkout_starts,
+                   (count(*) filter (where not is_purchase) = 1)::integer as bounce,
+                   $part::integer as slice
+            from numbered
+            group by device_id, session_no
+            having count(*) filter (where not is_purchase) > 0
+        """, {"part": part, "gap": int(gap_minutes)})
+    con.execute("""
+        create or replace temp table conv_purchase_events as
+        select device_id, person_id, ts from conv_history_tiebreak
+    """)
+    con.execute("drop table conv_history_events")
+    con.execute("drop table conv_history_tiebreak")
+    return slices

@@ -333,6 +333,8 @@ class TrainResult:
     gate_reason: str
     backtest: BacktestResult = field(repr=False)
     run_id: str | None = None
+    # the retargeting audience at as-of, fetched from the same feature build: `score` reuses it (same rows)
+    audience: pd.DataFrame | None = field(default=None, repr=False)
 
     def headline(self) -> dict[str, float]:
         """The figures a marketer asks first: retargeting saving and ranking quality vs the baselines."""
@@ -523,6 +525,10 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
                             _midnight(as_of) - timedelta(days=lag), s.horizon_days,
                             profiling_excluded_sql(con, as_of), s.population == "retargeting",
                             max_rows=s.max_training_rows)
+        # scoring after training in the same step needs no second feature build: these are its rows
+        audience = feats.fetch_audience(con, spec, _midnight(as_of), s.active_days,
+                                        keep=profiling_excluded_sql(con, as_of))
+        audience.attrs.update(as_of=as_of, kind=spec.kind)
     check_eligible(final, s)
     result = _evaluate(ws, spec, bt_train, evaluation, gate_cutoff, gate_window_end, None)
     del bt_train  # memory: the gate's training frame is not needed for the final fit
@@ -569,7 +575,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         client.set_model_version_tag(MODEL_NAME, version, "as_of", str(as_of))
         client.set_model_version_tag(MODEL_NAME, version, "input", spec.kind)
     return TrainResult(as_of, spec.kind, len(final), version, bool(decision["promoted"]), reason,
-                       _replace(result, run_id=run.info.run_id), run.info.run_id)
+                       _replace(result, run_id=run.info.run_id), run.info.run_id, audience)
 
 
 def _load(version: Any) -> ConversionModel:
@@ -579,8 +585,12 @@ def _load(version: Any) -> ConversionModel:
     return loaded.unwrap_python_model().model
 
 
-def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
-    """Score every visitor active in the last ``active_days`` who has not purchased since, with the champion."""
+def score(ws: Workspace, as_of: date | None = None, audience: pd.DataFrame | None = None) -> ScoreResult:
+    """Score every visitor active in the last ``active_days`` who has not purchased since, with the champion.
+
+    ``audience``: ``TrainResult.audience`` of a ``train`` for the same as-of (fetched from its full feature
+    build: the rows this function would build), so a retraining step builds features once.
+    """
     s = ws.config.conversion
     champion = tracking.champion_version(ws, MODEL_NAME)
     if champion is None:
@@ -588,13 +598,26 @@ def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
     model = _load(champion)
     model.threads = max(s.threads, 1)
     as_of = as_of or default_as_of(ws)
+    until = _midnight(as_of)
+    if audience is not None and audience.attrs.get("as_of") != as_of:
+        audience = None  # fetched for another as-of: build this one's
     with ws.connect() as con, bounded_memory(con):
-        spec = feats.build_points(con, s, ws.config.features, _midnight(as_of))
-        if spec.kind != model.kind:
+        if audience is None:
+            # only the audience's scoring points (the rows the full build gives them), not the whole history's
+            spec = feats.build_audience_points(con, s, ws.config.features, until, until - timedelta(days=s.active_days))
+            kind = spec.kind
+        else:
+            kind = audience.attrs["kind"]
+        if kind != model.kind:
             raise CdpError(f"the champion conversion model was trained on {model.kind} but the workspace input is "
-                           f"{spec.kind}: run `cdp-ml train conversion`")
-        audience = feats.fetch_audience(con, spec, _midnight(as_of), s.active_days,
-                                        keep=profiling_excluded_sql(con, as_of))  # objectors are never scored
+                           f"{kind}: run `cdp-ml train conversion`")
+        if audience is None:
+            started = time.perf_counter()
+            audience = feats.fetch_audience(con, spec, until, s.active_days,
+                                            keep=profiling_excluded_sql(con, as_of))  # objectors are never scored
+            log.info("conversion scoring: audience of %d visitors fetched in %.1fs", len(audience),
+                     time.perf_counter() - started)
+        started = time.perf_counter()
         scores = pd.DataFrame({
             "as_of": pd.Series([as_of] * len(audience), dtype="object"),
             "person_id": audience["person_id"].astype("object"),
@@ -602,6 +625,8 @@ def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
             "probability": model.predict(audience) if len(audience) else np.zeros(0),
             "model_version": str(champion.version),
         })
+        log.info("conversion scoring: %d visitors predicted in %.1fs", len(scores), time.perf_counter() - started)
+        started = time.perf_counter()
         con.execute("""create table if not exists conversion_scores (as_of date, person_id varchar,
                        anonymous_id varchar, probability double, model_version varchar)""")
         con.register("conv_new_scores", scores)
@@ -611,6 +636,7 @@ def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
                        anonymous_id::varchar, probability::double, model_version::varchar from conv_new_scores""")
         con.execute("commit")
         con.unregister("conv_new_scores")
+        log.info("conversion scoring: scores written in %.1fs", time.perf_counter() - started)
     known = int(scores["person_id"].notna().sum())
     return ScoreResult(as_of, len(scores), known, len(scores) - known,
                        float(scores["probability"].mean()) if len(scores) else float("nan"), str(champion.version))
