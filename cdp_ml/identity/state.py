@@ -103,14 +103,16 @@ def records_digest(con: duckdb.DuckDBPyConnection, as_of: date | None) -> str:
 
 def references_digest(con: duckdb.DuckDBPyConnection, as_of: date | None) -> str:
     """The identifier and time columns of the referencing rows (the same as-of filter as ``inputs._references``
-    and the profiles' activity)."""
+    and the profiles' activity); other columns (product, value, url) do not change persons or profiles."""
     parts = []
     for kind in REFERENCE_COLUMNS:
         if not table_exists(con, kind):
             continue
         have = columns(con, kind)
         ts = "ordered_at" if kind == "orders" else "timestamp"
-        wanted = ("source", ts, "ref_source", "ref_key", *REFERENCE_COLUMNS[kind])
+        # every identifier column inputs._references reads, and the event type the person_orders view reads
+        wanted = ("source", ts, "ref_source", "ref_key", "customer_ref", "anonymous_id", "email", "phone",
+                  *(("event_type",) if kind == "events" else ()))
         cols = [c for c in have if c in wanted]
         where, params = (f'where "{ts}" < ?', [as_of]) if as_of is not None and ts in have else ("", [])
         parts.append(_table_digest(con, kind, cols, where, params))
