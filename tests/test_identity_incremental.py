@@ -130,3 +130,21 @@ def test_changed_or_new_customer_records_take_the_full_path(demo_ws):
     assert any(n.startswith("changed since the last resolution: customer records") for n in week.notes), week.notes
     assert not any("reused" in n or n.startswith("nothing changed") for n in week.notes)
     assert week.comparisons > 0, "changed records are scored again"
+
+
+def test_an_erased_person_is_resolved_again_in_full(demo_ws):
+    """Erasure deletes the person's staging rows and scored pairs: the next week cannot be a no-op."""
+    from cdp_ml.privacy import forget
+
+    resolve(demo_ws)
+    with demo_ws.connect() as con:
+        pid, n = con.execute("""select person_id, count(*) from person_map where id_type = 'record'
+                                group by person_id order by count(*) desc, person_id limit 1""").fetchall()[0]
+        pairs = con.execute(f"select count(*) from {PAIRS_TABLE}").fetchall()[0][0]
+    assert n >= 2 and forget(demo_ws, person_id=pid).exit_code == 0
+    with demo_ws.connect() as con:
+        assert con.execute(f"select count(*) from {PAIRS_TABLE}").fetchall()[0][0] < pairs
+    week = resolve(demo_ws, retrain=False)
+    assert any(n.startswith("changed since the last resolution: customer records") for n in week.notes), week.notes
+    with demo_ws.connect() as con:
+        assert con.execute("select count(*) from person_map where person_id = ?", [pid]).fetchall() == [(0,)]
