@@ -451,6 +451,15 @@ def test_mapped_paths_reach_into_nested_columns(tmp_path):
     for name in ("jsonl", "parquet"):
         assert _rows(ws, "select event_type, product_id, category, value, channel, referrer from events "
                          f"where source = '{name}' order by timestamp") == expected
+    # a value that is not JSON reads as missing (a required field would quarantine the row), never fails the file
+    (tmp_path / "bad.csv").write_text('ts,name,user\n2020-12-01,page_view,"{""id"": ""u1""}"\n'
+                                      "2020-12-01,page_view,not json\n")
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [
+        {"name": "bad", "kind": "events", "path": "bad.csv",
+         "columns": {"timestamp": "ts", "event_type": "name", "anonymous_id": "user.id"}}]}))
+    res = ingest(Workspace.open(tmp_path))
+    assert (res.rows_loaded, res.rows_quarantined) == (2, 0)
+    assert _rows(ws, "select anonymous_id from events where source = 'bad' order by _row") == [("u1",), (None,)]
     # the rest of a nested column is kept (as JSON) in the row's attributes
     kept = _rows(ws, "select attributes->>'$.traffic_source' from events where source = 'parquet' order by timestamp")
     assert json.loads(kept[0][0]) == {"source": "google", "medium": "organic"}

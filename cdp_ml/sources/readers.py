@@ -91,7 +91,8 @@ def _extract_paths(con: duckdb.DuckDBPyConnection, src: SourceConfig, raw: RawRe
         rest = column[head.end():]
         if not re.fullmatch(r"(\.[^.\[\]]+|\[[0-9]+\])+", rest):
             continue
-        paths[column] = f'json_extract_string("{_ident(head.group(0))}", {lit("$" + rest)})'
+        nested = f'"{_ident(head.group(0))}"'  # text that is not JSON reads as missing (a required field quarantines)
+        paths[column] = f"case when json_valid({nested}) then json_extract_string({nested}, {lit('$' + rest)}) end"
     if not paths:
         return raw
     try:
