@@ -103,6 +103,15 @@ def test_train_registers_gates_and_score_is_idempotent(ws):
         rows = con.execute("select count(*), count(distinct week), min(p_week), max(p_cumulative), "
                            "count(distinct model_version) from repurchase_scores where as_of = ?", [as_of]).fetchall()[0]
     assert rows[0] == first.rows == again.rows and rows[1] == 8 and rows[2] >= 0 and rows[3] <= 1 and rows[4] == 1
+    with ws.connect() as con:
+        tracks = con.execute("""select category, count(*) filter (where week_start <> as_of + 7 * (week - 1)),
+                                       max(abs(p_cumulative - cumulative)), sum(p_week) filter (where week = 1)
+                                from (select *, sum(p_week) over (partition by person_id, category order by week)
+                                             as cumulative from repurchase_scores where as_of = ?)
+                                group by 1 order by 1""", [as_of]).df()
+    assert (tracks.iloc[:, 1] == 0).all() and (tracks.iloc[:, 2] < 1e-9).all()
+    week_1 = first.expected_next_purchases.query("week == 1").set_index("category")["expected"]
+    np.testing.assert_allclose(week_1.sort_index().to_numpy(), tracks.iloc[:, 3].to_numpy())
     assert "(any)" in str(first)
     # the champion has seen this gate window: the retrain is gated against BG/NBD on it instead
     retrained = repurchase.train(ws, as_of)
@@ -129,6 +138,33 @@ def test_persons_objecting_to_profiling_are_not_scored(ws):
         with ws.connect() as con:
             con.execute("drop table person_consents")
     assert after == before - set(objecting)
+
+
+def test_train_window_comes_from_the_gate_backtests_preparation(ws):
+    """The final fit's window read from the gate backtest's preparation equals a fresh preparation's."""
+    cutoff = CUTOFF - timedelta(weeks=8)
+    with ws.connect() as con:
+        inputs = fr.prepare(con, CUTOFF, cutoff)
+        same = fr.prepared_for(con, inputs, CUTOFF)
+        assert same is not None
+        shared = repurchase._read_window(ws, con, same, CUTOFF, 8, evaluate=False)
+    fresh = repurchase._load(ws, CUTOFF, 8, evaluate=False)
+    assert same == fresh.inputs and shared.sample == fresh.sample
+    for a, b in ((shared.train, fresh.train), (shared.calibration, fresh.calibration)):
+        pd.testing.assert_frame_equal(a, b)
+    by = ["category", "week"]  # the season table's row order is the group-by's
+    pd.testing.assert_frame_equal(shared.season.sort_values(by, ignore_index=True),
+                                  fresh.season.sort_values(by, ignore_index=True))
+    # a person objecting to profiling between the two dates changes what a fresh preparation keeps
+    with ws.connect() as con:
+        person = con.execute("select min(person_id) from person_orders").fetchall()[0][0]
+        con.execute("""create or replace table person_consents as
+                       select ?::varchar as person_id, 'profiling' as purpose, false as granted,
+                              ?::timestamp as "timestamp", 'test' as source""", [person, cutoff + timedelta(days=3)])
+        try:
+            assert fr.prepared_for(con, fr.prepare(con, CUTOFF, cutoff), CUTOFF) is None
+        finally:
+            con.execute("drop table person_consents")
 
 
 def test_missing_identity_is_a_clear_error(tmp_path):
@@ -167,9 +203,36 @@ def test_hazard_features_see_the_baseline_bgnbd_inputs(ws):
     assert rows["ly_window"].between(0, 8).all()
 
 
-def test_scoring_matrix_gives_lightgbms_own_predictions(ws):
+@pytest.fixture(scope="module")
+def fitted(ws) -> repurchase.HazardModel:
+    return repurchase.fit(ws, CUTOFF)
+
+
+def test_prediction_weeks_equal_the_expanded_rows(ws, fitted):
+    """Scoring from one row per track gives exactly the features and hazards of the expanded person-weeks."""
+    with ws.connect() as con:
+        inputs = fr.prepare(con, CUTOFF, CUTOFF)
+        frame = fr.track_frame(con, inputs, [CUTOFF - timedelta(weeks=3), CUTOFF], 8, 52)
+        season = fr.season_table(con, CUTOFF)
+    weeks = fr.TrackWeeks(frame, fitted.horizon, fitted.peaks, season)
+    rows = fr.expand(frame, fitted.horizon, None, fitted.peaks, fitted.categories, stop_at_purchase=False,
+                     season=season)
+    assert frame["origin"].nunique() == 2 and np.isfinite(rows["season_index"]).mean() > 0.5
+    for name in fr.FEATURES[1:]:
+        np.testing.assert_array_equal(weeks.column(name), rows[name].to_numpy(dtype=float), err_msg=name)
+    np.testing.assert_array_equal(fitted.matrix(weeks), fitted.matrix(rows))
+    np.testing.assert_array_equal(repurchase.predict(fitted, frame, fitted.peaks, season, chunk_tracks=97).p_week,
+                                  repurchase.forecast_from_hazard(fitted.hazard(rows).reshape(-1, 8)).p_week)
+    unseen = frame.assign(category=np.where(np.arange(len(frame)) < 5, "bought only after training",
+                                            frame["category"]))
+    codes = fitted.matrix(fr.TrackWeeks(unseen, fitted.horizon, fitted.peaks, season))[:, 0]
+    assert fitted.features[0] == "category" and np.isnan(codes[:40]).all()
+    np.testing.assert_array_equal(codes[40:], fitted.matrix(rows)[40:, 0])
+
+
+def test_scoring_matrix_gives_lightgbms_own_predictions(ws, fitted):
     """The fast numpy scoring path equals LightGBM on the DataFrame design (unseen categories included)."""
-    model = repurchase.fit(ws, CUTOFF)
+    model = fitted
     frame, _ = repurchase.forecast_tracks(ws, model, CUTOFF)
     rows = fr.expand(frame, model.horizon, None, model.peaks, model.categories, stop_at_purchase=False)
     rows["category"] = rows["category"].astype(str)

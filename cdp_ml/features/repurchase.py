@@ -54,6 +54,7 @@ class Inputs:
     has_interactions: bool
     first_order: date
     last_order: date
+    decided_before: date  # categories and profiling objections as of this date (the prediction origin)
 
 
 def _has_rows(con: duckdb.DuckDBPyConnection, view: str) -> bool:
@@ -101,12 +102,7 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
     if not span[2]:
         raise NotEnoughData(f"repurchase: no orders linked to persons before {categories_before}; "
                             "check the orders source and run `cdp-ml resolve`")
-    found = [r[0] for r in con.execute(
-        "select category from rp_orders where day < ? and category is not null group by 1 order by 1",
-        [categories_before]).fetchall()]
-    if allowed:
-        found = [c for c in found if c in set(allowed)]
-    cats = tuple(found) if len(found) >= 2 or allowed else ()  # one category is the any-category track
+    cats = _categories(con, categories_before, allowed)
     con.execute("create or replace temp table rp_categories (category varchar)")
     if cats:
         con.executemany("insert into rp_categories values (?)", [[c] for c in cats])
@@ -181,7 +177,39 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
                    count(*) filter (where type like '%complaint%' and type not like '%resolved%') as complaints
             from tracked group by all
         """, [data_end])
-    return Inputs(cats, has_events, has_interactions, span[0], span[1])
+    return Inputs(cats, has_events, has_interactions, span[0], span[1], categories_before)
+
+
+def _categories(con: duckdb.DuckDBPyConnection, before: date, allowed: Sequence[str]) -> tuple[str, ...]:
+    """Category tracks decided on the loaded orders before ``before`` (one category is the any-category track)."""
+    found = [r[0] for r in con.execute(
+        "select category from rp_orders where day < ? and category is not null group by 1 order by 1",
+        [before]).fetchall()]
+    if allowed:
+        found = [c for c in found if c in set(allowed)]
+    return tuple(found) if len(found) >= 2 or allowed else ()
+
+
+def prepared_for(con: duckdb.DuckDBPyConnection, inputs: Inputs, categories_before: date,
+                 allowed: Sequence[str] = ()) -> Inputs | None:
+    """The prepared tables as :func:`prepare` with the same ``data_end`` and ``categories_before`` would
+    build them, or None when that would differ (other categories, or other persons objecting to profiling).
+
+    A training run backtests at C and then fits at C + H on the same data: its second preparation is
+    usually identical, and at a million persons it costs minutes.
+    """
+    if _categories(con, categories_before, allowed) != inputs.categories:
+        return None
+    con.execute(f"create or replace temp table rp_objections as select person_id from "
+                f"{profiling_objections(con, inputs.decided_before)}")
+    later = profiling_objections(con, categories_before)
+    changed = con.execute(f"""select count(*) from (
+        (select person_id from rp_objections except select person_id from {later})
+        union all (select person_id from {later} except select person_id from rp_objections))""").fetchall()[0][0]
+    if changed:
+        return None
+    span = con.execute("select min(day), max(day) from rp_orders where day < ?", [categories_before]).fetchall()[0]
+    return Inputs(inputs.categories, inputs.has_events, inputs.has_interactions, span[0], span[1], categories_before)
 
 
 def fingerprint(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: date) -> str:
@@ -417,6 +445,92 @@ def expand(frame: pd.DataFrame, horizon: int, observed_weeks: np.ndarray | None,
         if season is not None else np.nan
     out["category"] = pd.Categorical(out["category"], categories=list(categories))
     return out
+
+
+class TrackWeeks:
+    """The prediction rows of :func:`expand` (every track x weeks 1..H, track-major) as columns, not a frame.
+
+    Scoring millions of tracks through ``expand`` copies every track column H times and recomputes per row
+    what only depends on the track (the season lookups, the category codes) or on the week (weeks to the
+    peak). Here a track column is repeated only when asked for, and the week features are computed as a
+    (tracks x H) grid from the track's row: the same arithmetic on the same values, so every column equals
+    ``expand(..., stop_at_purchase=False)``'s value for value (a test checks).
+    """
+
+    def __init__(self, frame: pd.DataFrame, horizon: int, peaks: Sequence[str], season: pd.DataFrame | None):
+        self.frame = frame
+        self.horizon = horizon
+        self.peaks = tuple(peaks)
+        self.season = season
+        self.steps = np.arange(1, horizon + 1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.frame) * self.horizon
+
+    def track(self, name: str) -> np.ndarray:
+        """One value per track (float, missing as NaN)."""
+        return self.frame[name].to_numpy(dtype=float, na_value=np.nan)
+
+    def repeat(self, values: np.ndarray) -> np.ndarray:
+        """A per-track array as one value per prediction row."""
+        return np.repeat(values, self.horizon)
+
+    def _week_starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct origins' target-week Mondays (origins x H) and each track's origin index."""
+        origins, where = np.unique(pd.to_datetime(self.frame["origin"]).to_numpy(dtype="datetime64[ns]"),
+                                   return_inverse=True)
+        weeks = origins[:, None] + ((self.steps - 1) * 7).astype("timedelta64[D]")[None, :]
+        return weeks, where
+
+    def grid(self, name: str) -> np.ndarray:
+        """A week feature of :data:`STEP_FEATURES` as a (tracks x H) grid."""
+        step = self.steps[None, :]
+        if name == "step":
+            return np.broadcast_to(step.astype(float), (len(self.frame), self.horizon))
+        if name == "bought_last_year":
+            ly = self.frame["ly_mask"].to_numpy(dtype=np.int64)[:, None]
+            return ((ly >> (step - 1)) & 7 > 0).astype(float)
+        if name in ("weeks_to_peak", "season_index"):
+            weeks, where = self._week_starts()
+            if name == "weeks_to_peak":
+                return _weeks_to_peak(weeks.ravel(), self.peaks).reshape(weeks.shape)[where]
+            if self.season is None:
+                return np.full((len(self.frame), self.horizon), np.nan)
+            # one lookup per distinct (origin, category): the index depends on nothing else
+            codes, names = pd.factorize(self.frame["category"].astype(str))
+            pairs, pair_of = np.unique(where * len(names) + codes, return_inverse=True)
+            cats = np.repeat(names.to_numpy()[pairs % len(names)], self.horizon)
+            starts = pd.Series(weeks[pairs // len(names)].ravel())
+            return _season_index(self.season, cats, starts).reshape(len(pairs), self.horizon)[pair_of]
+        if name == "weeks_since_exact":
+            return self.track("recency_exact")[:, None] + step - 1
+        if name == "weeks_since_any":
+            return self.track("weeks_since_any_origin")[:, None] + step - 1
+        ws = self.track("weeks_since_origin")[:, None] + step - 1
+        if name == "weeks_since":
+            return ws
+        median = self.track("int_median")[:, None]
+        mean = self.track("int_mean")[:, None]
+        sd = self.track("int_sd")[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if name == "ratio_median":
+                return np.where(median > 0, ws / median, np.nan)
+            if name == "ratio_mean":
+                return np.where(mean > 0, ws / mean, np.nan)
+            if name == "z_interval":
+                return np.where(sd > 0, (ws - mean) / sd, np.nan)
+        if name == "weeks_past_median":
+            return ws - median
+        raise KeyError(name)
+
+    def column(self, name: str) -> np.ndarray:
+        """Any feature column but the category, one float per prediction row."""
+        if name in STEP_FEATURES:
+            return np.ascontiguousarray(self.grid(name)).ravel()
+        if name == "ly_window":  # purchase weeks in bits 1..H of last year's mask: one value per track
+            ly = self.frame["ly_mask"].to_numpy(dtype=np.int64)
+            return self.repeat(((ly[:, None] >> np.arange(1, self.horizon + 1)[None, :]) & 1).sum(axis=1).astype(float))
+        return self.repeat(self.track(name))
 
 
 def bgnbd_frame(con: duckdb.DuckDBPyConnection, cutoff: date) -> pd.DataFrame:

@@ -101,6 +101,28 @@ def _bgnbd_features(rows: pd.DataFrame, params: dict[str, bgnbd.BgNbdParams]) ->
     return out
 
 
+def _bgnbd_grids(weeks: fr.TrackWeeks, params: dict[str, bgnbd.BgNbdParams]) -> dict[str, np.ndarray]:
+    """:func:`_bgnbd_features` of every track x week 1..H from one survival curve per track.
+
+    P(alive) once per track and P(no purchase by week k) once per k instead of twice per row; the same
+    elementwise arithmetic, so the values equal the row-wise ones.
+    """
+    n, horizon = len(weeks.frame), weeks.horizon
+    out = {name: np.full((n, horizon), np.nan) for name in BGNBD_FEATURES}
+    x, t_x, T = _week_inputs(weeks.frame)
+    t = np.arange(horizon + 1, dtype=float)[None, :]
+    category = weeks.frame["category"].astype(str)
+    for cat, idx in category.groupby(category, sort=False).indices.items():
+        p = params.get(cat, params.get(""))
+        if p is None:
+            continue
+        survival = bgnbd.prob_no_purchase(p, x[idx][:, None], t_x[idx][:, None], T[idx][:, None], t)
+        out["bg_p_alive"][idx] = bgnbd.p_alive(p, x[idx], t_x[idx], T[idx])[:, None]
+        out["bg_hazard"][idx] = 1 - survival[:, 1:] / np.maximum(survival[:, :-1], 1e-12)
+        out["bg_within"][idx] = 1 - survival[:, 1:]
+    return {name: grid.ravel() for name, grid in out.items()}
+
+
 class HazardModel(_PythonModel):
     """Fitted weekly hazard: LightGBM + Platt calibration + the category vocabulary it was trained on."""
 
@@ -131,29 +153,40 @@ class HazardModel(_PythonModel):
         x["category"] = pd.Categorical(rows["category"].astype(str), categories=self.categories)
         return x
 
-    def matrix(self, rows: pd.DataFrame) -> np.ndarray:
+    def matrix(self, rows: pd.DataFrame | fr.TrackWeeks) -> np.ndarray:
         """The feature matrix as LightGBM sees ``design(rows)``: one float array, the category as its code.
 
         Filled column by column: scoring millions of person-weeks through a DataFrame costs several
-        full copies (select, concat, reorder, LightGBM's own conversion) for the same numbers.
+        full copies (select, concat, reorder, LightGBM's own conversion) for the same numbers. ``rows`` may
+        be the person-period rows or the :class:`~cdp_ml.features.repurchase.TrackWeeks` of a prediction.
         """
-        bg = _bgnbd_features(rows, self.bg_params) if any(f in BGNBD_FEATURES for f in self.features) else None
+        weeks = rows if isinstance(rows, fr.TrackWeeks) else None
+        bg: dict[str, np.ndarray] | None = None
+        if any(f in BGNBD_FEATURES for f in self.features):
+            if weeks is not None:
+                bg = _bgnbd_grids(weeks, self.bg_params)
+            else:
+                bg = {k: v.to_numpy(dtype=float) for k, v in _bgnbd_features(rows, self.bg_params).items()}
         out = np.empty((len(rows), len(self.features)), dtype=np.float64, order="F")  # filled by column
         for j, name in enumerate(self.features):
             if name == "category":
-                codes = pd.Categorical(rows["category"].astype(str), categories=self.categories).codes
-                out[:, j] = np.where(codes < 0, np.nan, codes)  # unseen category: missing, as LightGBM does
+                source = weeks.frame if weeks is not None else rows
+                codes = pd.Index(self.categories).get_indexer(source["category"].astype(str))
+                codes = np.where(codes < 0, np.nan, codes)  # unseen category: missing, as LightGBM does
+                out[:, j] = weeks.repeat(codes) if weeks is not None else codes
             elif bg is not None and name in BGNBD_FEATURES:
-                out[:, j] = bg[name].to_numpy(dtype=float)
+                out[:, j] = bg[name]
+            elif weeks is not None:
+                out[:, j] = weeks.column(name)
             else:
                 out[:, j] = rows[name].to_numpy(dtype=float, na_value=np.nan)
         return out
 
-    def raw(self, rows: pd.DataFrame) -> np.ndarray:
+    def raw(self, rows: pd.DataFrame | fr.TrackWeeks) -> np.ndarray:
         """Uncalibrated hazard of the booster."""
         return self.booster.booster_.predict(self.matrix(rows), num_threads=max(1, int(self.booster.n_jobs or 1)))
 
-    def hazard(self, rows: pd.DataFrame) -> np.ndarray:
+    def hazard(self, rows: pd.DataFrame | fr.TrackWeeks) -> np.ndarray:
         """Calibrated P(purchase in the row's week | none since the origin)."""
         p = np.clip(self.raw(rows), 1e-6, 1 - 1e-6)
         a, b = self.platt
@@ -291,12 +324,11 @@ def _fit(ws: Workspace, window: _Window, horizon: int, end: date) -> tuple[Hazar
 
 def predict(model: HazardModel, frame: pd.DataFrame, peaks: tuple[str, ...], season: pd.DataFrame,
             chunk_tracks: int = 250_000) -> Forecast:
-    """Forecast all H weeks of every (origin, track) row, expanding a bounded number of tracks at a time."""
+    """Forecast all H weeks of every (origin, track) row, a bounded number of tracks at a time."""
     h = np.empty((len(frame), model.horizon))
     for i in range(0, len(frame), chunk_tracks):
-        rows = fr.expand(frame.iloc[i:i + chunk_tracks], model.horizon, None, peaks, model.categories,
-                         stop_at_purchase=False, season=season)
-        h[i:i + chunk_tracks] = model.hazard(rows).reshape(-1, model.horizon)
+        weeks = fr.TrackWeeks(frame.iloc[i:i + chunk_tracks], model.horizon, peaks, season)
+        h[i:i + chunk_tracks] = model.hazard(weeks).reshape(-1, model.horizon)
     return forecast_from_hazard(h)
 
 
@@ -410,6 +442,7 @@ class _Evaluation:
     result: BacktestResult
     season: pd.DataFrame
     test_tracks: Callable[[], pd.DataFrame]  # read lazily: only a champion comparison needs them
+    final: _Window | None = None  # train's window H weeks later, when read from the same preparation
 
 
 class _StoredBacktest:
@@ -460,10 +493,13 @@ class _StoredBacktest:
         tmp.rename(self.dir)
 
 
-def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None, reuse: bool = False) -> _Evaluation:
+def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None, reuse: bool = False,
+              then_fit: bool = False) -> _Evaluation:
     """Fit before ``cutoff`` and compare with the baselines on the H weeks after it.
 
     ``reuse``: return the stored backtest when it was computed on exactly the same inputs (train's gate).
+    ``then_fit``: also read the training window of a fit at ``cutoff`` + H (train's final model) from the
+    same preparation when :func:`~cdp_ml.features.repurchase.prepared_for` says it is identical.
     """
     store = _StoredBacktest(ws)
     clock = _Clock(f"backtest {cutoff}")
@@ -474,10 +510,17 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None, reuse
         if stored is not None:
             return _Evaluation(_replace(stored.result, phase_seconds=clock.seconds), stored.season,
                                stored.test_tracks)
-        inputs = fr.prepare(con, cutoff + timedelta(weeks=horizon), cutoff, ws.config.repurchase.categories)
+        allowed = ws.config.repurchase.categories
+        inputs = fr.prepare(con, cutoff + timedelta(weeks=horizon), cutoff, allowed)
         clock.lap("prepare")
         window = _read_window(ws, con, inputs, cutoff, horizon, evaluate=True)
-    clock.lap("person-periods")
+        clock.lap("person-periods")
+        final = None
+        as_of = cutoff + timedelta(weeks=horizon)
+        same = fr.prepared_for(con, inputs, as_of, allowed) if then_fit else None
+        if same is not None:
+            final = _read_window(ws, con, same, as_of, horizon, evaluate=False)
+            clock.lap("final person-periods")
     assert window.test is not None and window.bgnbd is not None and window.naive is not None
     if not len(window.test):
         raise CdpError(f"repurchase backtest: no person has a purchase in the {ws.config.repurchase.max_weeks_at_risk} "
@@ -527,7 +570,7 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None, reuse
     except OSError:  # a read-only or full disk only costs the reuse
         pass
     clock.lap("store")
-    return _Evaluation(_replace(result, phase_seconds=clock.seconds), window.season, lambda: test)
+    return _Evaluation(_replace(result, phase_seconds=clock.seconds), window.season, lambda: test, final)
 
 
 def _targets_note(table: pd.DataFrame, horizon: int) -> str:
@@ -680,7 +723,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
     horizon = s.horizon_weeks
     as_of = fr.monday(as_of or default_as_of(ws))
     cutoff = as_of - timedelta(weeks=horizon)
-    ev = _evaluate(ws, cutoff, horizon, None, reuse=True)
+    ev = _evaluate(ws, cutoff, horizon, None, reuse=True, then_fit=True)
     clock = _Clock(f"train {as_of}")
     gate_metric = f"model_any_roc_auc_{horizon}w"
     new_value = float(ev.result.metrics.set_index(["tracks", "model"]).loc[("(any)", "model"), f"roc_auc_{horizon}w"])
@@ -707,7 +750,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         except Exception as exc:  # noqa: BLE001 - an unreadable champion must not block a new model
             champion_metrics = {"error": str(exc)[:200]}  # type: ignore[dict-item]
     clock.lap("champion comparison")
-    window = _load(ws, as_of, horizon, evaluate=False)
+    window = ev.final or _load(ws, as_of, horizon, evaluate=False)  # prepared once with the gate backtest
     clock.lap("person-periods")
     model, info = _fit(ws, window, horizon, as_of)
     clock.lap("fit")
@@ -808,26 +851,28 @@ def score(ws: Workspace, as_of: date | None = None) -> ScoreResult:
     horizon = model.horizon
     frame, fc = forecast_tracks(ws, model, as_of)
     n = len(frame)
-    week_starts = np.array([as_of + timedelta(weeks=k) for k in range(horizon)], dtype="datetime64[D]")
-    scores = pd.DataFrame({
-        "as_of": np.full(n * horizon, np.datetime64(as_of, "D")),
-        "person_id": np.repeat(frame["person_id"].to_numpy(), horizon),
-        "category": np.repeat(frame["category"].astype(str).to_numpy(), horizon),
-        "week": np.tile(np.arange(1, horizon + 1, dtype=np.int32), n),
-        "week_start": np.tile(week_starts, n),
-        "p_week": fc.p_week.ravel(),
-        "p_cumulative": fc.p_cumulative.ravel(),
-        "expected_week": np.repeat(fc.expected_week, horizon),
-        "model_version": version,
-    })
+    category = frame["category"].astype(str).to_numpy()
+    # one row per track with its H weekly values as columns; DuckDB unnests the weeks (no repeated strings)
+    tracks = pd.DataFrame({"person_id": frame["person_id"].to_numpy(), "category": category,
+                           "expected_week": fc.expected_week,
+                           **{f"p{k}": fc.p_week[:, k - 1] for k in range(1, horizon + 1)},
+                           **{f"c{k}": fc.p_cumulative[:, k - 1] for k in range(1, horizon + 1)}})
+    p_week = ", ".join(f"p{k}" for k in range(1, horizon + 1))
+    p_cumulative = ", ".join(f"c{k}" for k in range(1, horizon + 1))
     with ws.connect() as con:
         con.execute(SCORES_DDL)
-        con.register("rp_scores", scores)
+        con.register("rp_scores", tracks)
         con.execute("begin transaction")
         con.execute("delete from repurchase_scores where as_of = ?", [as_of])
-        con.execute("insert into repurchase_scores select as_of::date, person_id, category, week, week_start::date, "
-                    "p_week, p_cumulative, expected_week, model_version from rp_scores")
+        con.execute(f"""
+            insert into repurchase_scores
+            select ?::date, person_id, category, week::integer, ?::date + (7 * (week - 1))::integer, p_week,
+                   p_cumulative, expected_week, ?
+            from (select person_id, category, expected_week, unnest(range(1, {horizon + 1})) as week,
+                         unnest([{p_week}]) as p_week, unnest([{p_cumulative}]) as p_cumulative
+                  from rp_scores)""", [as_of, as_of, version])
         con.execute("commit")
         con.unregister("rp_scores")
-    expected = scores.groupby(["category", "week"], as_index=False)["p_week"].sum().rename(columns={"p_week": "expected"})
-    return ScoreResult(as_of, version, n, int(frame["person_id"].nunique()), len(scores), expected)
+    weekly = pd.DataFrame(fc.p_week, columns=range(1, horizon + 1)).groupby(category).sum()
+    expected = weekly.rename_axis(index="category", columns="week").stack().rename("expected").reset_index()
+    return ScoreResult(as_of, version, n, int(frame["person_id"].nunique()), n * horizon, expected)
