@@ -7,6 +7,12 @@
 The second form copies an existing workspace's warehouse (e.g. the 1M-person demo after ingest and
 identity) and its ``cdp_ml.yaml`` instead of generating data, so the timing covers real sessionisation.
 
+    .venv/bin/python bench/bench_conversion.py --score-in /tmp/convscore-1m --as-of 2026-11-23 [--check-full]
+
+The third form times ``conversion.score`` in place on a workspace with a champion (use a copy you own: it
+writes ``conversion_scores``); ``--check-full`` then also builds every session's points as before scoring
+was restricted to the audience and compares the audience rows and the champion's probabilities.
+
 Generates staging ``events`` and ``orders`` in DuckDB SQL (a browsing funnel whose purchase probability
 rises with product views and cart adds; ~4 events per session; no real data), then times
 ``conversion.train`` (gate backtest + final fit + registration; ``--with-backtest`` also times a separate
@@ -97,6 +103,50 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def score_in_place(ws: Workspace, as_of: date | None, check_full: bool) -> None:
+    """Time the audience-only scoring; optionally compare it with the audience of a full feature build."""
+    import numpy as np
+
+    from cdp_ml import tracking
+    from cdp_ml.features import conversion as feats
+    from cdp_ml.privacy.profiling import profiling_excluded_sql
+
+    as_of = as_of or conversion.default_as_of(ws)
+    t0 = time.perf_counter()
+    result = conversion.score(ws, as_of)
+    print(result, flush=True)
+    print("BENCH " + json.dumps({"step": "score (audience build + fetch + predict + write)",
+                                 "seconds": round(time.perf_counter() - t0, 1), "rows": result.visitors,
+                                 "peak_mb": round(peak_mb())}), flush=True)
+    if not check_full:
+        return
+    s = ws.config.conversion
+    until = conversion._midnight(as_of)
+    with ws.connect() as con:
+        scored = con.execute("select person_id, anonymous_id, probability from conversion_scores where as_of = ?",
+                             [as_of]).df()
+    t0 = time.perf_counter()
+    with ws.connect() as con, engine.bounded_memory(con):  # the build `score` ran before this change
+        spec = feats.build_points(con, s, ws.config.features, until)
+        full = feats.fetch_audience(con, spec, until, s.active_days, keep=profiling_excluded_sql(con, as_of))
+    print("BENCH " + json.dumps({"step": "full build + fetch (the previous scoring path)",
+                                 "seconds": round(time.perf_counter() - t0, 1), "rows": len(full),
+                                 "peak_mb": round(peak_mb())}), flush=True)
+    model = conversion._load(tracking.champion_version(ws, conversion.MODEL_NAME))
+    model.threads = max(s.threads, 1)
+    full["probability"] = model.predict(full)
+    keys = ["person_id", "anonymous_id"]  # one row per visitor in both, ordered alike
+    ours = scored.sort_values(keys, na_position="last", kind="stable").reset_index(drop=True)
+    theirs = full[keys + ["probability"]].sort_values(keys, na_position="last", kind="stable").reset_index(drop=True)
+    same_rows = len(ours) == len(theirs) and all(ours[k].equals(theirs[k]) for k in keys)
+    diff = (ours["probability"] - theirs["probability"]).abs() if same_rows else None
+    print(f"audience: {len(ours):,} scored, {len(theirs):,} from the full build, same visitors: {same_rows}"
+          + (f"; probabilities equal: {int((diff == 0).sum()):,}, max |difference| {diff.max():.3g}" if same_rows else ""),
+          flush=True)
+    assert same_rows, "the audiences differ"
+    assert np.allclose(ours["probability"], theirs["probability"], rtol=1e-12, atol=0), "probabilities differ"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--persons", type=int, default=100_000)
@@ -109,7 +159,18 @@ def main() -> None:
                     help="time one `backtest` (features + fit + baselines + evaluation) instead of `train`")
     ap.add_argument("--save-frames", help="--backtest-only: also pickle the training and evaluation frames here, "
                                           "so model settings can be compared offline without rebuilding features")
+    ap.add_argument("--score-in", help="time `conversion.score` in place on this workspace (one with a champion)")
+    ap.add_argument("--as-of", help="--score-in: the as-of date (default: the Monday after the latest event)")
+    ap.add_argument("--check-full", action="store_true",
+                    help="--score-in: also build the full points and compare the audience rows and probabilities")
     args = ap.parse_args()
+    if args.score_in:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+        for name in ("cdp_ml.features.conversion", "cdp_ml.models.conversion"):
+            logging.getLogger(name).setLevel(logging.INFO)
+        score_in_place(Workspace.open(args.score_in), date.fromisoformat(args.as_of) if args.as_of else None,
+                       args.check_full)
+        return
     # the stages log each phase's seconds (sessions, histories, fetch, fit, scoring, baseline)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in ("cdp_ml.features.conversion", "cdp_ml.models.conversion"):
