@@ -1,7 +1,9 @@
-"""Over-merging guards of the identity clustering (weak name-only pairs, conflicts, learned name aliases)
-and blocking at scale."""
+"""Over-merging guards of the identity clustering (weak name-only pairs, conflicts, learned name aliases),
+blocking at scale, and the connected components themselves."""
 
 from __future__ import annotations
+
+import random
 
 import duckdb
 import pytest
@@ -10,10 +12,36 @@ from test_identity import _customer, _febrl_like, _map, _workspace, _write_csv
 
 from cdp_ml import Workspace
 from cdp_ml.identity import evaluate, matching, resolve
-from cdp_ml.identity.clustering import merge_weak_edges
+from cdp_ml.identity.clustering import connected_components, merge_weak_edges
 from cdp_ml.sources import ingest
 
 MIN_WEIGHT, FLOOR_WEIGHT = 1.2, -1.2  # log2 odds of p = 0.7 and p = 0.3
+
+
+def test_connected_components_equal_union_find_on_random_graphs():
+    """Leaves (hubs of one record), chains, pairs, loops, isolated nodes: always the smallest node of each part."""
+    for trial in range(150):
+        rng = random.Random(trial)
+        n = rng.randint(1, 40)
+        edges = [(rng.randint(1, n), rng.randint(1, n)) for _ in range(rng.randint(0, 45))]
+        parent = list(range(n + 1))  # union-find whose root is the smallest node of its set
+        for a, b in edges:
+            ra, rb = _root(parent, a), _root(parent, b)
+            parent[max(ra, rb)] = min(ra, rb)
+        con = duckdb.connect()
+        con.execute("create table nodes as select range + 1 as node from range(?)", [n])
+        con.execute("create table edges(a bigint, b bigint)")
+        if edges:
+            con.executemany("insert into edges values (?, ?)", edges)
+        connected_components(con, "nodes", "edges", "comp")
+        assert dict(con.execute("select node, component from comp").fetchall()) == \
+            {v: _root(parent, v) for v in range(1, n + 1)}, edges
+
+
+def _root(parent: list[int], x: int) -> int:
+    while parent[x] != x:
+        x = parent[x]
+    return x
 
 
 def _merge(records: list[tuple], comp: dict[int, int], weak: list[tuple[int, int]],

@@ -27,12 +27,22 @@ AMBIGUITY_BITS = 2.0  # a runner-up within this match weight (x4 odds) of the be
 
 
 def connected_components(con: duckdb.DuckDBPyConnection, nodes: str, edges: str, out: str) -> int:
-    """Write ``out(node, component)`` (component = smallest node in it); returns the number of passes."""
+    """Write ``out(node, component)`` (component = smallest node in it); returns the number of passes.
+
+    Leaves (a node with one neighbour: most hubs hold one record's e-mail, most references name one record)
+    connect nothing, so labels propagate over the other nodes only - about a third of the graph - and the
+    leaves join their neighbour's component afterwards, which still takes the smallest node of all.
+    """
     con.execute(f"""create or replace temp table _cc_edges as
         select a, b from {edges} where a <> b union select b, a from {edges} where a <> b""")
-    con.execute(f"""create or replace temp table _cc_label as
-        select n.node, least(n.node, coalesce(min(e.b), n.node)) as label
-        from {nodes} n left join _cc_edges e on e.a = n.node group by n.node""")
+    con.execute("""create or replace temp table _cc_leaf as  -- leaf -> its only neighbour
+        select a as node, min(b) as nb from _cc_edges group by a having count(*) = 1""")
+    con.execute("""create or replace temp table _cc_core_edges as
+        select e.a, e.b from _cc_edges e anti join _cc_leaf l on l.node = e.a anti join _cc_leaf r on r.node = e.b""")
+    con.execute("""create or replace temp table _cc_label as  -- every other node, also one holding leaves only
+        select n.a as node, least(n.a, coalesce(min(e.b), n.a)) as label
+        from (select distinct a from _cc_edges anti join _cc_leaf l on l.node = a) n
+        left join _cc_core_edges e on e.a = n.a group by n.a""")
     passes = 1
     while passes < MAX_PASSES:
         passes += 1
@@ -40,7 +50,7 @@ def connected_components(con: duckdb.DuckDBPyConnection, nodes: str, edges: str,
         con.execute("""create or replace temp table _cc_next as
             with pulled as (
               select l.node, least(l.label, coalesce(min(nl.label), l.label)) as label
-              from _cc_label l left join _cc_edges e on e.a = l.node left join _cc_label nl on nl.node = e.b
+              from _cc_label l left join _cc_core_edges e on e.a = l.node left join _cc_label nl on nl.node = e.b
               group by l.node, l.label),
             jumped as (
               select p.node, least(p.label, coalesce(q.label, p.label)) as label
@@ -52,9 +62,19 @@ def connected_components(con: duckdb.DuckDBPyConnection, nodes: str, edges: str,
         con.execute("alter table _cc_next rename to _cc_label")
         if changed == 0:
             break
-    con.execute(f"create or replace temp table {out} as select node, label as component from _cc_label")
-    con.execute("drop table _cc_label")
-    con.execute("drop table _cc_edges")
+    # a leaf on a core node takes its component (whose smallest node may be a leaf); two leaves on each other
+    # are a component of two
+    con.execute("""create or replace temp table _cc_leaf_label as
+        select f.node, coalesce(c.label, least(f.node, f.nb)) as label
+        from _cc_leaf f left join _cc_label c on c.node = f.nb""")
+    con.execute("""create or replace temp table _cc_smallest as
+        select label, least(label, min(node)) as component from _cc_leaf_label group by label""")
+    con.execute(f"""create or replace temp table {out} as
+        with labelled as (select node, label from _cc_label union all select node, label from _cc_leaf_label)
+        select n.node, coalesce(s.component, l.label, n.node) as component
+        from {nodes} n left join labelled l on l.node = n.node left join _cc_smallest s on s.label = l.label""")
+    for t in ("_cc_label", "_cc_edges", "_cc_leaf", "_cc_core_edges", "_cc_leaf_label", "_cc_smallest"):
+        con.execute(f"drop table {t}")
     return passes
 
 
