@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, timedelta
 
 import numpy as np
@@ -149,7 +150,7 @@ def test_train_window_comes_from_the_gate_backtests_preparation(ws):
         assert same is not None
         shared = repurchase._read_window(ws, con, same, CUTOFF, 8, evaluate=False)
     fresh = repurchase._load(ws, CUTOFF, 8, evaluate=False)
-    assert same == fresh.inputs and shared.sample == fresh.sample
+    assert same == replace(fresh.inputs, tracks=None) and shared.sample == fresh.sample  # a fit counts its tracks
     for a, b in ((shared.train, fresh.train), (shared.calibration, fresh.calibration)):
         pd.testing.assert_frame_equal(a, b)
     by = ["category", "week"]  # the season table's row order is the group-by's
@@ -165,6 +166,26 @@ def test_train_window_comes_from_the_gate_backtests_preparation(ws):
             assert fr.prepared_for(con, fr.prepare(con, CUTOFF, cutoff), CUTOFF) is None
         finally:
             con.execute("drop table person_consents")
+
+
+def test_a_fit_prepares_only_its_sample_of_persons(tmp_path, orders):
+    """Beyond max_training_rows a fit aggregates only the persons it samples: the same training window."""
+    ws = _workspace(tmp_path, orders, SMALL + "  max_training_rows: 20000\n")
+    with ws.connect() as con:
+        inputs = fr.prepare(con, CUTOFF, CUTOFF)
+        full = repurchase._read_window(ws, con, inputs, CUTOFF, 8, evaluate=False)
+        everybody = con.execute("select count(distinct person_id) from rp_pw").fetchall()[0][0]
+    sampled = repurchase._load(ws, CUTOFF, 8, evaluate=False)
+    assert 0.05 < sampled.inputs.persons == full.sample < 0.9
+    with ws.connect() as con:
+        fr.prepare(con, CUTOFF, CUTOFF, sample=lambda tracks: sampled.inputs.persons)
+        assert con.execute("select count(distinct person_id) from rp_pw").fetchall()[0][0] < 0.9 * everybody
+    for a, b in ((full.train, sampled.train), (full.calibration, sampled.calibration)):
+        assert len(a) > 100
+        pd.testing.assert_frame_equal(a, b)
+    by = ["category", "week"]
+    pd.testing.assert_frame_equal(full.season.sort_values(by, ignore_index=True),
+                                  sampled.season.sort_values(by, ignore_index=True))
 
 
 def test_missing_identity_is_a_clear_error(tmp_path):

@@ -12,7 +12,7 @@ only receives one row per (origin, track) and expands the H weekly steps with nu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -55,6 +55,8 @@ class Inputs:
     first_order: date
     last_order: date
     decided_before: date  # categories and profiling objections as of this date (the prediction origin)
+    persons: float = 1.0  # share of persons in the aggregates: a hash sample when only a fit reads them
+    tracks: int | None = None  # tracks with a purchase before decided_before, counted before any sample
 
 
 def _has_rows(con: duckdb.DuckDBPyConnection, view: str) -> bool:
@@ -68,11 +70,15 @@ def _col(cols: list[str], name: str, default: str) -> str:
 
 
 def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: date,
-            allowed: Sequence[str] = ()) -> Inputs:
+            allowed: Sequence[str] = (), sample: Callable[[int], float] | None = None) -> Inputs:
     """Load weekly purchase, browsing and contact aggregates of every track into temp tables.
 
     ``data_end`` bounds everything read (exclusive); the category list is decided on data before
     ``categories_before`` only (the prediction origin), so truncating the data there changes nothing.
+    ``sample`` (a fit that reads only the hash sample of persons :func:`track_frame` keeps): the share of
+    persons given the number of tracks before ``categories_before``; below 1 the aggregates hold only those
+    persons, and the track count and the season table are counted on everybody first. At a million
+    persons a fit reads well under 1 % of them, and aggregating the rest was most of its preparation.
     """
     if not table_exists(con, "person_orders"):
         if table_exists(con, "orders"):
@@ -106,14 +112,32 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
     con.execute("create or replace temp table rp_categories (category varchar)")
     if cats:
         con.executemany("insert into rp_categories values (?)", [[c] for c in cats])
+    persons, tracks, orders, sampled = 1.0, None, "rp_orders", ""
+    if sample is not None:
+        tracks = con.execute("""
+            select count(distinct person_id)
+                   + count(distinct (person_id, category)) filter (where category in (select category from rp_categories))
+            from rp_orders where day < ?""", [categories_before]).fetchall()[0][0]
+        persons = min(1.0, sample(tracks))
+    if persons < 1.0:
+        # buyers per track and week of everybody (what rp_pw's rows per week count), then only the sample
+        con.execute(f"""
+            create or replace temp table rp_season as
+            select '{ANY}' as category, week, count(distinct person_id) as buyers from rp_orders group by all
+            union all
+            select category, week, count(distinct person_id) from rp_orders
+            where category in (select category from rp_categories) group by all
+        """)
+        sampled = f" and hash(person_id::varchar) % 1000000 < {int(persons * 1_000_000)}"
+        orders = f"(select * from rp_orders where true{sampled})"
     # weekly aggregates per track in three plain group-bys (order-day, day, week) instead of distinct
     # counts over every line twice over: an order is counted once per day it has lines on
     con.execute(f"""
         create or replace temp table rp_pw as
         with lines as (
-            select person_id, '{ANY}' as track, day, week, order_id, qty, amount, status from rp_orders
+            select person_id, '{ANY}' as track, day, week, order_id, qty, amount, status from {orders}
             union all
-            select person_id, category, day, week, order_id, qty, amount, status from rp_orders
+            select person_id, category, day, week, order_id, qty, amount, status from {orders}
             where category in (select category from rp_categories)
         ), order_days as (
             select person_id, track, week, day, order_id, sum(qty) as qty, sum(amount) as amount,
@@ -131,6 +155,9 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
         select *, (week - lag(week) over (partition by person_id, track order by week)) // 7 as gap
         from w
     """)
+    if persons == 1.0:
+        con.execute("create or replace temp table rp_season as "
+                    "select track as category, week, count(*) as buyers from rp_pw group by all")
     has_events = _has_rows(con, "person_events")
     if has_events:
         ecols = columns(con, "person_events")
@@ -143,7 +170,7 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
                        lower(event_type::varchar) as event_type, nullif(trim({ecat}::varchar), '') as category,
                        {channel}::varchar as channel
                 from person_events
-                where person_id is not null and "timestamp" < ?
+                where person_id is not null and "timestamp" < ?{sampled}
             ), tracked as (
                 select person_id, '{ANY}' as track, week, event_type, channel from e
                 union all
@@ -167,7 +194,7 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
                 select person_id::varchar as person_id, date_trunc('week', "timestamp")::date as week,
                        coalesce(lower({itype}::varchar), '') as type, nullif(trim({icat}::varchar), '') as category
                 from person_interactions
-                where person_id is not null and "timestamp" < ?
+                where person_id is not null and "timestamp" < ?{sampled}
             ), tracked as (
                 select person_id, '{ANY}' as track, week, type from i
                 union all
@@ -177,7 +204,7 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
                    count(*) filter (where type like '%complaint%' and type not like '%resolved%') as complaints
             from tracked group by all
         """, [data_end])
-    return Inputs(cats, has_events, has_interactions, span[0], span[1], categories_before)
+    return Inputs(cats, has_events, has_interactions, span[0], span[1], categories_before, persons, tracks)
 
 
 def _categories(con: duckdb.DuckDBPyConnection, before: date, allowed: Sequence[str]) -> tuple[str, ...]:
@@ -198,7 +225,7 @@ def prepared_for(con: duckdb.DuckDBPyConnection, inputs: Inputs, categories_befo
     A training run backtests at C and then fits at C + H on the same data: its second preparation is
     usually identical, and at a million persons it costs minutes.
     """
-    if _categories(con, categories_before, allowed) != inputs.categories:
+    if inputs.persons < 1.0 or _categories(con, categories_before, allowed) != inputs.categories:
         return None
     con.execute(f"create or replace temp table rp_objections as select person_id from "
                 f"{profiling_objections(con, inputs.decided_before)}")
@@ -233,8 +260,12 @@ def fingerprint(con: duckdb.DuckDBPyConnection, data_end: date, categories_befor
     return repr(parts)
 
 
-def tracks_before(con: duckdb.DuckDBPyConnection, end: date) -> int:
+def tracks_before(con: duckdb.DuckDBPyConnection, inputs: Inputs, end: date) -> int:
     """Number of tracks with a purchase before ``end`` (sizes the training sample)."""
+    if inputs.tracks is not None and end == inputs.decided_before:
+        return inputs.tracks  # counted by prepare before it sampled persons
+    if inputs.persons < 1.0:
+        raise ValueError("repurchase: the tracks of a sampled preparation are counted at its own date only")
     return con.execute("select count(*) from (select distinct person_id, track from rp_pw where week < ?)",
                        [end]).fetchall()[0][0]
 
@@ -377,8 +408,7 @@ def _weeks_to_peak(week_start: np.ndarray, peaks: Sequence[str]) -> np.ndarray:
 
 def season_table(con: duckdb.DuckDBPyConnection, before: date) -> pd.DataFrame:
     """Buyers per category track and week before ``before``: last year's seasonal pattern per category."""
-    return con.execute("select track as category, week, count(*) as buyers from rp_pw where week < ? group by all",
-                       [before]).df()
+    return con.execute("select category, week, buyers from rp_season where week < ?", [before]).df()
 
 
 def _season_index(season: pd.DataFrame, category: np.ndarray, week_start: pd.Series) -> np.ndarray:

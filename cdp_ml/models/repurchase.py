@@ -258,9 +258,18 @@ def _origins(end: date, horizon: int, n: int, spacing: int) -> tuple[date, list[
 def _load(ws: Workspace, end: date, horizon: int, evaluate: bool) -> _Window:
     """Read training (and test) person-periods; the connection is closed before any model is fitted."""
     data_end = end + timedelta(weeks=horizon) if evaluate else end
+    s = ws.config.repurchase
     with ws.connect() as con, bounded_memory(con):
-        inputs = fr.prepare(con, data_end, end, ws.config.repurchase.categories)
+        # a fit alone reads only its sample of persons: the preparation aggregates no one else
+        inputs = fr.prepare(con, data_end, end, s.categories,
+                            sample=None if evaluate else lambda tracks: _training_sample(s, horizon, tracks))
         return _read_window(ws, con, inputs, end, horizon, evaluate)
+
+
+def _training_sample(s: Any, horizon: int, tracks: int) -> float:
+    """Share of persons whose person-weeks are fitted: about ``max_training_rows`` of them."""
+    expected_rows = tracks * s.training_cutoffs * horizon * 0.5  # about half the window at risk on average
+    return min(1.0, s.max_training_rows / max(expected_rows, 1.0))
 
 
 def _read_window(ws: Workspace, con: Any, inputs: fr.Inputs, end: date, horizon: int, evaluate: bool) -> _Window:
@@ -271,9 +280,7 @@ def _read_window(ws: Workspace, con: Any, inputs: fr.Inputs, end: date, horizon:
         raise CdpError(f"repurchase backtest: the data ends {_last_day(con)}, before the last of the {horizon} "
                        f"weeks after cutoff {end}; choose an earlier --cutoff or a smaller --horizon-weeks")
     season = fr.season_table(con, end)
-    tracks = fr.tracks_before(con, end)
-    expected_rows = tracks * s.training_cutoffs * horizon * 0.5  # about half the window at risk on average
-    sample = min(1.0, s.max_training_rows / max(expected_rows, 1.0))
+    sample = _training_sample(s, horizon, fr.tracks_before(con, inputs, end))
     train = fr.track_frame(con, inputs, train_origins, horizon, s.max_weeks_at_risk, sample)
     calib = fr.track_frame(con, inputs, [calibration], horizon, s.max_weeks_at_risk, sample)
     test = bg = naive = None
