@@ -23,9 +23,10 @@ from cdp_ml.segments.settings import SegmentSettings
 from cdp_ml.sources.kinds import KINDS, REFERENCING_KINDS, constant_column
 
 WORKSPACE_FILE = "cdp_ml.yaml"
-FORMATS = ("csv", "parquet", "jsonl")
+FORMATS = ("csv", "parquet", "jsonl", "excel")
 _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
-               ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+               ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".xlsx": "excel", ".xlsm": "excel",
+               ".xls": "excel", ".xlsb": "excel", ".ods": "excel"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class LookupConfig:
 
     path: str
     key: str | dict[str, str]  # a column of both files, or {source column: lookup column}
-    format: Literal["csv", "parquet", "jsonl"] | None = None
+    format: Literal["csv", "parquet", "jsonl", "excel"] | None = None
     options: dict[str, Any] = field(default_factory=dict)  # reader options, as for a source
 
     def keys(self) -> tuple[str, str]:
@@ -58,7 +59,7 @@ class SourceConfig:
     kind: Literal["customers", "events", "orders", "sessions", "interactions", "consents"]
     path: str
     columns: dict[str, str] = field(default_factory=dict)  # canonical field -> source column
-    format: Literal["csv", "parquet", "jsonl"] | None = None
+    format: Literal["csv", "parquet", "jsonl", "excel"] | None = None
     options: dict[str, Any] = field(default_factory=dict)  # DuckDB read_csv options
     customer_source: str | None = None  # customers source that customer_ref points at
     customer_key: Literal["record_id", "customer_id"] = "record_id"
@@ -74,7 +75,7 @@ class SourceConfig:
         if suffix == ".gz":
             suffix = Path(Path(self.path).stem).suffix.lower()
         if suffix not in _EXTENSIONS:
-            raise CdpError(f"source '{self.name}': cannot infer the format of {self.path!r}; set format: csv|parquet|jsonl")
+            raise CdpError(f"source '{self.name}': cannot infer the format of {self.path!r}; set format: csv|parquet|jsonl|excel")
         return _EXTENSIONS[suffix]
 
 

@@ -481,3 +481,39 @@ def test_unit_price_gives_the_line_total(tmp_path):
     assert _rows(ws, "select order_id, quantity, unit_price, amount, status from orders order by order_id") == [
         ("489434", 12.0, 6.95, 12 * 6.95, "completed"), ("C489449", 3.0, 6.95, 3 * 6.95, "returned")]
     assert _rows(ws, "select reason from quarantine") == [("not a number in column Price",)]
+
+
+def test_excel_workbooks_read_one_or_all_sheets(tmp_path):
+    """Online Retail II is published as one .xlsx with a sheet per year."""
+    from datetime import datetime as dt
+
+    years = {"Year 2009-2010": [("489434", "85048", 12, dt(2009, 12, 1, 7, 45), 6.95, 13085.0)],
+             "Year 2010-2011": [("536365", "85123A", 6, dt(2010, 12, 1, 8, 26), 2.55, 17850.0),
+                                ("C536379", "D", -1, dt(2010, 12, 1, 9, 41), 27.5, 14527.0),
+                                (None, None, None, None, None, None)]}  # a trailing blank row
+    header = ["Invoice", "StockCode", "Quantity", "InvoiceDate", "Price", "Customer ID"]
+    with pd.ExcelWriter(tmp_path / "online_retail_II.xlsx") as book:
+        for sheet, rows in years.items():
+            pd.DataFrame(rows, columns=header).to_excel(book, sheet_name=sheet, index=False)
+    src = {"name": "retail", "kind": "orders", "path": "online_retail_II.xlsx", "options": {"sheet": "all"},
+           "columns": {"order_id": "Invoice", "customer_ref": "Customer ID", "ordered_at": "InvoiceDate",
+                       "product_id": "StockCode", "quantity": "Quantity", "unit_price": "Price"}}
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"timezone": "UTC", "sources": [src]}))
+    ws = Workspace.open(tmp_path)
+    res = ingest(ws)
+    assert (res.rows_read, res.rows_loaded) == (3, 3)
+    assert _rows(ws, "select order_id, customer_ref, ordered_at::varchar, quantity, amount, status from orders "
+                     "order by ordered_at") == [
+        ("489434", "13085", "2009-12-01 07:45:00", 12.0, 12 * 6.95, "completed"),
+        ("536365", "17850", "2010-12-01 08:26:00", 6.0, 6 * 2.55, "completed"),
+        ("C536379", "14527", "2010-12-01 09:41:00", 1.0, 27.5, "returned")]
+    for sheet, loaded in ((1, 2), ("Year 2009-2010", 1)):
+        (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [{**src, "options": {"sheet": sheet}}]}))
+        assert ingest(Workspace.open(tmp_path)).rows_loaded == loaded
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [{**src, "options": {"sheet": "2011"}}]}))
+    with pytest.raises(CdpError, match=r"has no sheet '2011' \(sheets: Year 2009-2010, Year 2010-2011; or sheet: all\)"):
+        ingest(Workspace.open(tmp_path))
+    (tmp_path / "broken.xlsx").write_text("not a workbook")
+    (tmp_path / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": [{**src, "path": "broken.xlsx"}]}))
+    with pytest.raises(CdpError, match="cannot read broken.xlsx as an Excel/ODS workbook"):
+        ingest(Workspace.open(tmp_path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,8 @@ RAW = "_raw_in"
 CSV_OPTIONS = {"delim", "sep", "header", "quote", "escape", "encoding", "skip", "comment", "new_line",
                "null_padding", "strict_mode", "max_line_size", "nullstr", "auto_detect", "compression",
                "allow_quoted_nulls", "ignore_errors"}
-FORMAT_OPTIONS = {"dateformat", "timestampformat", "timestamp_origin", "timestamp_unit", "event_types"}  # applied by the normaliser (load.py)
+FORMAT_OPTIONS = {"dateformat", "timestampformat", "timestamp_origin", "timestamp_unit", "event_types",
+                  "sheet"}  # sheet: Excel only  # applied by the normaliser (load.py)
 REJECTS = "store_rejects=true, rejects_table='_rejects', rejects_scan='_reject_scans'"
 
 
@@ -66,6 +68,8 @@ def read_raw(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path,
         raw = _read_csv(con, src, path)
     elif fmt == "jsonl":
         raw = _read_jsonl(con, src, path)
+    elif fmt == "excel":
+        raw = _read_excel(con, src, path)
     else:
         raw = _read_parquet(con, src, path)
     for i, file in enumerate(lookup_files):
@@ -199,6 +203,84 @@ def _read_jsonl(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -
     con.execute("drop table _lines")
     rows = con.execute(f"select count(*) from {RAW}").fetchall()[0][0]
     return RawRead(keys, rows, rejects)
+
+
+def _read_excel(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> RawRead:
+    """A workbook's sheet (option ``sheet``: name, 0-based index, or ``all`` for same-headed sheets stacked,
+    as Online Retail II's two years) as text: whole numbers without '.0', dates in ISO."""
+    import pyarrow as pa
+    from python_calamine import CalamineWorkbook
+
+    _check_options(src)
+    try:
+        book = CalamineWorkbook.from_path(str(path))
+    except Exception as exc:  # the library raises its own error types per format
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CdpError(f"source '{src.name}': cannot read {path.name} as an Excel/ODS workbook: {first}") from None
+    names = list(book.sheet_names)
+    wanted = src.options.get("sheet", 0)
+    if wanted == "all":
+        chosen = names
+    elif isinstance(wanted, int) and not isinstance(wanted, bool) and 0 <= wanted < len(names):
+        chosen = [names[wanted]]
+    elif str(wanted) in names:
+        chosen = [str(wanted)]
+    else:
+        raise CdpError(f"source '{src.name}': {path.name} has no sheet {wanted!r} (sheets: {', '.join(names)}; "
+                       f"or sheet: all)")
+    header: list[str] | None = None
+    rows: list[list] = []
+    for name in chosen:
+        data = book.get_sheet_by_name(name).to_python(skip_empty_area=False)
+        if not data:
+            continue
+        head = _header([_cell_text(c) for c in data[0]])
+        if header is None:
+            header = head
+        elif head != header:
+            raise CdpError(f"source '{src.name}': sheet {name!r} of {path.name} has other columns than "
+                           f"{chosen[0]!r} (sheet: all stacks sheets with one header)")
+        rows.extend(data[1:])
+    if header is None:
+        raise CdpError(f"source '{src.name}': file {path.name} has no rows in sheet(s) {', '.join(chosen)}")
+    rows = [r for r in rows if any(c not in (None, "") for c in r)]  # trailing blank rows of a sheet
+    columns = {col: pa.array([_cell_text(r[i]) if i < len(r) else None for r in rows], pa.string())
+               for i, col in enumerate(header)}
+    columns["_row"] = pa.array(range(1, len(rows) + 1), pa.int64())
+    con.register("_excel_in", pa.table(columns))
+    try:
+        con.execute(f"create or replace temp table {RAW} as select * from _excel_in")
+    finally:
+        con.unregister("_excel_in")
+    return RawRead(header, len(rows), [])
+
+
+def _cell_text(value: object) -> str | None:
+    """A cell as the text a person sees in the sheet (Excel keeps every number as a float)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, (date, time)):
+        return value.isoformat()
+    return str(value).strip() or None
+
+
+def _header(cells: list[str | None]) -> list[str]:
+    """Blank header cells named column<i>, repeated names suffixed _1, _2 (as DuckDB's CSV reader does)."""
+    out: list[str] = []
+    for i, cell in enumerate(cells):
+        name = cell or f"column{i}"
+        base, n = name, 0
+        while name in out:
+            n += 1
+            name = f"{base}_{n}"
+        out.append(name)
+    return out
 
 
 def _read_parquet(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path) -> RawRead:
