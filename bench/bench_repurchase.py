@@ -1,4 +1,4 @@
-"""Benchmark repurchase timing: backtest + train (gate backtest, final fit, MLflow registration) at scale.
+"""Benchmark repurchase timing: backtest + train (gate backtest, final fit, MLflow registration), then score.
 
 Standalone: simulates an orders-only warehouse (``cdp_ml.models.repurchase_simulation``: 104 weeks,
 known category cycles) for ``--persons`` persons in a scratch workspace, or with ``--copy-of WS`` copies
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--weeks", type=int, default=104)
     parser.add_argument("--block", type=int, default=200_000, help="persons simulated per block")
     parser.add_argument("--dir", default=None, help="scratch workspace (default /tmp/repurchase-bench-N)")
-    parser.add_argument("--skip-train", action="store_true", help="only the backtest")
+    parser.add_argument("--skip-train", action="store_true", help="only the backtest (no train, no score)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a repurchase: setting for the simulated workspace, e.g. --set n_estimators=100")
     parser.add_argument("--copy-of", default=None,
@@ -114,6 +114,12 @@ def main() -> None:
               f"peak {peak_mb():,.0f} MB")
         print(f"           phases (wall s): {tr.phase_seconds}")
         bench_row("train (gate backtest + fit + register)", wall, tr.backtest.training_rows, cpu_seconds() - c)
+        t, c = time.perf_counter(), cpu_seconds()
+        sc = repurchase.score(ws, end - timedelta(weeks=ws.config.repurchase.horizon_weeks))
+        wall = time.perf_counter() - t
+        print(f"score      {wall:8.1f} s  {sc.rows:,} rows of {sc.tracks:,} tracks into repurchase_scores, "
+              f"{cpu_seconds() - c:.0f} CPU-s, peak {peak_mb():,.0f} MB (not in the total)")
+        bench_row("score (champion -> repurchase_scores)", wall, sc.rows, cpu_seconds() - c)
     bench_row("TOTAL backtest + train", total, lines, total_cpu)
     print(f"total      {total:8.1f} s  for {persons:,} persons with orders (target at 1M: 600 s), peak {peak_mb():,.0f} MB")
 
