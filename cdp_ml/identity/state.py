@@ -132,8 +132,11 @@ def load(con: duckdb.DuckDBPyConnection) -> Saved | None:
     rows = con.execute(f"select fingerprint, result, outcome from {STATE_TABLE}").fetchall()
     if len(rows) != 1:
         return None
-    fp, result, outcome = (json.loads(v) for v in rows[0])
-    return Saved(Fingerprint(**fp), result, outcome)
+    try:
+        fp, result, outcome = (json.loads(v) for v in rows[0])
+        return Saved(Fingerprint(**fp), result, outcome)
+    except (TypeError, ValueError):  # written by a version storing other fields: that run is no reference
+        return None
 
 
 def save(con: duckdb.DuckDBPyConnection, fp: Fingerprint, result: dict[str, object],
