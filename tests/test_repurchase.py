@@ -188,6 +188,23 @@ def test_a_fit_prepares_only_its_sample_of_persons(tmp_path, orders):
                                   sampled.season.sort_values(by, ignore_index=True))
 
 
+def test_a_prediction_aggregates_only_its_last_weeks_of_events(tmp_path, orders):
+    """Scoring at one origin reads 12 weeks of browsing: older events are not aggregated, features equal."""
+    ws = _workspace(tmp_path, orders)
+    with ws.connect() as con:
+        con.execute("""create table person_events as
+                       select person_id, ordered_at - to_days(d) as "timestamp", e as event_type, category,
+                              c as channel
+                       from person_orders, (values (2, 'product_view', 'web'), (9, 'add_to_cart', 'app'),
+                                                   (30, 'product_view', 'app')) v(d, e, c)""")
+        full = fr.track_frame(con, fr.prepare(con, CUTOFF, CUTOFF), [CUTOFF], 8, 52)
+        aggregated = con.execute("select count(*) from rp_ev").fetchall()[0][0]
+        recent = fr.track_frame(con, fr.prepare(con, CUTOFF, CUTOFF, first_origin=CUTOFF), [CUTOFF], 8, 52)
+        assert con.execute("select count(*) from rp_ev").fetchall()[0][0] < aggregated / 3
+    assert full["views_12w"].sum() > 0 and full["carts_4w"].sum() > 0 and full["channels_12w"].max() == 2
+    pd.testing.assert_frame_equal(full, recent)
+
+
 def test_missing_identity_is_a_clear_error(tmp_path):
     (tmp_path / "cdp_ml.yaml").write_text("sources: []\n")
     ws = Workspace.open(tmp_path)

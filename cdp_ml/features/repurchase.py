@@ -25,6 +25,7 @@ from cdp_ml.errors import CdpError, NotEnoughData
 from cdp_ml.privacy.profiling import profiling_excluded_sql, profiling_objections
 
 ANY = "(any)"
+EVENT_DAYS = 84  # browsing features look 12 weeks back from the origin
 
 # Features measured at the origin (one value per origin x track).
 TRACK_FEATURES = (
@@ -70,7 +71,8 @@ def _col(cols: list[str], name: str, default: str) -> str:
 
 
 def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: date,
-            allowed: Sequence[str] = (), sample: Callable[[int], float] | None = None) -> Inputs:
+            allowed: Sequence[str] = (), sample: Callable[[int], float] | None = None,
+            first_origin: date | None = None) -> Inputs:
     """Load weekly purchase, browsing and contact aggregates of every track into temp tables.
 
     ``data_end`` bounds everything read (exclusive); the category list is decided on data before
@@ -79,6 +81,8 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
     persons given the number of tracks before ``categories_before``; below 1 the aggregates hold only those
     persons, and the track count and the season table are counted on everybody first. At a million
     persons a fit reads well under 1 % of them, and aggregating the rest was most of its preparation.
+    ``first_origin``: no features will be measured before this origin, so older events are not aggregated
+    (a prediction at one origin reads only its last 12 weeks of browsing).
     """
     if not table_exists(con, "person_orders"):
         if table_exists(con, "orders"):
@@ -170,7 +174,7 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
                        lower(event_type::varchar) as event_type, nullif(trim({ecat}::varchar), '') as category,
                        {channel}::varchar as channel
                 from person_events
-                where person_id is not null and "timestamp" < ?{sampled}
+                where person_id is not null and "timestamp" < ? and "timestamp" >= ?{sampled}
             ), tracked as (
                 select person_id, '{ANY}' as track, week, event_type, channel from e
                 union all
@@ -182,7 +186,7 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
                    count(*) filter (where event_type = 'add_to_cart') as carts,
                    list(distinct channel) filter (where channel is not null) as channels
             from tracked group by all
-        """, [data_end])
+        """, [data_end, first_origin - timedelta(days=EVENT_DAYS) if first_origin else date.min])
     has_interactions = _has_rows(con, "person_interactions")
     if has_interactions:
         icols = columns(con, "person_interactions")
@@ -319,7 +323,7 @@ def track_frame(con: duckdb.DuckDBPyConnection, inputs: Inputs, origins: Sequenc
                    sum(e.events) filter (where e.week >= o.origin - 28) as events_4w,
                    sum(e.events) as events_12w,
                    length(list_distinct(flatten(list(e.channels)))) as channels_12w
-            from rp_origins o join {ev} e on e.week < o.origin and e.week >= o.origin - 84
+            from rp_origins o join {ev} e on e.week < o.origin and e.week >= o.origin - {EVENT_DAYS}
             group by all
         ) ev on ev.origin = b.origin and ev.person_id = b.person_id and ev.track = b.track""" if inputs.has_events else ""
     contacts = f"""

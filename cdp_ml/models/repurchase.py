@@ -851,7 +851,7 @@ def fit(ws: Workspace, as_of: date) -> HazardModel:
 def forecast_tracks(ws: Workspace, model: HazardModel, as_of: date) -> tuple[pd.DataFrame, Forecast]:
     """Every track at risk at ``as_of`` (features from data before it) and its weekly forecast."""
     with ws.connect() as con, bounded_memory(con):
-        inputs = fr.prepare(con, as_of, as_of, ws.config.repurchase.categories)
+        inputs = fr.prepare(con, as_of, as_of, ws.config.repurchase.categories, first_origin=as_of)
         frame = fr.track_frame(con, inputs, [as_of], model.horizon, model.max_weeks_at_risk)
         season = fr.season_table(con, as_of)
     fc = predict(model, frame, tuple(ws.config.features.holiday_peaks), season)
