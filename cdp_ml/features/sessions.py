@@ -103,6 +103,16 @@ SESSION_ID = "md5(device_id || '|' || strftime(started_at, '%Y-%m-%dT%H:%M:%S.%f
 TIEBREAK = "hash(event_type, product_id, url, referrer, customer_ref, person_id, category, value, channel, utm_source)"
 
 
+def _event_columns(opt: dict[str, str], utm: str) -> str:
+    """The select list of the events projection (optional columns as NULL when the source lacks them)."""
+    return (f"""\"timestamp\" as ts, lower(event_type) as event_type,
+                   {opt['anonymous_id']}::varchar as anonymous_id, {opt['customer_ref']}::varchar as customer_ref,
+                   person_id::varchar as person_id, {opt['product_id']}::varchar as product_id,
+                   {opt['category']}::varchar as category, {opt['value']}::double as value,
+                   {opt['channel']}::varchar as channel, {opt['url']}::varchar as url,
+                   {opt['referrer']}::varchar as referrer, {utm}::varchar as utm_source""")
+
+
 def _slices(con: duckdb.DuckDBPyConnection, until: datetime, since: datetime | None = None,
             events_per_slice: int = EVENTS_PER_SLICE) -> int:
     """Device-hash slices for the staging events in ``[since, until)`` (the person view has the same rows)."""
@@ -136,12 +146,7 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
     con.execute(f"""
         create or replace temp table conv_events as
         with ev as (
-            select "timestamp" as ts, lower(event_type) as event_type,
-                   {opt['anonymous_id']}::varchar as anonymous_id, {opt['customer_ref']}::varchar as customer_ref,
-                   person_id::varchar as person_id, {opt['product_id']}::varchar as product_id,
-                   {opt['category']}::varchar as category, {opt['value']}::double as value,
-                   {opt['channel']}::varchar as channel, {opt['url']}::varchar as url,
-                   {opt['referrer']}::varchar as referrer, {utm}::varchar as utm_source
+            select {_event_columns(opt, utm)}
             from {rel}
             where "timestamp" < ? and "timestamp" >= ? and "timestamp" is not null and event_type is not null
         ), keyed as (
@@ -287,12 +292,7 @@ def build_session_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_m
     con.execute(f"""
         create or replace temp table conv_history_tiebreak as
         with ev as (
-            select "timestamp" as ts, lower(event_type) as event_type,
-                   {opt['anonymous_id']}::varchar as anonymous_id, {opt['customer_ref']}::varchar as customer_ref,
-                   person_id::varchar as person_id, {opt['product_id']}::varchar as product_id,
-                   {opt['category']}::varchar as category, {opt['value']}::double as value,
-                   {opt['channel']}::varchar as channel, {opt['url']}::varchar as url,
-                   {opt['referrer']}::varchar as referrer, {utm}::varchar as utm_source
+            select {_event_columns(opt, utm)}
             from {rel}
             where "timestamp" < $until and "timestamp" is not null
               and list_contains($purchase::varchar[], lower(event_type))
