@@ -157,7 +157,8 @@ class HazardModel(_PythonModel):
         if any(f in BGNBD_FEATURES for f in self.features):
             x = pd.concat([x, _bgnbd_features(rows, self.bg_params)], axis=1)
         x = x[self.features]
-        x["category"] = pd.Categorical(rows["category"].astype(str), categories=self.categories)
+        names = rows["category"].astype(str)  # a category unseen in training is missing (pandas 4 would raise)
+        x["category"] = pd.Categorical(names.where(names.isin(self.categories)), categories=self.categories)
         return x
 
     def matrix(self, rows: pd.DataFrame | fr.TrackWeeks) -> np.ndarray:
