@@ -103,6 +103,15 @@ SESSION_ID = "md5(device_id || '|' || strftime(started_at, '%Y-%m-%dT%H:%M:%S.%f
 TIEBREAK = "hash(event_type, product_id, url, referrer, customer_ref, person_id, category, value, channel, utm_source)"
 
 
+# A session's person, known flag and time span over its events (a purchase closes a session, so only its
+# first instant counts as the purchase time); shared by the full and the history-only session builds.
+SESSION_SPAN = """max(person_id) as person_id,
+    max(known) filter (where not is_purchase)::integer as known,
+    min(ts) filter (where not is_purchase) as started_at,
+    max(ts) filter (where not is_purchase) as scored_at,
+    min(ts) filter (where is_purchase) as purchased_at"""
+
+
 def _event_columns(opt: dict[str, str], utm: str) -> str:
     """The select list of the events projection (optional columns as NULL when the source lacks them)."""
     return (f"""\"timestamp\" as ts, lower(event_type) as event_type,
@@ -197,11 +206,7 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
                 where e.slice = ?
             ), agg as (
                 select device_id, session_no,
-                       max(person_id) as person_id,
-                       max(known) filter (where not is_purchase)::integer as known,
-                       min(ts) filter (where not is_purchase) as started_at,
-                       max(ts) filter (where not is_purchase) as scored_at,
-                       min(ts) filter (where is_purchase) as purchased_at,
+                       {SESSION_SPAN},
                        count(*) filter (where not is_purchase)::integer as n_events,
                        {counts},
                        count(*) filter (where not is_purchase
@@ -342,11 +347,7 @@ def build_session_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_m
                 from marked
             )
             select device_id, session_no,
-                   max(person_id) as person_id,
-                   max(known) filter (where not is_purchase)::integer as known,
-                   min(ts) filter (where not is_purchase) as started_at,
-                   max(ts) filter (where not is_purchase) as scored_at,
-                   min(ts) filter (where is_purchase) as purchased_at,
+                   {SESSION_SPAN},
                    count(*) filter (where funnel = 1)::integer as n_product_views,
                    count(*) filter (where funnel = 2)::integer as n_cart_adds,
                    count(*) filter (where funnel = 3)::integer as n_checkout_starts,
