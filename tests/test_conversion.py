@@ -71,6 +71,11 @@ def test_backtest_on_data_truncated_at_the_cutoff_predicts_exactly_the_same(ws, 
     assert {"session_id", "person_id", "scored_at", "probability", "label"} <= set(written.columns)
     assert len(written) == full.eval_rows and written["scored_at"].min() >= pd.Timestamp(cutoff)
     assert full.metrics["lightgbm"]["roc_auc"] > 0.75
+    for baseline in ("logistic", "heuristic"):  # the paired interval of the gain brackets the point gain
+        gain = full.metrics["lightgbm"]["roc_auc"] - full.metrics[baseline]["roc_auc"]
+        assert full.metrics["lightgbm"][f"roc_auc_gain_{baseline}_low"] <= gain + 1e-12
+        assert gain - 1e-12 <= full.metrics["lightgbm"][f"roc_auc_gain_{baseline}_high"]
+    assert "ROC-AUC gain over the baselines" in str(full)
 
     truncated_root = tmp_path / "truncated"
     shutil.copytree(ws.root, truncated_root)

@@ -53,3 +53,26 @@ def test_audience_reduction_interval_brackets_the_estimate_and_narrows_with_more
         widths.append(high - low)
     assert widths[1] < widths[0] / 2
     assert all(np.isnan(v) for v in metrics.audience_reduction_interval([0, 0], [0.1, 0.2]))
+
+
+def test_roc_auc_gain_interval_is_paired_and_agrees_with_a_visitor_bootstrap():
+    rng = np.random.default_rng(5)
+    n = 3_000
+    groups = np.arange(n) // 3  # visitors with three correlated sessions each
+    visitor = rng.normal(0, 1, n // 3)[groups]
+    y = (rng.random(n) < 1 / (1 + np.exp(2 - visitor))).astype(int)
+    signal = y * 1.0 + visitor * 0.5 + rng.normal(0, 1, n)
+    better, worse = signal + rng.normal(0, 0.3, n), np.round(signal + rng.normal(0, 1.0, n), 1)  # ties too
+    intervals = metrics.roc_auc_gain_interval(y, better, {"worse": worse, "same": better}, groups=groups)
+    gain = metrics.roc_auc(y, better) - metrics.roc_auc(y, worse)
+    low, high = intervals["worse"]
+    assert low < gain < high and low > 0
+    assert intervals["same"] == pytest.approx((0.0, 0.0), abs=1e-12)  # paired: a model against itself
+    # the analytic half-width matches a percentile bootstrap that resamples whole visitors
+    gains = []
+    for _ in range(300):
+        take = (rng.integers(0, n // 3, n // 3)[:, None] * 3 + np.arange(3)).ravel()
+        gains.append(metrics.roc_auc(y[take], better[take]) - metrics.roc_auc(y[take], worse[take]))
+    boot_low, boot_high = np.quantile(gains, [0.05, 0.95])
+    assert (high - low) == pytest.approx(boot_high - boot_low, rel=0.25)
+    assert all(np.isnan(v) for v in metrics.roc_auc_gain_interval([0, 0], [0.1, 0.2], {"b": [0.2, 0.1]})["b"])
