@@ -223,5 +223,7 @@ def test_audience_build_gives_the_full_builds_rows_and_probabilities(ws, monkeyp
     # slices: the history build and the recent sessions in several device slices each
     monkeypatch.setattr(sess, "EVENTS_PER_SLICE", 3_000)
     monkeypatch.setattr(sess, "HISTORY_EVENTS_PER_SLICE", 5_000)
+    with ws.connect() as con:  # the stored history is rebuilt in slices, not reused
+        con.execute(f"drop table {sess.HISTORY_STATE}")
     _, sliced, _ = _audience_frames(ws, until, feats.build_audience_points)
     pd.testing.assert_frame_equal(full, sliced[full.columns], check_exact=False, rtol=1e-12, atol=0)

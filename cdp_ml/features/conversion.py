@@ -373,7 +373,7 @@ def build_audience_points(con: duckdb.DuckDBPyConnection, conversion: Conversion
 
     Scoring needs the features of a few recent sessions, not of the whole history: every session is still
     found (histories count sessions), but from a narrow projection of the events
-    (:func:`sessions.build_session_history`); the windows over devices and visitors run on those narrow rows
+    (:func:`sessions.session_history`: stored in the warehouse and extended each week); the windows over devices and visitors run on those narrow rows
     with the full build's expressions, and the wide session aggregates, ASOF joins and final columns are built
     only for the recent sessions — from each device's events since the start of its first recent session.
     """
@@ -387,10 +387,10 @@ def build_audience_points(con: duckdb.DuckDBPyConnection, conversion: Conversion
 def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
                            features: FeatureSettings, until: datetime, since: datetime) -> PointsSpec:
     started, cpu = time.perf_counter(), time.process_time()
-    slices = sess.build_session_history(con, until, features.session_gap_minutes, conversion.purchase_event_types,
-                                        since=since)
-    log.info("conversion audience features: session history (%d slices) in %.1fs (%.0f CPU-s)", slices,
-             time.perf_counter() - started, time.process_time() - cpu)
+    history = sess.session_history(con, until, features.session_gap_minutes, conversion.purchase_event_types, since)
+    slices = history.slices
+    log.info("conversion audience features: session history %s (%d slices) in %.1fs (%.0f CPU-s)", history.mode,
+             slices, time.perf_counter() - started, time.process_time() - cpu)
     # the recent sessions, whole: each device with one from the start of its first recent session on
     con.execute("""
         create or replace temp table conv_tails as
@@ -433,7 +433,7 @@ def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: Conversio
                scored_at >= $since as recent, (hash(history_key) % $slices)::integer as visitor_slice
         from keyed semi join recent_keys using (history_key)
     """, {"since": since, "slices": slices})
-    con.execute("drop table conv_history_sessions")
+    con.execute("drop view conv_history_sessions")
     # visitor windows over every session of the visitor, kept for the recent ones
     for part, head in sliced_build(con, "conv_recent_visitors", slices):
         con.execute(f"""

@@ -11,8 +11,12 @@ before the scoring point, so a session's features cannot change when later event
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import duckdb
 
@@ -255,26 +259,43 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
 # Narrow events are about a quarter of the wide rows' width: larger slices still sort in memory.
 HISTORY_EVENTS_PER_SLICE = 3 * EVENTS_PER_SLICE
 
+# The persisted session history (warehouse tables): every device's sessions from the events before a watermark,
+# and the fingerprint of the events it was built from. Derived data: rebuilt whenever that fingerprint changes.
+HISTORY_TABLE = "conversion_session_history"
+HISTORY_STATE = "_conversion_session_history_state"
+# what a stored history's rows mean: bump when the columns or their rules change, so an old table is rebuilt
+HISTORY_FORMAT = "1"
+_FUNNEL = {"product_view": 1, "add_to_cart": 2, "checkout_start": 3}
+log = logging.getLogger(__name__)
 
-def build_session_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes: int,
-                          purchase_types: Sequence[str], since: datetime | None = None,
-                          table: str = "conv_history_sessions") -> int:
-    """Create temp table ``table``: every session before ``until`` with only what histories need.
 
-    The same sessions as :func:`build_sessions` (same boundaries, ``session_no``, ``known``, ``person_id``,
-    funnel counts, ``purchased_at``) from a projection without URLs, products or categories: the order of
-    equal-time events only decides which of several same-time purchases closes a session (non-purchase events
-    sort before purchases at equal times and never split), so only the few purchase events carry the
-    tiebreak, computed apart. Also leaves ``conv_purchase_events``. Returns the number of device slices.
+@dataclass(frozen=True)
+class HistoryUpdate:
+    """How ``session_history`` brought the stored history to ``until``."""
 
-    ``since``: only the devices whose histories a session scored since then needs — the device itself and
-    every device of a person any of its events belongs to (a known visitor's history spans their devices) —
-    each with its whole history.
-    """
+    mode: Literal["current", "extended", "rebuilt"]
+    reason: str  # why a rebuild (or '')
+    new_events: int  # events read besides the stored history (all of them when rebuilt)
+    sessions: int  # sessions (re)written
+    slices: int
+
+
+def _history_events(con: duckdb.DuckDBPyConnection, until: datetime, purchase_types: Sequence[str], slices: int,
+                    since: datetime | None = None, reopened: str | None = None,
+                    watermark: datetime | None = None) -> None:
+    """Temp tables of the narrow events sessions are found from: ``conv_history_events`` (non-purchase events)
+    and ``conv_history_tiebreak`` (purchase events with the order of equal-time events), ``since <= ts < until``.
+
+    ``reopened`` (with ``watermark``): a temp table ``(device_id, since)``; events before the watermark are kept
+    only for its devices from their ``since`` on."""
     rel, opt, utm = _projection(con)
-    slices = _slices(con, until, events_per_slice=HISTORY_EVENTS_PER_SLICE)
-    funnel = {"product_view": 1, "add_to_cart": 2, "checkout_start": 3}
-    counted = " ".join(f"when '{t}' then {code}" for t, code in funnel.items())
+    counted = " ".join(f"when '{t}' then {code}" for t, code in _FUNNEL.items())
+    params = {"until": until, "since": since or datetime.min, "purchase": _purchase_names(con, purchase_types)}
+    reopen_join = reopen_keep = ""
+    if reopened:
+        reopen_join = f"left join {reopened} o on o.device_id = keyed.device_id"
+        reopen_keep = "and (keyed.ts >= $watermark or keyed.ts >= o.since)"
+        params["watermark"] = watermark
     con.execute(f"""
         create or replace temp table conv_history_events as
         with ev as (
@@ -282,49 +303,47 @@ def build_session_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_m
                    {opt['anonymous_id']}::varchar as anonymous_id, {opt['customer_ref']}::varchar as customer_ref,
                    person_id::varchar as person_id
             from {rel}
-            where "timestamp" < $until and "timestamp" is not null and event_type is not null
+            where "timestamp" < $until and "timestamp" >= $since and "timestamp" is not null and event_type is not null
         ), keyed as (
             select *, coalesce('a:' || anonymous_id, 'p:' || person_id, 'c:' || customer_ref) as device_id,
                    list_contains($purchase::varchar[], event_type) as is_purchase
             from ev
         )
-        select device_id, ts, person_id, customer_ref is not null as logged_in,
+        select keyed.device_id, ts, person_id, customer_ref is not null as logged_in,
                (case event_type {counted} else 0 end)::utinyint as funnel,
-               hash(device_id) as device_hash, (hash(device_id) % {slices})::integer as slice
-        from keyed where device_id is not null and not is_purchase
-    """, {"until": until, "purchase": _purchase_names(con, purchase_types)})
+               hash(keyed.device_id) as device_hash, (hash(keyed.device_id) % {slices})::integer as slice
+        from keyed {reopen_join} where keyed.device_id is not null and not is_purchase {reopen_keep}
+    """, params)
     # the tiebreak of purchase events, from the full projection's columns (a few rows: joined back by row id)
     con.execute(f"""
         create or replace temp table conv_history_tiebreak as
         with ev as (
             select {_event_columns(opt, utm)}
             from {rel}
-            where "timestamp" < $until and "timestamp" is not null
+            where "timestamp" < $until and "timestamp" >= $since and "timestamp" is not null
               and list_contains($purchase::varchar[], lower(event_type))
+        ), keyed as (
+            select *, coalesce('a:' || anonymous_id, 'p:' || person_id, 'c:' || customer_ref) as device_id from ev
         )
-        select coalesce('a:' || anonymous_id, 'p:' || person_id, 'c:' || customer_ref) as device_id, ts,
-               {TIEBREAK} as tiebreak, person_id, customer_ref is not null as logged_in,
+        select keyed.device_id, ts, {TIEBREAK} as tiebreak, person_id, customer_ref is not null as logged_in,
                (case event_type {counted} else 0 end)::utinyint as funnel
-        from ev where coalesce(anonymous_id, person_id, customer_ref) is not null
-    """, {"until": until, "purchase": _purchase_names(con, purchase_types)})
-    if since is not None:
-        # a session scored since then has a non-purchase event since then (the table holds no purchases)
-        con.execute("""
-            create or replace temp table conv_history_devices as
-            with active as (select distinct device_id from conv_history_events where ts >= $since),
-            persons as (
-                select distinct person_id from conv_history_events semi join active using (device_id)
-                where person_id is not null
-                union select distinct person_id from conv_history_tiebreak semi join active using (device_id)
-                where person_id is not null
-            )
-            select device_id from active
-            union select device_id from conv_history_events semi join persons using (person_id)
-            union select device_id from conv_history_tiebreak semi join persons using (person_id)
-        """, {"since": since})
-        for t in ("conv_history_events", "conv_history_tiebreak"):
-            con.execute(f"create or replace temp table {t} as from {t} semi join conv_history_devices using (device_id)")
-        con.execute("drop table conv_history_devices")
+        from keyed {reopen_join} where keyed.device_id is not null {reopen_keep}
+    """, params)
+
+
+def _sessionise_history(con: duckdb.DuckDBPyConnection, table: str, gap_minutes: int, slices: int,
+                        base: str | None = None) -> None:
+    """Temp table ``table``: the sessions of ``conv_history_events`` / ``conv_history_tiebreak`` with what
+    histories need, one row per session - also the purchase-only ones (no scoring point: ``started_at`` is NULL),
+    so that ``session_no`` and ``known_through`` (the device's logged-in flag after the session's last event)
+    carry the whole count.
+
+    ``base``: a temp table ``(device_id, session_base, known_base)`` for devices whose events start at one of
+    their sessions: their sessions number on from ``session_base`` and their logged-in flag starts at ``known_base``.
+    """
+    base_join = f"left join {base} b on b.device_id = k.device_id" if base else ""
+    session_base = "coalesce(b.session_base, 0)" if base else "0"
+    known_base = "coalesce(b.known_base, 0)" if base else "0"
     for part, head in sliced_build(con, table, slices):
         con.execute(f"""
             {head}
@@ -335,32 +354,190 @@ def build_session_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_m
                 union all
                 select hash(device_id), device_id, ts, true, person_id, logged_in, funnel, tiebreak
                 from conv_history_tiebreak where (hash(device_id) % {slices})::integer = $part
+            ), based as (
+                select k.*, {session_base} as session_base, {known_base} as known_base
+                from keys k {base_join}
             ), marked as (
                 select *, row_number() over w as seq,
                        case when lag(ts) over w is null or lag(is_purchase) over w
                                  or ts - lag(ts) over w > to_minutes($gap::bigint) then 1 else 0 end as new_session,
-                       max(logged_in::integer) over w as known
-                from keys window w as (partition by device_hash, device_id order by ts, is_purchase, tiebreak)
+                       greatest(known_base, max(logged_in::integer) over w) as known
+                from based window w as (partition by device_hash, device_id order by ts, is_purchase, tiebreak)
             ), numbered as (
-                select *, sum(new_session) over (partition by device_hash, device_id order by seq
-                                                 rows unbounded preceding) as session_no
+                select *, session_base + sum(new_session) over (partition by device_hash, device_id order by seq
+                                                                rows unbounded preceding) as session_no
                 from marked
             )
             select device_id, session_no,
+                   case when device_id like 'a:%' then substr(device_id, 3) end as anonymous_id,
                    {SESSION_SPAN},
                    count(*) filter (where funnel = 1)::integer as n_product_views,
                    count(*) filter (where funnel = 2)::integer as n_cart_adds,
                    count(*) filter (where funnel = 3)::integer as n_checkout_starts,
                    (count(*) filter (where not is_purchase) = 1)::integer as bounce,
-                   $part::integer as slice
+                   max(known)::integer as known_through
             from numbered
             group by device_id, session_no
-            having count(*) filter (where not is_purchase) > 0
         """, {"part": part, "gap": int(gap_minutes)})
-    con.execute("""
-        create or replace temp table conv_purchase_events as
-        select device_id, person_id, ts from conv_history_tiebreak
+
+
+def _events_digest(con: duckdb.DuckDBPyConnection, purchase_types: Sequence[str], since: datetime | None,
+                   until: datetime) -> tuple[int, int]:
+    """(rows, sum of row hashes) of everything the history reads of the events in ``[since, until)``: time, type,
+    device and person columns, and the equal-time order of purchases. Sums add up, so the stored history's
+    fingerprint is extended by the new week's without reading the old events twice."""
+    rel, opt, utm = _projection(con)
+    n, total = con.execute(f"""
+        select count(*), coalesce(sum(hash(ts, event_type, anonymous_id, customer_ref, person_id,
+                                           case when list_contains($purchase::varchar[], event_type)
+                                                then {TIEBREAK} end)::hugeint), 0)::varchar
+        from (select {_event_columns(opt, utm)} from {rel}
+              where "timestamp" < $until and "timestamp" >= $since and "timestamp" is not null
+                and event_type is not null)
+    """, {"until": until, "since": since or datetime.min, "purchase": _purchase_names(con, purchase_types)}
+    ).fetchall()[0]
+    return int(n), int(total)
+
+
+def _history_settings(con: duckdb.DuckDBPyConnection, gap_minutes: int, purchase_types: Sequence[str]) -> str:
+    """What else decides the stored rows: the rules' version, the gap, the purchase types and the events relation."""
+    return json.dumps([HISTORY_FORMAT, int(gap_minutes), _purchase_names(con, purchase_types), event_relation(con)])
+
+
+def _stored_state(con: duckdb.DuckDBPyConnection) -> tuple[datetime, int, int, str] | None:
+    if not (table_exists(con, HISTORY_STATE) and table_exists(con, HISTORY_TABLE)):
+        return None
+    rows = con.execute(f"select watermark, events, digest, settings from {HISTORY_STATE}").fetchall()
+    return (rows[0][0], int(rows[0][1]), int(rows[0][2]), rows[0][3]) if len(rows) == 1 else None
+
+
+def _save_state(con: duckdb.DuckDBPyConnection, watermark: datetime, digest: tuple[int, int], settings: str) -> None:
+    con.execute(f"create or replace table {HISTORY_STATE} (watermark timestamp, events bigint, digest varchar, "
+                f"settings varchar)")
+    con.execute(f"insert into {HISTORY_STATE} values (?, ?, ?, ?)", [watermark, digest[0], str(digest[1]), settings])
+
+
+def session_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes: int,
+                    purchase_types: Sequence[str], since: datetime) -> HistoryUpdate:
+    """Bring the stored session history to ``until`` and expose it as temp view ``conv_history_sessions`` (every
+    session before ``until`` with what histories need; column ``slice`` = ``hash(device_id) % slices``), with temp
+    table ``conv_purchase_events`` (purchase events from ``since`` on: the labels of points scored since then).
+
+    The rows are those :func:`build_sessions` gives (same boundaries, ``session_no``, ``known``, ``person_id``,
+    funnel counts, ``purchased_at``), found from a narrow projection of the events: the order of equal-time
+    events only decides which of several same-time purchases closes a session (non-purchase events sort before
+    purchases at equal times and never split), so only the purchase events carry the tiebreak.
+
+    The history is stored in the warehouse with the watermark it was built to and a fingerprint of the events
+    before it. When that fingerprint still holds (no event before the watermark was added, changed, re-resolved
+    to another person or erased) and ``until`` is not earlier, only the events since the watermark are
+    sessionised: each device with new events continues from its last stored session - re-sessionised with its
+    events when it may still be open (ended within the gap before the watermark without a purchase), else
+    numbered on from it. Anything else rebuilds the whole history.
+    """
+    slices = _slices(con, until, events_per_slice=HISTORY_EVENTS_PER_SLICE)
+    settings = _history_settings(con, gap_minutes, purchase_types)
+    state = _stored_state(con)
+    reason = ("no stored history" if state is None else "other settings or code" if state[3] != settings
+              else f"as of {until} is before the stored watermark {state[0]}" if until < state[0] else "")
+    if not reason:
+        assert state is not None
+        watermark = state[0]
+        if _events_digest(con, purchase_types, None, watermark) != (state[1], state[2]):
+            reason = "events before the watermark changed (re-ingested, re-resolved or erased)"
+    if reason:
+        update = _rebuild_history(con, until, gap_minutes, purchase_types, slices, settings, reason)
+    elif until == watermark:
+        update = HistoryUpdate("current", "", 0, 0, slices)
+    else:
+        update = _extend_history(con, watermark, until, gap_minutes, purchase_types, slices, settings,
+                                 (state[1], state[2]))
+    log.info("session history %s%s: %d events read, %d sessions written", update.mode,
+             f" ({update.reason})" if update.reason else "", update.new_events, update.sessions)
+    con.execute(f"""
+        create or replace temp view conv_history_sessions as
+        select * exclude (anonymous_id, known_through), (hash(device_id) % {slices})::integer as slice
+        from {HISTORY_TABLE} where started_at is not null
     """)
+    _recent_purchases(con, until, since, purchase_types)
+    return update
+
+
+def _rebuild_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes: int,
+                     purchase_types: Sequence[str], slices: int, settings: str, reason: str) -> HistoryUpdate:
+    digest = _events_digest(con, purchase_types, None, until)
+    _history_events(con, until, purchase_types, slices)
+    _sessionise_history(con, "conv_history_new", gap_minutes, slices)
     con.execute("drop table conv_history_events")
     con.execute("drop table conv_history_tiebreak")
-    return slices
+    con.execute("begin transaction")
+    con.execute(f"create or replace table {HISTORY_TABLE} as from conv_history_new")
+    _save_state(con, until, digest, settings)
+    con.execute("commit")
+    sessions = con.execute("select count(*) from conv_history_new").fetchall()[0][0]
+    con.execute("drop table conv_history_new")
+    return HistoryUpdate("rebuilt", reason, digest[0], sessions, slices)
+
+
+def _extend_history(con: duckdb.DuckDBPyConnection, watermark: datetime, until: datetime, gap_minutes: int,
+                    purchase_types: Sequence[str], slices: int, settings: str,
+                    digest: tuple[int, int]) -> HistoryUpdate:
+    new = _events_digest(con, purchase_types, watermark, until)
+    _history_events(con, until, purchase_types, 1, since=watermark)
+    # each device with new events: its last stored session (a purchase-only one included), open or closed
+    con.execute(f"""
+        create or replace temp table conv_history_last as
+        with devices as (select distinct device_id from conv_history_events
+                         union select distinct device_id from conv_history_tiebreak)
+        select device_id, session_no, started_at, known_through,
+               started_at is not null and purchased_at is null
+                   and scored_at >= $watermark - to_minutes($gap::bigint) as open
+        from {HISTORY_TABLE} semi join devices using (device_id)
+        qualify row_number() over (partition by device_id order by session_no desc) = 1
+    """, {"watermark": watermark, "gap": int(gap_minutes)})
+    con.execute("""
+        create or replace temp table conv_history_base as
+        select device_id, session_no - open::integer as session_base, known_through as known_base
+        from conv_history_last
+    """)
+    con.execute("create or replace temp table conv_history_open as "
+                "select device_id, started_at as since from conv_history_last where open")
+    lower = con.execute("select min(since) from conv_history_open").fetchall()[0][0]
+    if lower is not None:  # the open sessions' events before the watermark, re-sessionised with the new ones
+        con.execute("create or replace temp table conv_history_new_events as from conv_history_events")
+        con.execute("create or replace temp table conv_history_new_tiebreak as from conv_history_tiebreak")
+        _history_events(con, watermark, purchase_types, 1, since=lower, reopened="conv_history_open",
+                        watermark=watermark)
+        con.execute("insert into conv_history_events from conv_history_new_events")
+        con.execute("insert into conv_history_tiebreak from conv_history_new_tiebreak")
+        con.execute("drop table conv_history_new_events")
+        con.execute("drop table conv_history_new_tiebreak")
+    _sessionise_history(con, "conv_history_new", gap_minutes, 1, base="conv_history_base")
+    con.execute("begin transaction")
+    con.execute(f"""delete from {HISTORY_TABLE} h using conv_history_last l
+                    where l.open and h.device_id = l.device_id and h.session_no = l.session_no""")
+    con.execute(f"insert into {HISTORY_TABLE} from conv_history_new")
+    _save_state(con, until, (digest[0] + new[0], digest[1] + new[1]), settings)
+    con.execute("commit")
+    sessions = con.execute("select count(*) from conv_history_new").fetchall()[0][0]
+    for t in ("conv_history_events", "conv_history_tiebreak", "conv_history_last", "conv_history_base",
+              "conv_history_open", "conv_history_new"):
+        con.execute(f"drop table {t}")
+    return HistoryUpdate("extended", "", new[0], sessions, slices)
+
+
+def _recent_purchases(con: duckdb.DuckDBPyConnection, until: datetime, since: datetime,
+                      purchase_types: Sequence[str]) -> None:
+    """Temp table ``conv_purchase_events(device_id, person_id, ts)``: the purchase events in ``[since, until)``
+    (a point scored since then is labelled by the next purchase after it)."""
+    rel, opt, _ = _projection(con)
+    con.execute(f"""
+        create or replace temp table conv_purchase_events as
+        select coalesce('a:' || {opt['anonymous_id']}::varchar, 'p:' || person_id::varchar,
+                        'c:' || {opt['customer_ref']}::varchar) as device_id,
+               person_id::varchar as person_id, "timestamp" as ts
+        from {rel}
+        where "timestamp" < $until and "timestamp" >= $since
+          and list_contains($purchase::varchar[], lower(event_type))
+          and coalesce({opt['anonymous_id']}::varchar, person_id::varchar, {opt['customer_ref']}::varchar) is not null
+    """, {"until": until, "since": since, "purchase": _purchase_names(con, purchase_types)})

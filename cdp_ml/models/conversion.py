@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,9 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning (before lightgbm loads)
+
+import lightgbm as lgb  # noqa: E402
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -588,6 +591,11 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
                        _replace(result, run_id=run.info.run_id), run.info.run_id, audience)
 
 
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _load(version: Any) -> ConversionModel:
     import mlflow
 
@@ -606,7 +614,9 @@ def score(ws: Workspace, as_of: date | None = None, audience: pd.DataFrame | Non
     if champion is None:
         raise CdpError("no champion conversion-intent model in the registry: run `cdp-ml train conversion` first")
     model = _load(champion)
-    model.threads = max(s.threads, 1)
+    # prediction on every core: each row is scored on its own, so the probabilities do not depend on the thread
+    # count (``conversion.threads`` protects fitting, whose spinning threads cost many-fold on a busy machine)
+    model.threads = max(s.threads, _cores())
     as_of = as_of or default_as_of(ws)
     until = _midnight(as_of)
     if audience is not None and audience.attrs.get("as_of") != as_of:
