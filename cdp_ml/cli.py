@@ -27,6 +27,10 @@ def _date(value):
     return parse_date(value)
 
 
+def _date_or_latest(value):
+    return "latest" if (value or "").strip().lower() == "latest" else _date(value)
+
+
 def cmd_init(args) -> object:
     from cdp_ml.sources.example import write_example_workspace
 
@@ -98,19 +102,19 @@ def cmd_score(args) -> object:
 def cmd_segments(args) -> object:
     from cdp_ml.segments import build_segments
 
-    return build_segments(_ws(args), as_of=_date(args.as_of))
+    return build_segments(_ws(args), as_of=_date_or_latest(args.as_of))
 
 
 def cmd_report(args) -> object:
     from cdp_ml.segments import write_report
 
-    return write_report(_ws(args), as_of=_date(args.as_of))
+    return write_report(_ws(args), as_of=_date_or_latest(args.as_of))
 
 
 def cmd_refresh(args) -> object:
     from cdp_ml.refresh import refresh
 
-    as_of = "latest" if (args.as_of or "").strip().lower() == "latest" else _date(args.as_of)
+    as_of = _date_or_latest(args.as_of)
     return refresh(_ws(args), as_of=as_of, retrain=args.retrain, from_step=args.from_step, resume=args.resume)
 
 
@@ -184,11 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("segments", help="build the week's consented segments and activation files")
-    s.add_argument("--as-of", default=None)
+    s.add_argument("--as-of", default=None, help="date, ISO week or 'latest' (the newest scores' date; default: last completed week)")
     s.set_defaults(func=cmd_segments)
 
     s = sub.add_parser("report", help="write the weekly marketer report (HTML)")
-    s.add_argument("--as-of", default=None)
+    s.add_argument("--as-of", default=None, help="date, ISO week or 'latest' (the newest scores' date; default: last completed week)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("refresh", help="run the weekly pipeline of notebooks with papermill")
@@ -233,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         return 1
     if result is not None:
-        print(result)
+        try:
+            print(result, flush=True)
+        except BrokenPipeError:  # `cdp-ml ... | head`: the reader left; the work itself is done
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     code = getattr(result, "exit_code", 0)
     return int(code or 0)
 

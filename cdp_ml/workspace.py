@@ -67,6 +67,9 @@ class SourceConfig:
     trust: int | None = None  # survivorship rank override (lower = more trusted)
     lookups: tuple[LookupConfig, ...] = ()  # files joined by key before the column mapping, in order
     constants: dict[str, str | bool | float] = field(default_factory=dict)  # canonical field -> one value for all rows
+    # reader-added column -> the source columns whose first non-empty value it holds: a field mapped to a list
+    # (Coveo's product_action, else its event_type); filled from `columns`, see parse_config
+    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def file_format(self) -> str:
         if self.format:
@@ -227,9 +230,26 @@ def parse_config(raw: Any) -> WorkspaceConfig:
         for lookup in src.get("lookups") or []:
             if isinstance(lookup, dict) and True in lookup:  # YAML 1.1 reads a bare `on:` key as true
                 lookup.setdefault("key", lookup.pop(True))
+        if isinstance(src.get("columns"), dict):
+            sources[i] = _fold_column_lists(src, f"sources[{i}]")
     config = settings.load(WorkspaceConfig, raw, "")
     _check_sources(config)
     return _fold_constants(config)
+
+
+def _fold_column_lists(src: dict, where: str) -> dict:
+    """A field mapped to a list of columns reads the first non-empty of them, through one reader-added column
+    named ``a|b`` (a source keeping one value in two columns, e.g. the product action, else the page event)."""
+    columns, fallbacks = {}, {}
+    for canonical, column in src["columns"].items():
+        if isinstance(column, list):
+            if not column or not all(isinstance(c, str) and c for c in column):
+                raise CdpError(f"{where}.columns.{canonical}: expected a column name or a list of column names")
+            if len(column) > 1:
+                fallbacks["|".join(column)] = column
+            column = "|".join(column)
+        columns[canonical] = column
+    return {**src, "columns": columns, "fallbacks": fallbacks} if fallbacks else src
 
 
 def _fold_constants(config: WorkspaceConfig) -> WorkspaceConfig:

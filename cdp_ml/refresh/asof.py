@@ -44,7 +44,7 @@ def _raw_latest(ws: Workspace) -> datetime | None:
     Files already loaded and unchanged since (size, mtime, settings) are not read: their newest row is in
     the warehouse, which ``latest_data_time`` also consults. Only new or changed exports are read.
     """
-    from cdp_ml.sources.load import source_timestamp
+    from cdp_ml.sources.load import month_first_columns, source_timestamp
     from cdp_ml.sources.readers import RAW, read_raw
 
     todo = _unloaded_files(ws)
@@ -57,10 +57,11 @@ def _raw_latest(ws: Workspace) -> datetime | None:
             quoted = '"' + column.replace('"', '""') + '"'
             # the ingestion's own parser (epoch seconds/ms/us, offsets, formats, the source's zone): `latest`
             # must see the same instants that ingestion will load
-            parsed = source_timestamp(ws, src, nz.blank_to_null(f"cast({quoted} as varchar)"))
+            text = nz.blank_to_null(f"cast({quoted} as varchar)")
             for path in paths:
                 try:
                     read_raw(con, src, path, ws.lookup_files(src))
+                    parsed = source_timestamp(ws, src, text, column in month_first_columns(con, src))
                     value = con.execute(f"select max({parsed}) from {RAW}").fetchall()[0][0]
                 except (CdpError, duckdb.Error):
                     continue  # unreadable file: ingestion reports it; the other files still count

@@ -15,6 +15,9 @@ from cdp_ml.identity.tables import VIEW_KEYS
 from cdp_ml.sources.kinds import KINDS
 
 DEFAULT_PIPELINE = Path(cdp_ml.__file__).resolve().parent.parent / "pipelines" / "weekly.yaml"
+# Score tables a step may need: segments and the report have nothing to publish when no model scored (a log too
+# short for either model's eligibility check, e.g. Taobao's nine days)
+SCORE_TABLES = ("conversion_scores", "repurchase_scores")
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,8 @@ class StepConfig:
     models: tuple[str, ...] = ()  # registered models whose champion age decides `auto` retraining
     optional: bool = False  # skipped (and logged) while its notebook does not exist yet
     parameters: dict[str, Any] = field(default_factory=dict)  # extra papermill parameters
-    needs: tuple[str, ...] = ()  # staging tables of which at least one must have rows, else the step is skipped
+    needs: tuple[str, ...] = ()  # staging tables, person views or score tables (scores on or before the run date)
+    # of which at least one must have rows, else the step is skipped
 
 
 @dataclass(frozen=True)
@@ -89,10 +93,10 @@ def load_pipeline(path: Path | None = None, check_notebooks: bool = True) -> Pip
         clash = reserved & set(sc.parameters)
         if clash:
             raise CdpError(f"{where}.parameters: {sorted(clash)[0]!r} is set by the runner")
-        tables = [*KINDS, *VIEW_KEYS]  # staging tables, and identity's person views (filled after 02_identity)
+        tables = [*KINDS, *VIEW_KEYS, *SCORE_TABLES]  # staging tables, identity's person views, model scores
         unknown = [n for n in sc.needs if n not in tables]
         if unknown:
-            raise CdpError(f"{where}.needs: {unknown[0]!r} is not a staging table or person view "
+            raise CdpError(f"{where}.needs: {unknown[0]!r} is not a staging table, person view or score table "
                            f"(one of {', '.join(tables)})")
         notebook = (path.parent / sc.notebook).resolve()
         if check_notebooks and not notebook.is_file() and not sc.optional:

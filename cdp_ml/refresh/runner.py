@@ -31,7 +31,7 @@ from cdp_ml.refresh.asof import resolve_as_of
 from cdp_ml.refresh.checks import RetrainDecision, decide_retrain
 from cdp_ml.refresh.files import read_json, write_json_atomic
 from cdp_ml.refresh.lock import LockHeld, RefreshLock
-from cdp_ml.refresh.pipeline import Pipeline, Step, load_pipeline
+from cdp_ml.refresh.pipeline import SCORE_TABLES, Pipeline, Step, load_pipeline
 from cdp_ml.refresh.step_report import SKIPPED_KEY, STEP_REPORT_ENV
 from cdp_ml.workspace import Workspace
 
@@ -267,12 +267,14 @@ class _Run:
                              workspace=self.ws.root)
 
     def _applicable(self, step: Step) -> bool:
-        """A step with ``needs`` runs only when one of those staging tables has rows (an orders-only
-        workspace has nothing to train a conversion model on, which is not a failure)."""
+        """A step with ``needs`` runs only when one of those tables has rows (an orders-only workspace has
+        nothing to train a conversion model on; a log too short for any model has no scores to segment):
+        not a failure. Score tables count only scores on or before the run date, as segments read them."""
         if not step.needs:
             return True
+        on_or_before = f"as_of <= DATE '{self.as_of.isoformat()}'"
         with self.ws.connect() as con:
-            return any(has_rows(con, t) for t in step.needs)
+            return any(has_rows(con, t, on_or_before if t in SCORE_TABLES else None) for t in step.needs)
 
     def _run_step(self, step: Step) -> bool:
         record = self.state["steps"][step.index]
@@ -283,9 +285,13 @@ class _Run:
             return True
         if not self._applicable(step):
             wanted = " or ".join(step.needs)
-            record.update(status="skipped", note=f"not applicable: the warehouse has no {wanted}")
+            if set(step.needs) <= set(SCORE_TABLES):
+                note = f"not applicable: no model has scores on or before {self.as_of} (see the model steps)"
+            else:
+                note = f"not applicable: the warehouse has no {wanted}"
+            record.update(status="skipped", note=note)
             self._save()
-            self._log(f"{step.name}: skipped (not applicable: the warehouse has no {wanted})")
+            self._log(f"{step.name}: skipped ({note})")
             return True
         retrain = False
         if step.retrain:
@@ -389,8 +395,13 @@ class _Run:
                 "run_dir": rel(self.run_dir), "finished": self.state["finished"], "mlflow_run_id": self.parent_run,
                 "notebooks": [s.get("notebook") for s in self.state["steps"] if s.get("notebook")],
                 "html": [s.get("html") for s in self.state["steps"] if s.get("html")],
-                "segments": rel(self.ws.segments_dir / self.week),
-                "report": rel(self.ws.path(self.ws.config.segments.report_dir) / f"report-{self.week}.html")}
+                "segments": None, "report": None}
+        segments = self.ws.segments_dir / self.week
+        report = self.ws.path(self.ws.config.segments.report_dir) / f"report-{self.week}.html"
+        if (segments / "manifest.json").is_file():  # not when no model had scores to segment (steps skipped)
+            info["segments"] = rel(segments)
+        if report.is_file():
+            info["report"] = rel(report)
         write_json_atomic(self.run_dir.parent / PUBLISHED_FILE, info)
         latest = self.run_dir.parent / "latest"
         tmp = self.run_dir.parent / f".latest.{self.run_id}"

@@ -373,11 +373,25 @@ def refresh_views(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
                     select '{latest.name}' as week, * from read_parquet('{_sql_path(latest)}/*/members.parquet')""")
 
 
-def build_segments(ws: Workspace, as_of: date | None = None) -> SegmentsResult:
-    """Build the week's consented segments and activation files into ``<output_dir>/<ISO week>/``."""
+def latest_scores_date(ws: Workspace) -> date:
+    """The newest date any model scored as of: the week to segment for a historical export (``--as-of latest``),
+    whose scores are years before the calendar's last completed week."""
+    with ws.connect() as con:
+        dates = [d for t in ("repurchase_scores", "conversion_scores") if (d := _snapshot(con, t, date.max))]
+    if not dates:
+        raise CdpError("no conversion_scores or repurchase_scores yet: run `cdp-ml score repurchase` and "
+                       "`cdp-ml score conversion` first")
+    return max(dates)
+
+
+def build_segments(ws: Workspace, as_of: date | str | None = None) -> SegmentsResult:
+    """Build the week's consented segments and activation files into ``<output_dir>/<ISO week>/``.
+
+    ``as_of``: default the last completed week; ``"latest"`` the newest scores' date (see ``latest_scores_date``).
+    """
     from cdp_ml.segments.models import model_status
 
-    as_of = as_of or last_completed_week_end()
+    as_of = latest_scores_date(ws) if as_of == "latest" else as_of or last_completed_week_end()
     week = iso_week(as_of)
     root = ws.segments_dir
     root.mkdir(parents=True, exist_ok=True)

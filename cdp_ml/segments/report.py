@@ -166,9 +166,14 @@ def _not_applicable(ws: Workspace) -> dict[str, str]:
                 for name, (inputs, words, _) in MODEL_INPUTS.items() if not any(has_rows(con, t, w) for t, w in inputs)}
 
 
-def write_report(ws: Workspace, as_of: date | None = None) -> ReportResult:
-    """Write ``<report_dir>/report-<ISO week>.html`` for the week's segments; returns its path and warnings."""
-    as_of = as_of or last_completed_week_end()
+def write_report(ws: Workspace, as_of: date | str | None = None) -> ReportResult:
+    """Write ``<report_dir>/report-<ISO week>.html`` for the week's segments; returns its path and warnings.
+
+    ``as_of`` as for ``build_segments`` (``"latest"``: the week of the newest scores).
+    """
+    from cdp_ml.segments.build import latest_scores_date
+
+    as_of = latest_scores_date(ws) if as_of == "latest" else as_of or last_completed_week_end()
     week = iso_week(as_of)
     folder = ws.segments_dir / week
     if not (folder / MANIFEST).is_file():

@@ -35,7 +35,7 @@ EARLIEST = "1990-01-01"  # behavioural timestamps before this are treated as bro
 _SQL_TYPES = {"varchar": "VARCHAR", "timestamp": "TIMESTAMP", "date": "DATE", "double": "DOUBLE", "boolean": "BOOLEAN"}
 # Fingerprint of the built-in event vocabulary and spelling rules: part of an events source's load settings,
 # so a release that changes them reloads event files once instead of mixing old and new spellings.
-_EVENT_VOCABULARY = hashlib.sha1(json.dumps([nz.EVENT_SYNONYMS, nz.CONTEXTUAL_VIEW, nz.event_token("x")],
+_EVENT_VOCABULARY = hashlib.sha1(json.dumps([nz.EVENT_SYNONYMS, nz.CONTEXTUAL_VIEWS, nz.event_token("x")],
                                             sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -100,6 +100,7 @@ def ingest(ws: Workspace, source: str | None = None) -> IngestResult:
         raise CdpError(f"{ws.root / 'cdp_ml.yaml'} lists no sources")
     for src in sources:
         event_overrides(src)
+        timestamp_year(src)
     plan = []
     for src in sources:  # fail fast on missing files (exports and lookups) before loading anything
         plan.append((src, ws.source_files(src)))
@@ -259,10 +260,13 @@ def _load_file(con: duckdb.DuckDBPyConnection, ws: Workspace, src: SourceConfig,
     load_id = uuid.uuid4().hex[:12]
     raw = read_raw(con, src, path, ws.lookup_files(src))
     _check_mapping(src, raw, path)
-    typed_sql, notes_sql = _typed_select(ws, src, raw, rel)
+    month_first = month_first_columns(con, src)
+    typed_sql, notes_sql = _typed_select(ws, src, raw, rel, month_first)
     con.execute(f"create or replace temp table _typed as {typed_sql}")
     _mark_duplicates(con, src, rel)
-    notes = raw.notes + [n for n in (con.execute(q).fetchall()[0][0] for q in notes_sql) if n]
+    notes = raw.notes + [f"column {c} read as month-first dates (m/d/y: some values only fit that order); "
+                         f"options.timestampformat / dateformat overrides" for c in sorted(month_first)]
+    notes += [n for n in (con.execute(q).fetchall()[0][0] for q in notes_sql) if n]
     canonical = [f.name for f in KINDS[src.kind]]
     extra = _extra_columns(con, src, raw) if src.kind == "sessions" else []
     target_cols = ["source", *canonical, *(["raw_event_type"] if src.kind == "events" else []),
@@ -330,14 +334,32 @@ def _q(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
 
 
-def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead, rel: str) -> tuple[str, list[str]]:
+def month_first_columns(con: duckdb.DuckDBPyConnection, src: SourceConfig) -> set[str]:
+    """Mapped timestamp/date columns of the raw table whose values show month-first (US) dates, none day-first.
+
+    Only without the source's own format for that type; decided per file from the data, so an m/d/y export is
+    neither read with day and month swapped (11/1/2000 as 11 January) nor quarantined where the day is above 12.
+    """
+    columns = [src.columns[f.name] for f in KINDS[src.kind] if f.name in src.columns
+               and not src.options.get("timestampformat" if f.type == "timestamp" else "dateformat")
+               and f.type in ("timestamp", "date")]
+    columns = list(dict.fromkeys(columns))
+    if not columns:
+        return set()
+    counts = con.execute("select " + ", ".join(e for c in columns for e in nz.dmy_evidence(_q(c))) + f" from {RAW}"
+                         ).fetchall()[0]
+    return {c for i, c in enumerate(columns) if counts[2 * i] == 0 and counts[2 * i + 1] > 0}
+
+
+def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead, rel: str,
+                  month_first: set[str] = frozenset()) -> tuple[str, list[str]]:
     """SQL selecting typed canonical fields, a quarantine reason per row, and note queries.
 
     Three materialised steps (text cleaned once -> typed once -> reasons over typed columns) keep each
     regular expression to one evaluation per value.
     """
     tz = src.timezone or ws.config.timezone
-    ts_fmt = (src.options.get("timestampformat"), _elapsed(src))
+    ts_fmt = (src.options.get("timestampformat"), _elapsed(src), timestamp_year(src))
     date_fmt = src.options.get("dateformat")
     country = ws.config.default_country
     latest = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
@@ -374,7 +396,7 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead, rel: str) -> t
             expr = f"(case when {named} then __ev_product else __ev_page end)"
             typed.append(f"{r} as raw_event_type")
         else:
-            expr = _typed_expr(src.kind, f.name, f.type, r, tz, ts_fmt, date_fmt, country)
+            expr = _typed_expr(src.kind, f.name, f.type, r, tz, ts_fmt, date_fmt, country, column in month_first)
         if src.kind == "orders" and f.name == "quantity":
             expr = f"abs({expr})"
         if src.kind == "orders" and f.name == "status":
@@ -454,9 +476,27 @@ def _reserved(src: SourceConfig) -> set[str]:
     return {f.name for f in KINDS[src.kind]} | {n for n, _ in LINEAGE_COLUMNS} | {"ref_source", "ref_key", "_reason"}
 
 
-def source_timestamp(ws: Workspace, src: SourceConfig, text: str) -> str:
-    """SQL reading the text ``text`` as the source's timestamps (formats, zone, numeric origin) in naive UTC."""
-    return nz.timestamp(text, src.timezone or ws.config.timezone, src.options.get("timestampformat"), _elapsed(src))
+def source_timestamp(ws: Workspace, src: SourceConfig, text: str, month_first: bool = False) -> str:
+    """SQL reading the text ``text`` as the source's timestamps (formats, zone, numeric origin) in naive UTC;
+    ``month_first`` as ``month_first_columns`` decided for the file."""
+    return nz.timestamp(text, src.timezone or ws.config.timezone, src.options.get("timestampformat"), _elapsed(src),
+                        month_first, timestamp_year(src))
+
+
+def timestamp_year(src: SourceConfig) -> int | None:
+    """The source's ``timestamp_year``, checked: the year of timestamps whose ``timestampformat`` has none
+    (Tmall's user_log keeps only month and day, ``%m%d``)."""
+    year = src.options.get("timestamp_year")
+    if year is None:
+        return None
+    where = f"source '{src.name}': options.timestamp_year"
+    if isinstance(year, bool) or not isinstance(year, int) or not 1990 <= year <= 2100:
+        raise CdpError(f"{where}: expected a year such as 2014, got {year!r}")
+    fmts = src.options.get("timestampformat")
+    fmts = [fmts] if isinstance(fmts, str) else list(fmts or [])
+    if not fmts or any(d in f for f in fmts for d in ("%Y", "%y", "%G")):
+        raise CdpError(f"{where}: needs a timestampformat without a year, e.g. '%m%d'")
+    return year
 
 
 def _elapsed(src: SourceConfig) -> tuple[str, str] | None:
@@ -476,11 +516,12 @@ def _elapsed(src: SourceConfig) -> tuple[str, str] | None:
     return start.strftime("%Y-%m-%d %H:%M:%S"), unit
 
 
-def _typed_expr(kind: str, name: str, type_: str, r: str, tz: str, ts_fmt, date_fmt, country: str) -> str:
+def _typed_expr(kind: str, name: str, type_: str, r: str, tz: str, ts_fmt, date_fmt, country: str,
+                month_first: bool = False) -> str:
     if type_ == "timestamp":
-        return nz.timestamp(r, tz, ts_fmt[0], ts_fmt[1])
+        return nz.timestamp(r, tz, ts_fmt[0], ts_fmt[1], month_first, ts_fmt[2])
     if type_ == "date":
-        d = nz.date_value(r, date_fmt)
+        d = nz.date_value(r, date_fmt, month_first)
         return f"(case when {d} between DATE '1900-01-01' and current_date then {d} end)"
     if type_ == "double":
         return nz.number(r)

@@ -6,6 +6,7 @@ data values, only configuration (formats, country codes) escaped as SQL literals
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import duckdb
@@ -13,13 +14,38 @@ import phonenumbers
 
 from cdp_ml.errors import CdpError
 
-# Formats tried in order when a source gives none: ISO first, then European day-first.
+# Formats tried in order when a source gives none: ISO first, then European day-first (two-digit years last).
 TIMESTAMP_FORMATS = (
     "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d",
     "%d-%m-%Y %H:%M:%S", "%d-%m-%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d-%m-%Y", "%d/%m/%Y",
     "%d.%m.%Y %H:%M:%S", "%d.%m.%Y", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d", "%Y%m%d",
+    "%d/%m/%y %H:%M:%S", "%d/%m/%y %H:%M", "%d/%m/%y", "%d-%m-%y", "%d.%m.%y",
 )
-DATE_FORMATS = ("%Y-%m-%d", "%d-%m-%Y", "%d/%m/%Y", "%d.%m.%Y", "%Y/%m/%d", "%Y%m%d")
+DATE_FORMATS = ("%Y-%m-%d", "%d-%m-%Y", "%d/%m/%Y", "%d.%m.%Y", "%Y/%m/%d", "%Y%m%d", "%d/%m/%y", "%d-%m-%y",
+                "%d.%m.%y")
+
+
+def _month_first(formats: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f.replace("%d-%m", "%m-%d").replace("%d/%m", "%m/%d").replace("%d.%m", "%m.%d") for f in formats)
+
+
+# The same formats for a column whose data shows month-first (US) dates: see ``dmy_evidence``.
+TIMESTAMP_FORMATS_MONTH_FIRST = _month_first(TIMESTAMP_FORMATS)
+DATE_FORMATS_MONTH_FIRST = _month_first(DATE_FORMATS)
+
+
+def dmy_evidence(expr: str) -> tuple[str, str]:
+    """SQL counting values that can only be day-first (13/1/2000) and only month-first (1/13/2000).
+
+    Numeric dates are ambiguous per value but rarely per column: a column with month-first evidence and
+    none day-first is read month-first (US exports: Online Retail, Ta Feng), so its other values are not
+    silently read with day and month swapped.
+    """
+    s = f"trim({expr})"
+    tail = "[/.-][0-9]{2}([0-9]{2})?([ T].*)?"
+    day_first = f"count(*) filter (where regexp_full_match({s}, '0?(1[3-9]|2[0-9]|3[01])[/.-][0-9]{{1,2}}{tail}'))"
+    month_first = f"count(*) filter (where regexp_full_match({s}, '[0-9]{{1,2}}[/.-]0?(1[3-9]|2[0-9]|3[01]){tail}'))"
+    return day_first, month_first
 
 TRUE_WORDS = ("true", "t", "1", "yes", "y", "ja", "j", "granted", "opt-in", "optin", "on")
 FALSE_WORDS = ("false", "f", "0", "no", "n", "nee", "denied", "revoked", "opt-out", "optout", "off", "withdrawn")
@@ -46,7 +72,8 @@ STATUS_SYNONYMS = {
 # them snake_case, so "Product Added", "product-added" and "productAdded" are all `product_added`. Sources:
 # GA4 / Universal Analytics / Firebase, Segment and RudderStack e-commerce spec, Snowplow, Adobe Analytics,
 # Shopify web pixels, Magento (Adobe Commerce) storefront events, Klaviyo, Meta pixel, Mixpanel, PostHog,
-# Amplitude, RetailRocket and REES46 logs.
+# Amplitude, RetailRocket and REES46 logs, Universal Analytics product actions (detail/add/remove, Coveo's
+# browsing log), Alibaba Tianchi logs (Taobao UserBehavior: pv/cart/fav/buy).
 # Only names that mean the same thing everywhere; anything else keeps its snake_case name.
 EVENT_SYNONYMS: dict[str, tuple[str, ...]] = {
     "page_view": ("page_view", "pageview", "page", "page_viewed", "viewed_page", "loaded_a_page", "page_load",
@@ -58,24 +85,26 @@ EVENT_SYNONYMS: dict[str, tuple[str, ...]] = {
                "search_submitted", "view_search_results", "search_request_sent", "search_query"),
     "add_to_cart": ("add_to_cart", "added_to_cart", "addtocart", "cart", "cart_add", "add_cart", "product_added",
                     "product_added_to_cart", "add_to_basket", "added_to_basket", "basket_add", "add_to_bag",
-                    "added_to_bag", "sc_add"),
+                    "added_to_bag", "sc_add", "add"),
     "checkout_start": ("checkout_start", "checkout_started", "started_checkout", "start_checkout",
                        "begin_checkout", "initiate_checkout", "initiated_checkout", "checkout", "sc_checkout"),
     "login": ("login", "log_in", "logged_in", "sign_in", "signed_in", "signin", "user_login", "identify"),
     "purchase": ("purchase", "purchased", "transaction", "order", "order_completed", "order_complete",
                  "order_placed", "placed_order", "place_order", "completed_order", "checkout_completed",
                  "checkout_complete", "checkout_success", "purchase_completed", "completed_purchase",
-                 "ecommerce_purchase", "in_app_purchase"),
+                 "ecommerce_purchase", "in_app_purchase", "buy", "bought"),
     "remove_from_cart": ("remove_from_cart", "removed_from_cart", "product_removed", "product_removed_from_cart",
-                         "cart_remove", "remove_from_basket", "sc_remove"),
-    "add_to_wishlist": ("add_to_wishlist", "added_to_wishlist", "product_added_to_wishlist", "wishlist_add"),
+                         "cart_remove", "remove_from_basket", "sc_remove", "remove"),
+    "add_to_wishlist": ("add_to_wishlist", "added_to_wishlist", "product_added_to_wishlist", "wishlist_add", "fav",
+                        "favorite", "favourite", "add_to_favorites", "add_to_favourites", "added_to_favorites"),
     "sign_up": ("sign_up", "signup", "signed_up", "register", "registration", "complete_registration",
                 "create_account", "account_created"),
     "logout": ("logout", "log_out", "logged_out", "sign_out", "signed_out", "signout"),
     "refund": ("refund", "refunded", "order_refunded"),
 }
-# A bare `view` (RetailRocket, REES46) is a product view when the row names a product, else a page view.
-CONTEXTUAL_VIEW = "view"
+# A bare `view` (RetailRocket, REES46) or `pv` (Taobao) is a product view when the row names a product, else a
+# page view.
+CONTEXTUAL_VIEWS = ("view", "pv")
 
 
 def lit(value: str) -> str:
@@ -153,7 +182,7 @@ def event_type(expr: str, overrides: dict[str, str] | None = None, with_product:
     tok = event_token(expr)
     whens = [f"when {event_token(lit(k))} then {event_token(lit(v))}" for k, v in (overrides or {}).items()]
     whens += [f"when {lit(w)} then {lit(key)}" for key, words in EVENT_SYNONYMS.items() for w in words]
-    whens.append(f"when {lit(CONTEXTUAL_VIEW)} then {lit('product_view' if with_product else 'page_view')}")
+    whens += [f"when {lit(v)} then {lit('product_view' if with_product else 'page_view')}" for v in CONTEXTUAL_VIEWS]
     return f"(case {tok} {' '.join(whens)} else {tok} end)"
 
 
@@ -211,21 +240,39 @@ ELAPSED_UNITS = {"day": 86_400_000_000, "hour": 3_600_000_000, "minute": 60_000_
                  "millisecond": 1_000}
 
 
+def _with_year(s: str, fmt: str | list[str], year: int) -> tuple[str, list[str]]:
+    """Text and formats with ``year`` put in front, for exports that leave the year out (Tmall's mmdd).
+
+    A format of two-digit numbers only (``%m%d``) also reads digits one short of it: a tool that typed the
+    column as a number dropped its leading zero (511 for 0511).
+    """
+    fmts = [fmt] if isinstance(fmt, str) else list(fmt)
+    padded = s
+    widths = {len(f) for f in fmts if re.fullmatch(r"(%[mdHMS])+", f)}  # two digits per two-character directive
+    for width in sorted(widths):
+        padded = f"(case when regexp_full_match({s}, '[0-9]{{{width - 1}}}') then '0' || {s} else {padded} end)"
+    return f"({lit(str(year))} || '-' || {padded})", ["%Y-" + f for f in fmts]
+
+
 def timestamp(expr: str, timezone: str, fmt: str | list[str] | None = None,
-              elapsed: tuple[str, str] | None = None) -> str:
+              elapsed: tuple[str, str] | None = None, month_first: bool = False, year: int | None = None) -> str:
     """A naive UTC timestamp from text: ISO with offset or Z, epoch seconds/milli-/microseconds, or a format list.
 
     Text without an offset is read in ``timezone`` (the source's zone) and converted to UTC; text ending in
     ``UTC`` or ``GMT`` (REES46, many Java and Go exports: ``2019-10-01 00:00:00 UTC``) is UTC already.
     ``elapsed`` = (origin, unit): a plain number counts units from that local origin instead (Dunnhumby's
     day numbers), because such exports hide the calendar and an epoch reading would put them in 1970.
+    ``month_first`` reads numeric dates without a format as m/d/y (the column's data said so); ``year`` is
+    the year of a ``fmt`` without one.
     """
+    defaults = TIMESTAMP_FORMATS_MONTH_FIRST if month_first else TIMESTAMP_FORMATS
     raw = f"trim({expr})"
     utc = f"(upper(right({raw}, 3)) in ('UTC', 'GMT'))"
     s = f"(case when {utc} then rtrim(left({raw}, -3)) else {raw} end)"
     has_offset = f"regexp_matches({s}, '(Z|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$')"
-    local = (f"try_strptime({s}, {_formats(fmt, TIMESTAMP_FORMATS)})" if fmt
-             else f"coalesce(try_cast({s} as timestamp), try_strptime({s}, {_formats(None, TIMESTAMP_FORMATS)}))")
+    dated, dated_fmt = _with_year(s, fmt, year) if fmt and year else (s, fmt)
+    local = (f"try_strptime({dated}, {_formats(dated_fmt, TIMESTAMP_FORMATS)})" if fmt
+             else f"coalesce(try_cast({s} as timestamp), try_strptime({s}, {_formats(None, defaults)}))")
     if elapsed:
         origin, unit = elapsed
         since = (f"(TIMESTAMP {lit(origin)} + to_microseconds(cast(round(try_cast({s} as double) * "
@@ -246,9 +293,10 @@ def _not_compact_date(s: str) -> str:
     return f"(regexp_full_match({s}, '[0-9]+') and length({s}) <> 8)"
 
 
-def date_value(expr: str, fmt: str | list[str] | None = None) -> str:
+def date_value(expr: str, fmt: str | list[str] | None = None, month_first: bool = False) -> str:
     s = f"trim({expr})"
     if fmt:
         return f"cast(try_strptime({s}, {_formats(fmt, DATE_FORMATS)}) as date)"
+    defaults = DATE_FORMATS_MONTH_FIRST if month_first else DATE_FORMATS
     return (f"(case when {_not_compact_date(s)} then null else coalesce(try_cast({s} as date), "
-            f"cast(try_strptime({s}, {_formats(None, DATE_FORMATS)}) as date)) end)")
+            f"cast(try_strptime({s}, {_formats(None, defaults)}) as date)) end)")

@@ -18,7 +18,7 @@ import duckdb
 
 from cdp_ml.errors import CdpError
 from cdp_ml.sources.kinds import constant_column
-from cdp_ml.sources.normalise import lit
+from cdp_ml.sources.normalise import blank_to_null, lit
 
 if TYPE_CHECKING:
     from cdp_ml.workspace import SourceConfig
@@ -28,8 +28,8 @@ RAW = "_raw_in"
 CSV_OPTIONS = {"delim", "sep", "header", "quote", "escape", "encoding", "skip", "comment", "new_line",
                "null_padding", "strict_mode", "max_line_size", "nullstr", "auto_detect", "compression",
                "allow_quoted_nulls", "ignore_errors"}
-FORMAT_OPTIONS = {"dateformat", "timestampformat", "timestamp_origin", "timestamp_unit", "event_types",
-                  "sheet"}  # sheet: Excel only  # applied by the normaliser (load.py)
+FORMAT_OPTIONS = {"dateformat", "timestampformat", "timestamp_origin", "timestamp_unit", "timestamp_year",
+                  "event_types", "sheet"}  # sheet: Excel only  # applied by the normaliser (load.py)
 REJECTS = "store_rejects=true, rejects_table='_rejects', rejects_scan='_reject_scans'"
 
 
@@ -78,7 +78,25 @@ def read_raw(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path,
         text = str(value).lower() if isinstance(value, bool) else str(value)
         con.execute(f'alter table {RAW} add column "{_ident(constant_column(name))}" varchar default {lit(text)}')
         raw = replace(raw, columns=[*raw.columns, constant_column(name)])
-    return _extract_paths(con, src, raw)
+    return _fallbacks(con, src, path, _extract_paths(con, src, raw))
+
+
+def _fallbacks(con: duckdb.DuckDBPyConnection, src: SourceConfig, path: Path, raw: RawRead) -> RawRead:
+    """Fields mapped to a list of columns: one column holding the first non-empty value of the list."""
+    added = []
+    for name, members in src.fallbacks.items():
+        if name in raw.columns:  # a column really named so wins, as with dotted names
+            continue
+        for column in members:
+            if column not in raw.columns:
+                shown = ", ".join(raw.columns[:12]) + (", ..." if len(raw.columns) > 12 else "")
+                raise CdpError(f"source '{src.name}': column {column!r} (of the list {name!r}) is not in {path.name} "
+                               f"(columns: {shown})")
+        first = "coalesce(" + ", ".join(blank_to_null(f'"{_ident(c)}"') for c in members) + ")"
+        con.execute(f'alter table {RAW} add column "{_ident(name)}" varchar')
+        con.execute(f'update {RAW} set "{_ident(name)}" = {first}')
+        added.append(name)
+    return replace(raw, columns=[*raw.columns, *added]) if added else raw
 
 
 def _extract_paths(con: duckdb.DuckDBPyConnection, src: SourceConfig, raw: RawRead) -> RawRead:
@@ -88,7 +106,7 @@ def _extract_paths(con: duckdb.DuckDBPyConnection, src: SourceConfig, raw: RawRe
     name really contains the dot wins over the path.
     """
     paths = {}
-    for column in src.columns.values():
+    for column in [*src.columns.values(), *(c for members in src.fallbacks.values() for c in members)]:
         head = re.match(r"[^.\[]+", column)
         if column in raw.columns or head is None or head.group(0) not in raw.columns or column in paths:
             continue

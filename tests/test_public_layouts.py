@@ -1,0 +1,140 @@
+"""Layouts of public datasets the README recipes rely on: each rule is tested on a few generated rows.
+
+Taobao UserBehavior (header-less, pv/cart/fav/buy, epoch seconds), Ta Feng and Online Retail CSVs (month-first
+dates), Coveo's browsing log (the event in one of two columns), Tmall's user_log (mmdd without a year), and a
+refresh on a log too short for any model (segments and report not applicable instead of a failed week).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+from cdp_ml import Workspace
+from cdp_ml.errors import CdpError
+from cdp_ml.refresh import published, refresh
+from cdp_ml.sources import ingest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from refresh_fixtures import make_workspace  # noqa: E402
+
+
+def _workspace(root: Path, files: dict[str, str], config: str) -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (root / name).write_text(text, encoding="utf-8")
+    (root / "cdp_ml.yaml").write_text(config, encoding="utf-8")
+    return Workspace.open(root)
+
+
+def _rows(ws: Workspace, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(ws.warehouse_path), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_taobao_user_behavior_names_map_to_the_canonical_vocabulary(tmp_path):
+    """No header, pv/cart/fav/buy: a pv with an item is a product view, buy the purchase label, fav a wishlist add."""
+    log = ("1,2268318,2520377,pv,1511544070\n1,2268318,2520377,cart,1511544090\n1,2268318,2520377,fav,1511544095\n"
+           "1,2268318,2520377,buy,1511544200\n2,,2520377,pv,1511544300\n")
+    ws = _workspace(tmp_path, {"UserBehavior.csv": log}, """
+sources:
+- {name: taobao, kind: events, path: UserBehavior.csv, format: csv, options: {header: false},
+   columns: {customer_ref: column0, product_id: column1, category: column2, event_type: column3, timestamp: column4}}
+""")
+    result = ingest(ws)
+    assert (result.rows_loaded, result.rows_quarantined) == (5, 0)
+    assert "outside the built-in vocabulary" not in str(result)
+    assert _rows(ws, "select raw_event_type, event_type from events order by _row") == [
+        ("pv", "product_view"), ("cart", "add_to_cart"), ("fav", "add_to_wishlist"), ("buy", "purchase"),
+        ("pv", "page_view")]
+    assert _rows(ws, "select min(timestamp)::varchar from events") == [("2017-11-24 17:21:10",)]
+
+
+def test_month_first_dates_are_read_month_first_when_the_column_says_so(tmp_path):
+    """Ta Feng's 11/1/2000 is 1 November: a column with a day-position value above 12 (2/28/2001) and none in the
+    month position is read m/d/y, so no row is quarantined and none has day and month swapped."""
+    tafeng = ('"TRANSACTION_DT","CUSTOMER_ID","PRODUCT_ID","AMOUNT","SALES_PRICE"\n'
+              '"11/1/2000","01104905","4710199010372","2","30"\n"12/5/2000","01104905","4710199010372","1","15"\n'
+              '"2/28/2001","00446212","4710857472535","1","52"\n')
+    european = "customer,day,amount\nc1,05/03/2021,10\nc2,25/03/2021,12\n"  # 25/03 exists: day-first
+    ambiguous = "customer,day,amount\nc1,05/03/2021,10\nc2,06/04/2021,12\n"  # nothing tells: the default, day-first
+    ws = _workspace(tmp_path, {"tafeng.csv": tafeng, "eu.csv": european, "amb.csv": ambiguous}, """
+sources:
+- {name: tafeng, kind: orders, path: tafeng.csv,
+   columns: {customer_ref: CUSTOMER_ID, ordered_at: TRANSACTION_DT, product_id: PRODUCT_ID, quantity: AMOUNT,
+             amount: SALES_PRICE}}
+- {name: eu, kind: orders, path: eu.csv, columns: {customer_ref: customer, ordered_at: day, amount: amount}}
+- {name: amb, kind: orders, path: amb.csv, columns: {customer_ref: customer, ordered_at: day, amount: amount}}
+""")
+    result = ingest(ws)
+    assert result.rows_quarantined == 0
+    assert "column TRANSACTION_DT read as month-first dates" in str(result)
+    assert "column day read as month-first" not in str(result)
+    days = _rows(ws, "select source, ordered_at::date::varchar from orders order by source, _row")
+    assert days == [("amb", "2021-03-05"), ("amb", "2021-04-06"), ("eu", "2021-03-05"), ("eu", "2021-03-25"),
+                    ("tafeng", "2000-11-01"), ("tafeng", "2000-12-05"), ("tafeng", "2001-02-28")]
+    assert _rows(ws, "select customer_ref from orders where source = 'tafeng' order by _row limit 1") == [("01104905",)]
+
+
+def test_a_field_mapped_to_a_list_reads_the_first_non_empty_column(tmp_path):
+    """Coveo's browsing log names the event in product_action (detail/add/remove/purchase), else in event_type
+    (pageview): a list mapping keeps the page views instead of quarantining them as missing an event type."""
+    log = ("session_id_hash,event_type,product_action,product_sku_hash,server_timestamp_epoch_ms,hashed_url\n"
+           "s1,pageview,,,1550885210881,u1\ns1,event_product,detail,p1,1550885213307,u2\n"
+           "s1,event_product,add,p1,1550885220000,u2\ns1,event_product,purchase,p1,1550885290000,u3\n"
+           "s1,event_product,remove,p2,1550885291000,u3\n")
+    config = """
+sources:
+- {name: coveo, kind: events, path: browsing_train.csv,
+   columns: {anonymous_id: session_id_hash, session_id: session_id_hash, event_type: [product_action, event_type],
+             product_id: product_sku_hash, timestamp: server_timestamp_epoch_ms, url: hashed_url}}
+"""
+    ws = _workspace(tmp_path, {"browsing_train.csv": log}, config)
+    result = ingest(ws)
+    assert (result.rows_loaded, result.rows_quarantined) == (5, 0)
+    assert [r[0] for r in _rows(ws, "select event_type from events order by _row")] == [
+        "page_view", "product_view", "add_to_cart", "purchase", "remove_from_cart"]
+    # the list's columns stay in the row's attributes, as any column the mapping does not name
+    assert _rows(ws, "select attributes->>'event_type' from events where _row = 2") == [("event_product",)]
+
+    (tmp_path / "cdp_ml.yaml").write_text(config.replace("[product_action, event_type]", "[product_action, action]"))
+    with pytest.raises(CdpError, match=r"column 'action' \(of the list 'product_action\|action'\) is not in"):
+        ingest(Workspace.open(tmp_path))
+    (tmp_path / "cdp_ml.yaml").write_text(config.replace("[product_action, event_type]", "[]"))
+    with pytest.raises(CdpError, match=r"sources\[0\]\.columns\.event_type: expected a column name or a list"):
+        Workspace.open(tmp_path)
+
+
+def test_a_refresh_without_any_model_scores_skips_segments_and_report(tmp_path):
+    """A log too short for either model (Taobao's nine days) has nothing to segment: the steps that need scores
+    are not applicable, the week does not fail, and the published pointer names no segments or report."""
+    root = tmp_path / "ws"
+    pipeline = make_workspace(root)
+    raw = yaml.safe_load(pipeline.read_text())
+    for step in raw["steps"]:
+        if step["name"] == "03_publish":
+            step["needs"] = ["conversion_scores", "repurchase_scores"]
+    pipeline.write_text(yaml.safe_dump(raw))
+    ws = Workspace.open(root)
+    week = date(2026, 3, 16)
+    result = refresh(ws, as_of=week, pipeline=pipeline)
+    assert [s.status for s in result.steps] == ["succeeded", "succeeded", "skipped", "skipped"], str(result)
+    assert f"not applicable: no model has scores on or before {week}" in str(result)
+    assert result.exit_code == 0
+    assert published(ws)["segments"] is None and published(ws)["report"] is None
+    assert "segments:" not in str(result)
+
+    con = duckdb.connect(str(ws.warehouse_path))  # scores of a later week do not count for this one
+    con.execute("create table conversion_scores (as_of DATE, person_id VARCHAR, probability DOUBLE)")
+    con.execute("insert into conversion_scores values (DATE '2026-03-23', 'p1', 0.5)")
+    con.close()
+    assert refresh(ws, as_of=week, pipeline=pipeline).steps[2].status == "skipped"
+    assert refresh(ws, as_of=date(2026, 3, 23), pipeline=pipeline).steps[2].status == "succeeded"
