@@ -138,3 +138,54 @@ def test_a_refresh_without_any_model_scores_skips_segments_and_report(tmp_path):
     con.close()
     assert refresh(ws, as_of=week, pipeline=pipeline).steps[2].status == "skipped"
     assert refresh(ws, as_of=date(2026, 3, 23), pipeline=pipeline).steps[2].status == "succeeded"
+
+
+def test_tmall_month_day_stamps_take_the_year_from_the_workspace_file(tmp_path):
+    """Tmall's user_log keeps mmdd only (1111 = Double 11), numeric action codes; a copy saved by a tool that typed
+    the column as a number has 511 for 0511."""
+    log = ("user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type\n"
+           "328862,323294,833,2882,2661,0829,0\n328862,844400,1271,2882,,511,1\n328862,575153,1271,2882,2661,1111,2\n")
+    config = """
+sources:
+- {name: tmall, kind: events, path: user_log_format1.csv,
+   options: {timestampformat: "%m%d", timestamp_year: 2014,
+             event_types: {"0": product_view, "1": add_to_cart, "2": purchase, "3": add_to_wishlist}},
+   columns: {customer_ref: user_id, product_id: item_id, category: cat_id, timestamp: time_stamp, event_type: action_type}}
+"""
+    ws = _workspace(tmp_path, {"user_log_format1.csv": log}, config)
+    assert ingest(ws).rows_quarantined == 0
+    assert _rows(ws, "select timestamp::date::varchar, event_type from events order by _row") == [
+        ("2014-08-29", "product_view"), ("2014-05-11", "add_to_cart"), ("2014-11-11", "purchase")]
+    (tmp_path / "cdp_ml.yaml").write_text(config.replace('timestampformat: "%m%d", ', ""))
+    with pytest.raises(CdpError, match="timestamp_year: needs a timestampformat without a year"):
+        ingest(Workspace.open(tmp_path))
+    (tmp_path / "cdp_ml.yaml").write_text(config.replace("2014", "'14'"))
+    with pytest.raises(CdpError, match="timestamp_year: expected a year such as 2014"):
+        ingest(Workspace.open(tmp_path))
+
+
+def test_diginetica_views_keep_their_order_and_na_users_are_no_customer(tmp_path):
+    """Diginetica: ';'-separated, userId NA for sessions without a login, the day plus milliseconds since the session
+    began (timeframe). NA is no key (else every anonymous session would be one customer 'NA'); the offset keeps
+    the views before the purchase instead of all at midnight."""
+    views = ("sessionId;userId;itemId;timeframe;eventdate\n1;NA;81766;526309;2016-05-09\n"
+             "1;NA;31331;1031018;2016-05-09\n2;;32118;243569;2016-05-09\n3;5;12036;0;2016-05-10\n")
+    buys = "sessionId;userId;timeframe;eventdate;ordernumber;itemId\n1;NA;1200000;2016-05-09;8;31331\n"
+    source = """
+- {{name: {name}, kind: events, path: {path}, options: {{delim: ';', timestamp_offset: {{column: timeframe, unit: millisecond}}}},
+   constants: {{event_type: {event}}},
+   columns: {{session_id: sessionId, anonymous_id: sessionId, customer_ref: userId, product_id: itemId, timestamp: eventdate}}}}"""
+    config = "sources:" + source.format(name="views", path="train-item-views.csv", event="product_view") + \
+        source.format(name="buys", path="train-purchases.csv", event="purchase") + "\n"
+    ws = _workspace(tmp_path, {"train-item-views.csv": views, "train-purchases.csv": buys}, config)
+    assert ingest(ws).rows_quarantined == 0
+    assert _rows(ws, "select session_id, customer_ref, event_type, timestamp::varchar from events order by timestamp") == [
+        ("2", None, "product_view", "2016-05-09 00:04:03.569"), ("1", None, "product_view", "2016-05-09 00:08:46.309"),
+        ("1", None, "product_view", "2016-05-09 00:17:11.018"), ("1", None, "purchase", "2016-05-09 00:20:00"),
+        ("3", "5", "product_view", "2016-05-10 00:00:00")]
+    (tmp_path / "cdp_ml.yaml").write_text(config.replace("unit: millisecond", "unit: ms"))
+    with pytest.raises(CdpError, match=r"timestamp_offset\.unit: 'ms' is not one of day, hour"):
+        ingest(Workspace.open(tmp_path))
+    (tmp_path / "cdp_ml.yaml").write_text(config.replace("column: timeframe", "column: frame"))
+    with pytest.raises(CdpError, match=r"timestamp_offset\.column: 'frame' is not in the file"):
+        ingest(Workspace.open(tmp_path))

@@ -101,6 +101,7 @@ def ingest(ws: Workspace, source: str | None = None) -> IngestResult:
     for src in sources:
         event_overrides(src)
         timestamp_year(src)
+        timestamp_offset(src)
     plan = []
     for src in sources:  # fail fast on missing files (exports and lookups) before loading anything
         plan.append((src, ws.source_files(src)))
@@ -365,10 +366,14 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead, rel: str,
     latest = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
     mapped = set(src.columns.values())
     unmapped = [c for c in raw.columns if c not in mapped]
-    clean = [f"{nz.blank_to_null(_q(col))} as {_q('__t_' + field)}" for field, col in src.columns.items()]
+    clean = [f"{(nz.missing_identifier if field in nz.IDENTIFIER_FIELDS else nz.blank_to_null)(_q(col))} "
+             f"as {_q('__t_' + field)}" for field, col in src.columns.items()]
     clean += [_q(c) for c in unmapped]
     if "phone" in src.columns:
         clean.append(f"regexp_replace(trim({_q(src.columns['phone'])}), '[^0-9+]', '', 'g') as __d_phone")
+    offset = timestamp_offset(src, raw)
+    if offset:
+        clean.append(f"{nz.number(nz.blank_to_null(_q(offset[0])))} as __offset")
     typed: list[str] = []
     reasons: list[str] = []
     negative = "coalesce(" + nz.number('"__t_quantity"') + " < 0, false)" if "quantity" in src.columns else "false"
@@ -397,6 +402,9 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead, rel: str,
             typed.append(f"{r} as raw_event_type")
         else:
             expr = _typed_expr(src.kind, f.name, f.type, r, tz, ts_fmt, date_fmt, country, column in month_first)
+            if offset and f.name == TIME_FIELDS.get(src.kind):  # a missing offset leaves the time as it is
+                expr = (f"({expr} + to_microseconds(cast(round(coalesce(__offset, 0) * "
+                        f"{nz.ELAPSED_UNITS[offset[1]]}) as bigint)))")
         if src.kind == "orders" and f.name == "quantity":
             expr = f"abs({expr})"
         if src.kind == "orders" and f.name == "status":
@@ -431,6 +439,9 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead, rel: str,
     reason = f"nullif(concat_ws('; ', {', '.join(reasons)}), '')" if reasons else "cast(null as varchar)"
     helpers = [_q("__t_" + field) for field in src.columns] + \
         (["__status_known"] if (src.kind == "orders" and "status" in src.columns) else [])
+    if offset:
+        typed.append("__offset")
+        helpers.append("__offset")
     vocab, join = "", ""
     if src.kind == "events":  # the mapping runs once per distinct event name, then a hash join types every row
         overrides = event_overrides(src)
@@ -481,6 +492,31 @@ def source_timestamp(ws: Workspace, src: SourceConfig, text: str, month_first: b
     ``month_first`` as ``month_first_columns`` decided for the file."""
     return nz.timestamp(text, src.timezone or ws.config.timezone, src.options.get("timestampformat"), _elapsed(src),
                         month_first, timestamp_year(src))
+
+
+# The time field of each kind that ``timestamp_offset`` moves.
+TIME_FIELDS = {"events": "timestamp", "orders": "ordered_at", "sessions": "timestamp", "interactions": "timestamp",
+               "consents": "timestamp"}
+
+
+def timestamp_offset(src: SourceConfig, raw: RawRead | None = None) -> tuple[str, str] | None:
+    """The source's ``timestamp_offset`` ``{column, unit}``, checked: a column counting units after the time
+    field's value. Diginetica gives a view's day and its milliseconds since the session began (``timeframe``);
+    without the offset a session's views and purchase share one instant and their order is lost."""
+    value = src.options.get("timestamp_offset")
+    if value is None:
+        return None
+    where = f"source '{src.name}': options.timestamp_offset"
+    if not isinstance(value, dict) or not isinstance(value.get("column"), str) or set(value) - {"column", "unit"}:
+        raise CdpError(f"{where}: expected {{column: COLUMN, unit: {'|'.join(nz.ELAPSED_UNITS)}}}")
+    unit = str(value.get("unit", ""))
+    if unit not in nz.ELAPSED_UNITS:
+        raise CdpError(f"{where}.unit: {unit or 'missing'!r} is not one of {', '.join(nz.ELAPSED_UNITS)}")
+    if src.kind not in TIME_FIELDS:
+        raise CdpError(f"{where}: {src.kind} sources have no time field to offset")
+    if raw is not None and value["column"] not in raw.columns:
+        raise CdpError(f"{where}.column: {value['column']!r} is not in the file (columns: {', '.join(raw.columns[:12])})")
+    return value["column"], unit
 
 
 def timestamp_year(src: SourceConfig) -> int | None:

@@ -117,6 +117,20 @@ def blank_to_null(expr: str) -> str:
     return (f"nullif(nullif(nullif(nullif(trim({expr}), ''), 'NULL'), 'null'), 'NaN')")
 
 
+# Identifier fields, and the spellings of 'no value' that R (NA), pandas (nan), Python (None), Excel (#N/A) and
+# JavaScript (undefined) write into them: such text is never a key, else Diginetica's ~70% of views without a
+# user (userId NA) would all be one customer 'NA' and every anonymous session would merge into one person.
+IDENTIFIER_FIELDS = ("record_id", "customer_id", "customer_ref", "anonymous_id", "session_id", "event_id", "order_id",
+                     "interaction_id", "product_id")
+MISSING_WORDS = ("na", "n/a", "nan", "none", "#n/a", "null", "nil", "undefined")
+
+
+def missing_identifier(expr: str) -> str:
+    """``blank_to_null`` for an identifier: also NULL for the usual spellings of a missing value."""
+    words = ", ".join(lit(w) for w in MISSING_WORDS)
+    return f"(case when lower(trim({expr})) in ({words}) then null else {blank_to_null(expr)} end)"
+
+
 def email(expr: str) -> str:
     """Trimmed, lower-cased, mailto: stripped; NULL when not shaped like an address."""
     e = f"lower(regexp_replace(trim({expr}), '^mailto:', ''))"
