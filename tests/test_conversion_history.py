@@ -110,6 +110,29 @@ def test_audience_points_from_an_extended_history_equal_the_full_build(ws):
     pd.testing.assert_frame_equal(full, points[full.columns], check_exact=False, rtol=1e-12, atol=0)
 
 
+def test_devices_identity_gives_another_person_are_sessionised_again(ws):
+    """A device that logs in to a known customer, and two persons merged: their old events name another person
+    now; those devices' stored sessions are rebuilt whole, the rest only extended."""
+    until = _until(ws)
+    _history(ws, until - timedelta(days=7))
+    with ws.connect() as con:
+        source, anon_only = con.execute("""select source, anonymous_id from person_events
+                                           where person_id is null and anonymous_id is not null and "timestamp" < ?
+                                           order by anonymous_id limit 1""", [until - timedelta(days=30)]).fetchall()[0]
+        known, merged = [r[0] for r in con.execute("""select person_id from person_map where id_type = 'customer_ref'
+                                                       group by 1 order by count(*) desc, 1 limit 2""").fetchall()]
+        con.execute("""insert into person_map by name select ? as source, 'anonymous_id' as id_type,
+                       ? as record_id, ? as person_id""", [source, anon_only, known])
+        con.execute("update person_map set person_id = ? where person_id = ?", [known, merged])
+    update, rows = _history(ws, until)
+    assert update.mode == "extended" and update.reidentified >= 2
+    _forget_stored(ws)
+    _, whole = _history(ws, until)
+    pd.testing.assert_frame_equal(rows, whole)
+    assert (rows["person_id"] == merged).sum() == 0 and (rows.loc[rows["device_id"] == "a:" + anon_only, "person_id"]
+                                                         == known).all()
+
+
 def test_changed_events_before_the_watermark_rebuild_the_history(ws):
     until = _until(ws)
     _, stored = _history(ws, until - timedelta(days=7))

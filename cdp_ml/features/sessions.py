@@ -263,6 +263,7 @@ HISTORY_EVENTS_PER_SLICE = 3 * EVENTS_PER_SLICE
 # and the fingerprint of the events it was built from. Derived data: rebuilt whenever that fingerprint changes.
 HISTORY_TABLE = "conversion_session_history"
 HISTORY_STATE = "_conversion_session_history_state"
+HISTORY_IDENTITIES = "_conversion_session_history_identities"
 # what a stored history's rows mean: bump when the columns or their rules change, so an old table is rebuilt
 HISTORY_FORMAT = "1"
 _FUNNEL = {"product_view": 1, "add_to_cart": 2, "checkout_start": 3}
@@ -275,8 +276,9 @@ class HistoryUpdate:
 
     mode: Literal["current", "extended", "rebuilt"]
     reason: str  # why a rebuild (or '')
-    new_events: int  # events read besides the stored history (all of them when rebuilt)
+    new_events: int  # events since the watermark (all of them when rebuilt)
     sessions: int  # sessions (re)written
+    reidentified: int  # devices sessionised again whole because identity gave their events another person
     slices: int
 
 
@@ -383,20 +385,84 @@ def _sessionise_history(con: duckdb.DuckDBPyConnection, table: str, gap_minutes:
 
 def _events_digest(con: duckdb.DuckDBPyConnection, purchase_types: Sequence[str], since: datetime | None,
                    until: datetime) -> tuple[int, int]:
-    """(rows, sum of row hashes) of everything the history reads of the events in ``[since, until)``: time, type,
-    device and person columns, and the equal-time order of purchases. Sums add up, so the stored history's
-    fingerprint is extended by the new week's without reading the old events twice."""
-    rel, opt, utm = _projection(con)
+    """(rows, sum of row hashes) of what the history reads of the staging events in ``[since, until)``: time,
+    type, source, device columns, and the columns ordering equal-time purchases. Persons come from identity and
+    are checked apart (:func:`_changed_identifiers`). Sums add up, so the stored fingerprint is extended by the
+    new week's without reading the old events again."""
+    if not table_exists(con, "events"):
+        return 0, 0
+    have = set(columns(con, "events"))
+    keys = [f'"{c}"' for c in ("timestamp", "event_type", "source", "ref_source", "anonymous_id", "customer_ref")
+            if c in have]
+    tiebreak = [f'"{c}"' for c in ("product_id", "category", "value", "channel", "url", "referrer", "attributes")
+                if c in have]
+    purchase = (f"case when list_contains($purchase::varchar[], lower(event_type)) then hash({', '.join(tiebreak)}) end"
+                if tiebreak else "null")
     n, total = con.execute(f"""
-        select count(*), coalesce(sum(hash(ts, event_type, anonymous_id, customer_ref, person_id,
-                                           case when list_contains($purchase::varchar[], event_type)
-                                                then {TIEBREAK} end)::hugeint), 0)::varchar
-        from (select {_event_columns(opt, utm)} from {rel}
-              where "timestamp" < $until and "timestamp" >= $since and "timestamp" is not null
-                and event_type is not null)
+        select count(*), coalesce(sum(hash({', '.join(keys)}, {purchase})::hugeint), 0)::varchar
+        from events
+        where "timestamp" < $until and "timestamp" >= $since and "timestamp" is not null and event_type is not null
     """, {"until": until, "since": since or datetime.min, "purchase": _purchase_names(con, purchase_types)}
     ).fetchall()[0]
     return int(n), int(total)
+
+
+# the identifiers whose person the events relation looks up (identity's person_events view)
+_EVENT_IDENTIFIERS = ("customer_ref", "anonymous_id")
+
+
+def _identities_sql(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The person of each event identifier when events get their person from identity (else None: without
+    identity a device's person follows from the events themselves, which the events fingerprint covers)."""
+    if event_relation(con) != "person_events" or not table_exists(con, "person_map"):
+        return None
+    kinds = ", ".join(f"'{k}'" for k in _EVENT_IDENTIFIERS)
+    return (f"select source::varchar as source, id_type::varchar as id_type, record_id::varchar as record_id, "
+            f"person_id::varchar as person_id from person_map where id_type in ({kinds})")
+
+
+def _changed_identifiers(con: duckdb.DuckDBPyConnection, watermark: datetime) -> int:
+    """Temp table ``conv_history_affected(device_id)``: the devices whose stored sessions identity changed since
+    they were built - an event identifier (customer reference, device id) of theirs before the watermark now
+    names another person or none (a device that logged in for the first time, persons merged, an erasure) -
+    with, for events without a device id, both the old and the new person's device. Returns their number."""
+    current = _identities_sql(con)
+    con.execute("create or replace temp table conv_history_affected (device_id varchar)")
+    if current is None or not table_exists(con, HISTORY_IDENTITIES) or not table_exists(con, "events"):
+        return 0
+    con.execute(f"""
+        create or replace temp table conv_history_changed as
+        select coalesce(c.source, s.source) as source, coalesce(c.id_type, s.id_type) as id_type,
+               coalesce(c.record_id, s.record_id) as record_id, s.person_id as old_person, c.person_id as new_person
+        from ({current}) c full join {HISTORY_IDENTITIES} s
+          on c.source = s.source and c.id_type = s.id_type and c.record_id = s.record_id
+        where c.person_id is distinct from s.person_id
+    """)
+    have = set(columns(con, "events"))
+    anon = "anonymous_id::varchar" if "anonymous_id" in have else "null::varchar"
+    ref = "customer_ref::varchar" if "customer_ref" in have else "null::varchar"
+    con.execute(f"""
+        insert into conv_history_affected
+        with ev as (
+            select source::varchar as source, {anon} as anonymous_id, {ref} as customer_ref from events
+            where "timestamp" < $watermark and "timestamp" is not null and event_type is not null
+        ), hit as (
+            select e.anonymous_id, e.customer_ref, x.old_person, x.new_person
+            from ev e join conv_history_changed x
+              on x.id_type = 'customer_ref' and x.source = e.source and x.record_id = e.customer_ref
+            union all
+            select e.anonymous_id, e.customer_ref, null, null
+            from ev e join conv_history_changed x
+              on x.id_type = 'anonymous_id' and x.source = e.source and x.record_id = e.anonymous_id
+        )
+        select distinct device_id from (
+            select 'a:' || anonymous_id as device_id from hit where anonymous_id is not null
+            union all select coalesce('p:' || old_person, 'c:' || customer_ref) from hit where anonymous_id is null
+            union all select coalesce('p:' || new_person, 'c:' || customer_ref) from hit where anonymous_id is null
+        ) where device_id is not null
+    """, {"watermark": watermark})
+    con.execute("drop table conv_history_changed")
+    return con.execute("select count(*) from conv_history_affected").fetchall()[0][0]
 
 
 def _history_settings(con: duckdb.DuckDBPyConnection, gap_minutes: int, purchase_types: Sequence[str]) -> str:
@@ -407,14 +473,23 @@ def _history_settings(con: duckdb.DuckDBPyConnection, gap_minutes: int, purchase
 def _stored_state(con: duckdb.DuckDBPyConnection) -> tuple[datetime, int, int, str] | None:
     if not (table_exists(con, HISTORY_STATE) and table_exists(con, HISTORY_TABLE)):
         return None
+    if _identities_sql(con) is not None and not table_exists(con, HISTORY_IDENTITIES):
+        return None  # persons come from identity, but which ones the rows were built with is not known
     rows = con.execute(f"select watermark, events, digest, settings from {HISTORY_STATE}").fetchall()
     return (rows[0][0], int(rows[0][1]), int(rows[0][2]), rows[0][3]) if len(rows) == 1 else None
 
 
 def _save_state(con: duckdb.DuckDBPyConnection, watermark: datetime, digest: tuple[int, int], settings: str) -> None:
+    """The state row and the event identifiers' persons the stored rows were built with (inside the caller's
+    transaction, so they always describe the stored rows)."""
     con.execute(f"create or replace table {HISTORY_STATE} (watermark timestamp, events bigint, digest varchar, "
                 f"settings varchar)")
     con.execute(f"insert into {HISTORY_STATE} values (?, ?, ?, ?)", [watermark, digest[0], str(digest[1]), settings])
+    identities = _identities_sql(con)
+    if identities is None:
+        con.execute(f"drop table if exists {HISTORY_IDENTITIES}")
+    else:
+        con.execute(f"create or replace table {HISTORY_IDENTITIES} as {identities}")
 
 
 def session_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes: int,
@@ -428,12 +503,13 @@ def session_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes
     events only decides which of several same-time purchases closes a session (non-purchase events sort before
     purchases at equal times and never split), so only the purchase events carry the tiebreak.
 
-    The history is stored in the warehouse with the watermark it was built to and a fingerprint of the events
-    before it. When that fingerprint still holds (no event before the watermark was added, changed, re-resolved
-    to another person or erased) and ``until`` is not earlier, only the events since the watermark are
-    sessionised: each device with new events continues from its last stored session - re-sessionised with its
-    events when it may still be open (ended within the gap before the watermark without a purchase), else
-    numbered on from it. Anything else rebuilds the whole history.
+    The history is stored in the warehouse with the watermark it was built to, a fingerprint of the staging
+    events before it and the person of every event identifier. When the fingerprint still holds (no event
+    before the watermark was added, changed or erased) and ``until`` is not earlier, only the events since the
+    watermark are sessionised: each device with new events continues from its last stored session -
+    re-sessionised with its events when it may still be open (ended within the gap before the watermark
+    without a purchase), else numbered on from it - and the devices whose identifiers identity has since given
+    another person are sessionised again whole. Anything else rebuilds the whole history.
     """
     slices = _slices(con, until, events_per_slice=HISTORY_EVENTS_PER_SLICE)
     settings = _history_settings(con, gap_minutes, purchase_types)
@@ -442,18 +518,16 @@ def session_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes
               else f"as of {until} is before the stored watermark {state[0]}" if until < state[0] else "")
     if not reason:
         assert state is not None
-        watermark = state[0]
-        if _events_digest(con, purchase_types, None, watermark) != (state[1], state[2]):
-            reason = "events before the watermark changed (re-ingested, re-resolved or erased)"
+        if _events_digest(con, purchase_types, None, state[0]) != (state[1], state[2]):
+            reason = "events before the watermark changed (re-ingested, erased or expired)"
     if reason:
         update = _rebuild_history(con, until, gap_minutes, purchase_types, slices, settings, reason)
-    elif until == watermark:
-        update = HistoryUpdate("current", "", 0, 0, slices)
     else:
-        update = _extend_history(con, watermark, until, gap_minutes, purchase_types, slices, settings,
+        assert state is not None
+        update = _extend_history(con, state[0], until, gap_minutes, purchase_types, slices, settings,
                                  (state[1], state[2]))
-    log.info("session history %s%s: %d events read, %d sessions written", update.mode,
-             f" ({update.reason})" if update.reason else "", update.new_events, update.sessions)
+    log.info("session history %s%s: %d new events, %d devices re-identified, %d sessions written", update.mode,
+             f" ({update.reason})" if update.reason else "", update.new_events, update.reidentified, update.sessions)
     con.execute(f"""
         create or replace temp view conv_history_sessions as
         select * exclude (anonymous_id, known_through), (hash(device_id) % {slices})::integer as slice
@@ -476,15 +550,19 @@ def _rebuild_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_minute
     con.execute("commit")
     sessions = con.execute("select count(*) from conv_history_new").fetchall()[0][0]
     con.execute("drop table conv_history_new")
-    return HistoryUpdate("rebuilt", reason, digest[0], sessions, slices)
+    return HistoryUpdate("rebuilt", reason, digest[0], sessions, 0, slices)
 
 
 def _extend_history(con: duckdb.DuckDBPyConnection, watermark: datetime, until: datetime, gap_minutes: int,
                     purchase_types: Sequence[str], slices: int, settings: str,
                     digest: tuple[int, int]) -> HistoryUpdate:
+    affected = _changed_identifiers(con, watermark)
+    if until == watermark and not affected:
+        con.execute("drop table conv_history_affected")
+        return HistoryUpdate("current", "", 0, 0, 0, slices)
     new = _events_digest(con, purchase_types, watermark, until)
     _history_events(con, until, purchase_types, 1, since=watermark)
-    # each device with new events: its last stored session (a purchase-only one included), open or closed
+    # each other device with new events: its last stored session (a purchase-only one included), open or closed
     con.execute(f"""
         create or replace temp table conv_history_last as
         with devices as (select distinct device_id from conv_history_events
@@ -492,7 +570,7 @@ def _extend_history(con: duckdb.DuckDBPyConnection, watermark: datetime, until: 
         select device_id, session_no, started_at, known_through,
                started_at is not null and purchased_at is null
                    and scored_at >= $watermark - to_minutes($gap::bigint) as open
-        from {HISTORY_TABLE} semi join devices using (device_id)
+        from {HISTORY_TABLE} semi join devices using (device_id) anti join conv_history_affected using (device_id)
         qualify row_number() over (partition by device_id order by session_no desc) = 1
     """, {"watermark": watermark, "gap": int(gap_minutes)})
     con.execute("""
@@ -500,10 +578,14 @@ def _extend_history(con: duckdb.DuckDBPyConnection, watermark: datetime, until: 
         select device_id, session_no - open::integer as session_base, known_through as known_base
         from conv_history_last
     """)
-    con.execute("create or replace temp table conv_history_open as "
-                "select device_id, started_at as since from conv_history_last where open")
+    # events before the watermark sessionised again: the open sessions' and the affected devices' whole histories
+    con.execute("""
+        create or replace temp table conv_history_open as
+        select device_id, started_at as since from conv_history_last where open
+        union all select device_id, ?::timestamp from conv_history_affected
+    """, [datetime.min])
     lower = con.execute("select min(since) from conv_history_open").fetchall()[0][0]
-    if lower is not None:  # the open sessions' events before the watermark, re-sessionised with the new ones
+    if lower is not None:
         con.execute("create or replace temp table conv_history_new_events as from conv_history_events")
         con.execute("create or replace temp table conv_history_new_tiebreak as from conv_history_tiebreak")
         _history_events(con, watermark, purchase_types, 1, since=lower, reopened="conv_history_open",
@@ -516,14 +598,15 @@ def _extend_history(con: duckdb.DuckDBPyConnection, watermark: datetime, until: 
     con.execute("begin transaction")
     con.execute(f"""delete from {HISTORY_TABLE} h using conv_history_last l
                     where l.open and h.device_id = l.device_id and h.session_no = l.session_no""")
+    con.execute(f"delete from {HISTORY_TABLE} where device_id in (select device_id from conv_history_affected)")
     con.execute(f"insert into {HISTORY_TABLE} from conv_history_new")
     _save_state(con, until, (digest[0] + new[0], digest[1] + new[1]), settings)
     con.execute("commit")
     sessions = con.execute("select count(*) from conv_history_new").fetchall()[0][0]
     for t in ("conv_history_events", "conv_history_tiebreak", "conv_history_last", "conv_history_base",
-              "conv_history_open", "conv_history_new"):
+              "conv_history_open", "conv_history_new", "conv_history_affected"):
         con.execute(f"drop table {t}")
-    return HistoryUpdate("extended", "", new[0], sessions, slices)
+    return HistoryUpdate("extended", "", new[0], sessions, affected, slices)
 
 
 def _recent_purchases(con: duckdb.DuckDBPyConnection, until: datetime, since: datetime,
