@@ -189,3 +189,30 @@ def test_diginetica_views_keep_their_order_and_na_users_are_no_customer(tmp_path
     (tmp_path / "cdp_ml.yaml").write_text(config.replace("column: timeframe", "column: frame"))
     with pytest.raises(CdpError, match=r"timestamp_offset\.column: 'frame' is not in the file"):
         ingest(Workspace.open(tmp_path))
+
+
+def test_repurchase_says_why_no_order_of_a_person_is_there(tmp_path):
+    """An anonymous click log (Coveo) has purchases but no persons; a short log (Taobao) has them only later
+    than training needs: each gets its own reason instead of 'check the orders source'."""
+    from cdp_ml.errors import NotEnoughData
+    from cdp_ml.identity import resolve
+    from cdp_ml.models import repurchase
+
+    lines = "".join(f"s{i % 40},{'purchase' if i % 3 == 0 else 'detail'},p{i % 7},{1546300800000 + i * 3_600_000}\n"
+                    for i in range(400))
+    ws = _workspace(tmp_path, {"browsing.csv": "session,action,sku,ms\n" + lines}, """
+sources:
+- {name: coveo, kind: events, path: browsing.csv,
+   columns: {anonymous_id: session, session_id: session, event_type: action, product_id: sku, timestamp: ms}}
+""")
+    ingest(ws)
+    resolve(ws)
+    with pytest.raises(NotEnoughData, match="none of the 134 orders or purchases belongs to a person"):
+        repurchase.train(ws)
+    (tmp_path / "cdp_ml.yaml").write_text((tmp_path / "cdp_ml.yaml").read_text().replace(
+        "anonymous_id: session,", "customer_ref: session,"))
+    ws = Workspace.open(tmp_path)
+    ingest(ws)
+    resolve(ws)
+    with pytest.raises(NotEnoughData, match=r"the first order of a person is on 2019-01-01, not before 2018-"):
+        repurchase.train(ws)

@@ -70,6 +70,21 @@ def _col(cols: list[str], name: str, default: str) -> str:
     return f'"{name}"' if name in cols else default
 
 
+def _no_orders_before(con: duckdb.DuckDBPyConnection, day: date) -> str:
+    """Why no order of a person lies before ``day``: none at all, none with a person (an anonymous log), or
+    all later (a log shorter than the horizon plus some history)."""
+    total, linked, first = con.execute("select count(*), count(person_id), min(ordered_at) filter "
+                                       "(where person_id is not null)::date from person_orders").fetchall()[0]
+    if not total:
+        return ("repurchase: the warehouse has no orders and no purchase events; map an orders source (or events "
+                "with purchases) and run `cdp-ml ingest` and `cdp-ml resolve`")
+    if not linked:
+        return (f"repurchase: none of the {total:,} orders or purchases belongs to a person (persons come "
+                f"from customer keys; a log of anonymous sessions has none; else run `cdp-ml resolve`)")
+    return (f"repurchase: the first order of a person is on {first}, not before {day} (training needs orders "
+            f"before the as-of date minus the horizon); use a later date or a smaller repurchase.horizon_weeks")
+
+
 def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: date,
             allowed: Sequence[str] = (), sample: Callable[[int], float] | None = None,
             first_origin: date | None = None) -> Inputs:
@@ -110,8 +125,7 @@ def prepare(con: duckdb.DuckDBPyConnection, data_end: date, categories_before: d
     span = con.execute("select min(day), max(day), count(*) from rp_orders where day < ?",
                        [categories_before]).fetchall()[0]
     if not span[2]:
-        raise NotEnoughData(f"repurchase: no orders linked to persons before {categories_before}; "
-                            "check the orders source and run `cdp-ml resolve`")
+        raise NotEnoughData(_no_orders_before(con, categories_before))
     cats = _categories(con, categories_before, allowed)
     con.execute("create or replace temp table rp_categories (category varchar)")
     if cats:
