@@ -142,20 +142,29 @@ def test_a_refresh_without_any_model_scores_skips_segments_and_report(tmp_path):
 
 def test_tmall_month_day_stamps_take_the_year_from_the_workspace_file(tmp_path):
     """Tmall's user_log keeps mmdd only (1111 = Double 11), numeric action codes; a copy saved by a tool that typed
-    the column as a number has 511 for 0511."""
+    the column as a number has 511 for 0511. Only the day is stamped, so two clicks on one item that day are two
+    equal rows: duplicate_rows: keep loads both."""
     log = ("user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type\n"
-           "328862,323294,833,2882,2661,0829,0\n328862,844400,1271,2882,,511,1\n328862,575153,1271,2882,2661,1111,2\n")
+           "328862,323294,833,2882,2661,0829,0\n328862,844400,1271,2882,,511,1\n328862,575153,1271,2882,2661,1111,2\n"
+           "328862,323294,833,2882,2661,0829,0\n")
     config = """
 sources:
 - {name: tmall, kind: events, path: user_log_format1.csv,
-   options: {timestampformat: "%m%d", timestamp_year: 2014,
+   options: {timestampformat: "%m%d", timestamp_year: 2014, duplicate_rows: keep,
              event_types: {"0": product_view, "1": add_to_cart, "2": purchase, "3": add_to_wishlist}},
    columns: {customer_ref: user_id, product_id: item_id, category: cat_id, timestamp: time_stamp, event_type: action_type}}
 """
     ws = _workspace(tmp_path, {"user_log_format1.csv": log}, config)
     assert ingest(ws).rows_quarantined == 0
     assert _rows(ws, "select timestamp::date::varchar, event_type from events order by _row") == [
-        ("2014-08-29", "product_view"), ("2014-05-11", "add_to_cart"), ("2014-11-11", "purchase")]
+        ("2014-08-29", "product_view"), ("2014-05-11", "add_to_cart"), ("2014-11-11", "purchase"),
+        ("2014-08-29", "product_view")]
+    (tmp_path / "cdp_ml.yaml").write_text(config.replace(" duplicate_rows: keep,", ""))
+    result = ingest(Workspace.open(tmp_path))  # the default: an identical row is a re-export, loaded once
+    assert (result.rows_loaded, result.rows_quarantined) == (3, 1)
+    (tmp_path / "cdp_ml.yaml").write_text(config.replace("duplicate_rows: keep", "duplicate_rows: drop"))
+    with pytest.raises(CdpError, match="duplicate_rows: 'drop' is not quarantine or keep"):
+        ingest(Workspace.open(tmp_path))
     (tmp_path / "cdp_ml.yaml").write_text(config.replace('timestampformat: "%m%d", ', ""))
     with pytest.raises(CdpError, match="timestamp_year: needs a timestampformat without a year"):
         ingest(Workspace.open(tmp_path))

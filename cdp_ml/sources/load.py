@@ -102,6 +102,7 @@ def ingest(ws: Workspace, source: str | None = None) -> IngestResult:
         event_overrides(src)
         timestamp_year(src)
         timestamp_offset(src)
+        duplicate_rows(src)
     plan = []
     for src in sources:  # fail fast on missing files (exports and lookups) before loading anything
         plan.append((src, ws.source_files(src)))
@@ -519,6 +520,16 @@ def timestamp_offset(src: SourceConfig, raw: RawRead | None = None) -> tuple[str
     return value["column"], unit
 
 
+def duplicate_rows(src: SourceConfig) -> str:
+    """The source's ``duplicate_rows``, checked: ``quarantine`` (default: a re-exported row is loaded once) or
+    ``keep``, for logs with coarse times whose identical rows are real repeats (Tmall stamps only the day, so
+    two clicks on one item that day are two equal rows). Record ids and event ids stay unique either way."""
+    value = str(src.options.get("duplicate_rows", "quarantine"))
+    if value not in ("quarantine", "keep"):
+        raise CdpError(f"source '{src.name}': options.duplicate_rows: {value!r} is not quarantine or keep")
+    return value
+
+
 def timestamp_year(src: SourceConfig) -> int | None:
     """The source's ``timestamp_year``, checked: the year of timestamps whose ``timestampformat`` has none
     (Tmall's user_log keeps only month and day, ``%m%d``)."""
@@ -593,6 +604,8 @@ def _mark_duplicates(con: duckdb.DuckDBPyConnection, src: SourceConfig, rel: str
         reason = "'duplicate record_id in this file (a later version of the record was loaded)'"
     elif src.kind == "events" and "event_id" in src.columns:
         key_cols, order, reason = ["event_id"], "_row", "'duplicate event_id'"
+    elif duplicate_rows(src) == "keep":  # a log whose repeats are real (same item clicked twice in a day)
+        return
     else:
         key_cols = [c for c in _typed_columns(con) if c not in ("_row", "_reason")]
         order, reason = "_row", "'duplicate row'"

@@ -29,7 +29,7 @@ CSV_OPTIONS = {"delim", "sep", "header", "quote", "escape", "encoding", "skip", 
                "null_padding", "strict_mode", "max_line_size", "nullstr", "auto_detect", "compression",
                "allow_quoted_nulls", "ignore_errors"}
 FORMAT_OPTIONS = {"dateformat", "timestampformat", "timestamp_origin", "timestamp_unit", "timestamp_year",
-                  "timestamp_offset", "event_types", "sheet"}  # sheet: Excel only  # applied by the normaliser (load.py)
+                  "timestamp_offset", "duplicate_rows", "event_types", "sheet"}  # sheet: Excel only  # applied by the normaliser (load.py)
 REJECTS = "store_rejects=true, rejects_table='_rejects', rejects_scan='_reject_scans'"
 
 
