@@ -7,11 +7,14 @@
 The second form copies an existing workspace's warehouse (e.g. the 1M-person demo after ingest and
 identity) and its ``cdp_ml.yaml`` instead of generating data, so the timing covers real sessionisation.
 
-    .venv/bin/python bench/bench_conversion.py --score-in /tmp/convscore-1m --as-of 2026-11-23 [--check-full]
+    .venv/bin/python bench/bench_conversion.py --score-in /tmp/convscore-1m --as-of 2026-11-23 \
+        [--history-from 2026-11-16] [--check-full]
 
 The third form times ``conversion.score`` in place on a workspace with a champion (use a copy you own: it
-writes ``conversion_scores``); ``--check-full`` then also builds every session's points as before scoring
-was restricted to the audience and compares the audience rows and the champion's probabilities.
+writes ``conversion_scores`` and the stored session history); ``--history-from`` first scores that earlier
+as-of (timed apart), so the timed score extends the stored session history by the weeks between, as a weekly
+refresh does; ``--check-full`` then also builds every session's points as before scoring was restricted to the
+audience and compares the audience rows and the champion's probabilities.
 
 Generates staging ``events`` and ``orders`` in DuckDB SQL (a browsing funnel whose purchase probability
 rises with product views and cart adds; ~4 events per session; no real data), then times
@@ -103,7 +106,7 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def score_in_place(ws: Workspace, as_of: date | None, check_full: bool) -> None:
+def score_in_place(ws: Workspace, as_of: date | None, check_full: bool, history_from: date | None = None) -> None:
     """Time the audience-only scoring; optionally compare it with the audience of a full feature build."""
     import numpy as np
 
@@ -112,6 +115,12 @@ def score_in_place(ws: Workspace, as_of: date | None, check_full: bool) -> None:
     from cdp_ml.privacy.profiling import profiling_excluded_sql
 
     as_of = as_of or conversion.default_as_of(ws)
+    if history_from is not None:  # the previous week's run: stores the session history up to then
+        t0 = time.perf_counter()
+        earlier = conversion.score(ws, history_from)
+        print("BENCH " + json.dumps({"step": f"score {history_from} (stores the session history)",
+                                     "seconds": round(time.perf_counter() - t0, 1), "rows": earlier.visitors,
+                                     "peak_mb": round(peak_mb())}), flush=True)
     t0 = time.perf_counter()
     result = conversion.score(ws, as_of)
     print(result, flush=True)
@@ -161,15 +170,17 @@ def main() -> None:
                                           "so model settings can be compared offline without rebuilding features")
     ap.add_argument("--score-in", help="time `conversion.score` in place on this workspace (one with a champion)")
     ap.add_argument("--as-of", help="--score-in: the as-of date (default: the Monday after the latest event)")
+    ap.add_argument("--history-from", help="--score-in: first score this earlier as-of, so the timed score extends "
+                                           "the stored session history from there")
     ap.add_argument("--check-full", action="store_true",
                     help="--score-in: also build the full points and compare the audience rows and probabilities")
     args = ap.parse_args()
     if args.score_in:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-        for name in ("cdp_ml.features.conversion", "cdp_ml.models.conversion"):
+        for name in ("cdp_ml.features.conversion", "cdp_ml.features.sessions", "cdp_ml.models.conversion"):
             logging.getLogger(name).setLevel(logging.INFO)
         score_in_place(Workspace.open(args.score_in), date.fromisoformat(args.as_of) if args.as_of else None,
-                       args.check_full)
+                       args.check_full, date.fromisoformat(args.history_from) if args.history_from else None)
         return
     # the stages log each phase's seconds (sessions, histories, fetch, fit, scoring, baseline)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")

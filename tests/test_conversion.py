@@ -191,25 +191,27 @@ def test_sessionising_in_device_slices_gives_the_same_points(ws, monkeypatch):
 
 
 def _audience_frames(ws: Workspace, until: datetime, build) -> tuple[feats.PointsSpec, pd.DataFrame, pd.DataFrame]:
-    """(spec, points scored since the audience window opened, the audience fetched from them)."""
+    """(spec, each visitor's latest point since the audience window opened, the audience fetched from them)."""
     s = ws.config.conversion
     since = until - timedelta(days=s.active_days)
     with ws.connect() as con:
         spec = build(con, s, ws.config.features, until, since)
-        points = con.execute(f"select * from {feats.POINTS_TABLE} where scored_at >= ? order by session_id",
-                             [since]).df()
+        points = con.execute(f"""select * from {feats.POINTS_TABLE} where scored_at >= ?
+                                 qualify row_number() over (partition by visitor_id
+                                                            order by scored_at desc, session_id desc) = 1
+                                 order by session_id""", [since]).df()
         audience = feats.fetch_audience(con, spec, until, s.active_days)
     return spec, points, audience
 
 
 def test_audience_build_gives_the_full_builds_rows_and_probabilities(ws, monkeypatch):
-    """Scoring builds only the recent sessions' rows (histories from narrow sessions): every row, and so every
-    probability, is the one the full build gives the same scoring point; also in several device slices."""
+    """Scoring builds only each visitor's latest recent session (histories from narrow sessions): every row, and
+    so every probability, is the one the full build gives the same scoring point; also in several device slices."""
     until = _midnight(conversion.default_as_of(ws))
     full_spec, full, full_audience = _audience_frames(
         ws, until, lambda con, s, f, u, since: feats.build_points(con, s, f, u))
     spec, points, audience = _audience_frames(ws, until, feats.build_audience_points)
-    assert spec == replace(full_spec, rows=len(points)) and spec.rows < full_spec.rows / 3  # only the recent rows
+    assert spec == replace(full_spec, rows=len(points)) and spec.rows < full_spec.rows / 3  # only the audience's
     assert len(points) > 200 and points["known"].sum() > 0 and points["prev_sessions"].gt(0).sum() > 0
     assert points["visitor_decayed_sessions"].gt(0).sum() > 0 and points["person_orders"].gt(0).sum() > 0
     pd.testing.assert_frame_equal(full, points[full.columns], check_exact=False, rtol=1e-12, atol=0)

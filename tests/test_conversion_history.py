@@ -100,13 +100,15 @@ def test_audience_points_from_an_extended_history_equal_the_full_build(ws):
     _history(ws, _spanning_watermark(ws, until))
     with ws.connect() as con:
         full_spec = feats.build_points(con, s, f, until)
-        full = con.execute(f"select * from {feats.POINTS_TABLE} where scored_at >= ? order by session_id",
-                           [since]).df()
+        latest = f"""select * from {feats.POINTS_TABLE} where scored_at >= ?
+                     qualify row_number() over (partition by visitor_id order by scored_at desc, session_id desc) = 1
+                     order by session_id"""
+        full = con.execute(latest, [since]).df()
         spec = feats.build_audience_points(con, s, f, until, since)
-        points = con.execute(f"select * from {feats.POINTS_TABLE} where scored_at >= ? order by session_id",
-                             [since]).df()
+        points = con.execute(latest, [since]).df()
         state = con.execute(f"select watermark from {sess.HISTORY_STATE}").fetchall()
     assert state == [(until,)] and spec.rows == len(points) < full_spec.rows / 3 and len(points) > 200
+    assert points["prev_sessions"].gt(0).sum() > 0 and points["visitor_decayed_sessions"].gt(0).sum() > 0
     pd.testing.assert_frame_equal(full, points[full.columns], check_exact=False, rtol=1e-12, atol=0)
 
 

@@ -368,14 +368,15 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
 
 def build_audience_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
                           features: FeatureSettings, until: datetime, since: datetime) -> PointsSpec:
-    """Create temp table ``conv_points`` with only the scoring points ``since <= scored_at < until`` (what
-    :func:`fetch_audience` reads), each row identical to what :func:`build_points` gives it.
+    """Create temp table ``conv_points`` with only the scoring points :func:`fetch_audience` keeps of
+    ``since <= scored_at < until`` - each visitor's latest - each row identical to what :func:`build_points`
+    gives it.
 
-    Scoring needs the features of a few recent sessions, not of the whole history: every session is still
-    found (histories count sessions), but from a narrow projection of the events
-    (:func:`sessions.session_history`: stored in the warehouse and extended each week); the windows over devices and visitors run on those narrow rows
-    with the full build's expressions, and the wide session aggregates, ASOF joins and final columns are built
-    only for the recent sessions — from each device's events since the start of its first recent session.
+    Scoring needs the features of one session per visitor, not of the whole history: every session is still
+    found (histories count sessions), but from a narrow projection of the events (:func:`sessions.session_history`:
+    stored in the warehouse and extended each week); the windows over devices and visitors run on those narrow
+    rows with the full build's expressions, and the wide session aggregates, ASOF joins and final columns are
+    built only for the audience's sessions - from each device's events since the start of its first one.
     """
     kind = input_kind(con, conversion)
     if kind == "sessions":
@@ -391,11 +392,21 @@ def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: Conversio
     slices = history.slices
     log.info("conversion audience features: session history %s (%d slices) in %.1fs (%.0f CPU-s)", history.mode,
              slices, time.perf_counter() - started, time.process_time() - cpu)
-    # the recent sessions, whole: each device with one from the start of its first recent session on
+    # the points the audience is: each visitor's latest session in the window (fetch_audience's choice, by the same
+    # visitor id and order), purchased since or not
+    con.execute(f"""
+        create or replace temp table conv_scored as
+        select device_id, session_no, started_at
+        from conv_history_sessions
+        where scored_at >= ?
+        qualify row_number() over (partition by coalesce('p:' || person_id, device_id)
+                                   order by scored_at desc, {sess.SESSION_ID} desc) = 1
+    """, [since])
+    # those sessions, whole: each device's events from the start of its first such session on
     con.execute("""
         create or replace temp table conv_tails as
-        select device_id, min(started_at) as since from conv_history_sessions where scored_at >= ? group by device_id
-    """, [since])
+        select device_id, min(started_at) as since from conv_scored group by device_id
+    """)
     sess.build_sessions(con, until, features.session_gap_minutes, conversion.purchase_event_types,
                         table="conv_tail_sessions", tails="conv_tails")
     log.info("conversion audience features: recent sessions done at %.1fs (%.0f CPU-s)",
@@ -414,25 +425,27 @@ def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: Conversio
             )
             select h.device_id, h.session_no, h.started_at, h.known, {", ".join(f"h.{c}" for c in DEVICE_HISTORY_COLUMNS)},
                    p.ts as next_device_purchase
-            from (select * from s where scored_at >= $since) h
+            from (from s semi join conv_scored using (device_id, session_no)) h
             asof left join (select device_id, ts from conv_purchase_events where hash(device_id) % $slices = $part) p
               on h.device_id = p.device_id and h.scored_at < p.ts
-        """, {"since": since, "slices": slices, "part": part})
+        """, {"slices": slices, "part": part})
     log.info("conversion audience features: device histories done at %.1fs (%.0f CPU-s)",
              time.perf_counter() - started, time.process_time() - cpu)
-    # every session of the visitors (history keys) with a recent session: the visitor windows need them all
+    # every session of the visitors (history keys) of the audience's points: the visitor windows need them all
     con.execute(f"""
         create or replace temp table conv_visits as
         with keyed as (
             select device_id, session_no, started_at, scored_at, n_product_views, n_cart_adds,
                    {KNOWN_PERSON} as known_person_id, {HISTORY_KEY} as history_key
             from conv_history_sessions
-        ), recent_keys as (select distinct history_key from keyed where scored_at >= $since)
+        ), scored as (select *, true as recent from keyed semi join conv_scored using (device_id, session_no)),
+        recent_keys as (select distinct history_key from scored)
         select device_id, session_no, {sess.SESSION_ID} as session_id,
                history_key, known_person_id, started_at, scored_at, n_product_views, n_cart_adds,
-               scored_at >= $since as recent, (hash(history_key) % $slices)::integer as visitor_slice
-        from keyed semi join recent_keys using (history_key)
-    """, {"since": since, "slices": slices})
+               coalesce(s.recent, false) as recent, (hash(history_key) % $slices)::integer as visitor_slice
+        from keyed k semi join recent_keys using (history_key)
+        left join (select device_id, session_no, recent from scored) s using (device_id, session_no)
+    """, {"slices": slices})
     con.execute("drop view conv_history_sessions")
     # visitor windows over every session of the visitor, kept for the recent ones
     for part, head in sliced_build(con, "conv_recent_visitors", slices):
@@ -450,6 +463,8 @@ def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: Conversio
             select * exclude (recent) from decayed where recent
         """, {"part": part})
     con.execute("drop table conv_visits")
+    log.info("conversion audience features: visitor histories done at %.1fs (%.0f CPU-s)",
+             time.perf_counter() - started, time.process_time() - cpu)
     # the recent sessions' wide rows: the tail build's session aggregates, the whole history's counters
     con.execute(f"""
         create or replace temp table conv_recent_wide as
@@ -466,7 +481,7 @@ def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: Conversio
             join conv_recent_wide w on w.device_id = v.device_id and w.session_no = v.session_no
         ), {_points_sql("recent", "conv_recent_wide", "conv_category_history", "conv_order_history", "conv_purchases")}
     """)
-    for t in ("conv_tails", "conv_tail_sessions", "conv_recent_devices", "conv_recent_visitors", "conv_recent_wide",
+    for t in ("conv_scored", "conv_tails", "conv_tail_sessions", "conv_recent_devices", "conv_recent_visitors", "conv_recent_wide",
               *_HISTORY_TABLES):
         con.execute(f"drop table if exists {t}")
     rows = con.execute(f"select count(*) from {POINTS_TABLE}").fetchall()[0][0]
