@@ -225,3 +225,30 @@ sources:
     resolve(ws)
     with pytest.raises(NotEnoughData, match=r"the first order of a person is on 2019-01-01, not before 2018-"):
         repurchase.train(ws)
+
+
+def test_a_latin1_export_says_which_option_reads_it(tmp_path):
+    """Kaggle's 'E-Commerce Data' copy of Online Retail is ISO-8859-1 with m/d/yyyy h:mm times: read as UTF-8, its
+    lines with a £ or an accent are quarantined and the ingest says to set the encoding; with it, all load."""
+    text = ("InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+            "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,12/1/2010 8:26,2.55,17850,United Kingdom\n"
+            "536366,22633,CRÈME BRÛLÉE £ SET,6,12/13/2010 18:28,1.85,17850,United Kingdom\n")
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "data.csv").write_bytes(text.encode("latin-1"))
+    config = """
+sources:
+- {name: invoices, kind: orders, path: data.csv,
+   columns: {order_id: InvoiceNo, customer_ref: CustomerID, ordered_at: InvoiceDate, product_id: StockCode,
+             quantity: Quantity, unit_price: UnitPrice}}
+"""
+    (root / "cdp_ml.yaml").write_text(config)
+    result = ingest(Workspace.open(root))
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 1)
+    assert "1 lines are not UTF-8 and were quarantined" in str(result) and "options.encoding: latin-1" in str(result)
+    (root / "cdp_ml.yaml").write_text(config.replace("path: data.csv,", "path: data.csv, options: {encoding: latin-1},"))
+    ws = Workspace.open(root)
+    result = ingest(ws)
+    assert (result.rows_loaded, result.rows_quarantined) == (2, 0) and "not UTF-8" not in str(result)
+    assert _rows(ws, "select ordered_at::varchar, attributes->>'Description' from orders order by _row") == [
+        ("2010-12-01 08:26:00", "WHITE HANGING HEART T-LIGHT HOLDER"), ("2010-12-13 18:28:00", "CRÈME BRÛLÉE £ SET")]

@@ -268,6 +268,10 @@ def _load_file(con: duckdb.DuckDBPyConnection, ws: Workspace, src: SourceConfig,
     _mark_duplicates(con, src, rel)
     notes = raw.notes + [f"column {c} read as month-first dates (m/d/y: some values only fit that order); "
                          f"options.timestampformat / dateformat overrides" for c in sorted(month_first)]
+    not_utf8 = sum(1 for _, _, reason in raw.rejects if "invalid encoding" in reason)
+    if not_utf8 and "encoding" not in src.options:  # e.g. the ISO-8859-1 CSV copies of Online Retail
+        notes.append(f"{not_utf8} lines are not UTF-8 and were quarantined: the file is probably in another "
+                     f"encoding (set options.encoding: latin-1 or utf-16)")
     notes += [n for n in (con.execute(q).fetchall()[0][0] for q in notes_sql) if n]
     canonical = [f.name for f in KINDS[src.kind]]
     extra = _extra_columns(con, src, raw) if src.kind == "sessions" else []
