@@ -41,10 +41,10 @@ def dmy_evidence(expr: str) -> tuple[str, str]:
     none day-first is read month-first (US exports: Online Retail, Ta Feng), so its other values are not
     silently read with day and month swapped.
     """
-    s = f"trim({expr})"
-    tail = "[/.-][0-9]{2}([0-9]{2})?([ T].*)?"
-    day_first = f"count(*) filter (where regexp_full_match({s}, '0?(1[3-9]|2[0-9]|3[01])[/.-][0-9]{{1,2}}{tail}'))"
-    month_first = f"count(*) filter (where regexp_full_match({s}, '[0-9]{{1,2}}[/.-]0?(1[3-9]|2[0-9]|3[01]){tail}'))"
+    # on the raw text, spaces allowed around it: no trim per value (5M ISO times: 0.8 s, with trim 2.4 s)
+    tail = "[/.-][0-9]{2}([0-9]{2})?([ T].*)?\\s*"
+    day_first = f"count(*) filter (where regexp_full_match({expr}, '\\s*0?(1[3-9]|2[0-9]|3[01])[/.-][0-9]{{1,2}}{tail}'))"
+    month_first = f"count(*) filter (where regexp_full_match({expr}, '\\s*[0-9]{{1,2}}[/.-]0?(1[3-9]|2[0-9]|3[01]){tail}'))"
     return day_first, month_first
 
 TRUE_WORDS = ("true", "t", "1", "yes", "y", "ja", "j", "granted", "opt-in", "optin", "on")
