@@ -252,3 +252,21 @@ sources:
     assert (result.rows_loaded, result.rows_quarantined) == (2, 0) and "not UTF-8" not in str(result)
     assert _rows(ws, "select ordered_at::varchar, attributes->>'Description' from orders order by _row") == [
         ("2010-12-01 08:26:00", "WHITE HANGING HEART T-LIGHT HOLDER"), ("2010-12-13 18:28:00", "CRÈME BRÛLÉE £ SET")]
+
+
+def test_latest_segments_week_is_the_newest_scores_date(tmp_path):
+    """On a historical export the models score as of the data's last Monday (2016-06-06), years before the
+    calendar's week: `segments --as-of latest` and `report --as-of latest` use the newest score date."""
+    from cdp_ml.segments.build import latest_scores_date
+
+    ws = _workspace(tmp_path, {}, "sources: []\n")
+    with pytest.raises(CdpError, match="no conversion_scores or repurchase_scores yet"):
+        latest_scores_date(ws)
+    ws.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(ws.warehouse_path))
+    con.execute("create table conversion_scores (as_of DATE, person_id VARCHAR, probability DOUBLE)")
+    con.execute("create table repurchase_scores (as_of DATE, person_id VARCHAR, p_week DOUBLE)")
+    con.execute("insert into conversion_scores values (DATE '2016-06-06', 'p1', 0.5), (DATE '2016-05-30', 'p1', 0.4)")
+    con.execute("insert into repurchase_scores values (DATE '2016-05-30', 'p1', 0.1)")
+    con.close()
+    assert latest_scores_date(ws) == date(2016, 6, 6)
