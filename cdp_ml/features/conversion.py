@@ -394,13 +394,13 @@ def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: Conversio
              slices, time.perf_counter() - started, time.process_time() - cpu)
     # the points the audience is: each visitor's latest session in the window (fetch_audience's choice, by the same
     # visitor id and order), purchased since or not
-    con.execute(f"""
+    con.execute("""
         create or replace temp table conv_scored as
         select device_id, session_no, started_at
         from conv_history_sessions
         where scored_at >= ?
         qualify row_number() over (partition by coalesce('p:' || person_id, device_id)
-                                   order by scored_at desc, {sess.SESSION_ID} desc) = 1
+                                   order by scored_at desc, session_id desc) = 1
     """, [since])
     # those sessions, whole: each device's events from the start of its first such session on
     con.execute("""
@@ -435,12 +435,12 @@ def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: Conversio
     con.execute(f"""
         create or replace temp table conv_visits as
         with keyed as (
-            select device_id, session_no, started_at, scored_at, n_product_views, n_cart_adds,
+            select device_id, session_no, session_id, started_at, scored_at, n_product_views, n_cart_adds,
                    {KNOWN_PERSON} as known_person_id, {HISTORY_KEY} as history_key
             from conv_history_sessions
         ), scored as (select *, true as recent from keyed semi join conv_scored using (device_id, session_no)),
         recent_keys as (select distinct history_key from scored)
-        select device_id, session_no, {sess.SESSION_ID} as session_id,
+        select device_id, session_no, session_id,
                history_key, known_person_id, started_at, scored_at, n_product_views, n_cart_adds,
                coalesce(s.recent, false) as recent, (hash(history_key) % $slices)::integer as visitor_slice
         from keyed k semi join recent_keys using (history_key)

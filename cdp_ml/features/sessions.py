@@ -265,7 +265,7 @@ HISTORY_TABLE = "conversion_session_history"
 HISTORY_STATE = "_conversion_session_history_state"
 HISTORY_IDENTITIES = "_conversion_session_history_identities"
 # what a stored history's rows mean: bump when the columns or their rules change, so an old table is rebuilt
-HISTORY_FORMAT = "1"
+HISTORY_FORMAT = "2"
 _FUNNEL = {"product_view": 1, "add_to_cart": 2, "checkout_start": 3}
 log = logging.getLogger(__name__)
 
@@ -373,6 +373,8 @@ def _sessionise_history(con: duckdb.DuckDBPyConnection, table: str, gap_minutes:
             select device_id, session_no,
                    case when device_id like 'a:%' then substr(device_id, 3) end as anonymous_id,
                    {SESSION_SPAN},
+                   -- the session id orders a visitor's equal-time sessions: hashed once here, not per score
+                   {SESSION_ID.replace("started_at", "min(ts) filter (where not is_purchase)")} as session_id,
                    count(*) filter (where funnel = 1)::integer as n_product_views,
                    count(*) filter (where funnel = 2)::integer as n_cart_adds,
                    count(*) filter (where funnel = 3)::integer as n_checkout_starts,
