@@ -70,6 +70,9 @@ class SourceConfig:
     # reader-added column -> the source columns whose first non-empty value it holds: a field mapped to a list
     # (Coveo's product_action, else its event_type); filled from `columns`, see parse_config
     fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # sessions: the columns (or paths into JSON columns) kept as model features; default every unmapped column.
+    # A pre-aggregated export may hold the label inside a JSON column (GA's totals.transactions)
+    features: tuple[str, ...] = ()
 
     def file_format(self) -> str:
         if self.format:
@@ -266,6 +269,8 @@ def _check_sources(config: WorkspaceConfig) -> None:
         if src.name in names:
             raise CdpError(f"{where}.name: duplicate source name {src.name!r}")
         names.add(src.name)
+        if src.features and src.kind != "sessions":
+            raise CdpError(f"{where}.features: only sessions sources have feature columns")
         known = {f.name for f in KINDS[src.kind]}
         for canonical in src.constants:
             if canonical not in known:

@@ -270,3 +270,36 @@ def test_latest_segments_week_is_the_newest_scores_date(tmp_path):
     con.execute("insert into repurchase_scores values (DATE '2016-05-30', 'p1', 0.1)")
     con.close()
     assert latest_scores_date(ws) == date(2016, 6, 6)
+
+
+def test_ga_revenue_sessions_take_label_and_features_from_json_columns(tmp_path):
+    """Kaggle's GA Customer Revenue train.csv: one row per visit, JSON text columns; totals.transactions is absent
+    for a visit without a purchase (not converted) and a count otherwise (2 is converted). `features` keeps the
+    named columns and paths only, so the totals JSON, which holds the revenue, is no feature."""
+    def visit(vid: str, ts: int, totals: str) -> str:
+        return (f'Organic Search,20160902,"{{""deviceCategory"": ""desktop""}}",{vid},{vid}_{ts},"{totals}",'
+                f'{ts},1\n')
+    text = ("channelGrouping,date,device,fullVisitorId,sessionId,totals,visitStartTime,visitNumber\n"
+            + visit("1131660440785968503", 1472830385, '{""hits"": ""1"", ""pageviews"": ""1""}')
+            + visit("377306020877927890", 1472880147, '{""hits"": ""9"", ""transactions"": ""2"", '
+                                                       '""transactionRevenue"": ""37860000""}')
+            + visit("3895546263509774583", 1472865386, '{""hits"": ""3"", ""transactions"": ""1""}'))
+    config = """
+sources:
+- {name: ga, kind: sessions, path: train.csv,
+   columns: {session_id: sessionId, anonymous_id: fullVisitorId, timestamp: visitStartTime, converted: totals.transactions},
+   features: [channelGrouping, visitNumber, totals.hits, device.deviceCategory]}
+"""
+    ws = _workspace(tmp_path, {"train.csv": text}, config)
+    assert ingest(ws).rows_quarantined == 0
+    assert _rows(ws, 'select converted, "totals.hits", "device.deviceCategory", "channelGrouping" from sessions '
+                     "order by _row") == [(False, 1.0, "desktop", "Organic Search"), (True, 9.0, "desktop", "Organic Search"),
+                                          (True, 3.0, "desktop", "Organic Search")]
+    kept = {r[0] for r in _rows(ws, "describe sessions")}
+    assert {"totals", "device", "date"}.isdisjoint(kept) and "visitNumber" in kept
+    (tmp_path / "cdp_ml.yaml").write_text(config.replace("[channelGrouping,", "[channel,"))
+    with pytest.raises(CdpError, match="feature column 'channel' is not in train.csv"):
+        ingest(Workspace.open(tmp_path))
+    (tmp_path / "cdp_ml.yaml").write_text(config.replace("kind: sessions", "kind: events"))
+    with pytest.raises(CdpError, match=r"sources\[0\]\.features: only sessions sources have feature columns"):
+        Workspace.open(tmp_path)

@@ -176,10 +176,10 @@ def event_overrides(src: SourceConfig) -> dict[str, str]:
 
 
 def _mapping_json(src: SourceConfig) -> str:
-    # lookups and constants only when set: sources without them keep the fingerprints of older loads
+    # lookups, constants and features only when set: sources without them keep the fingerprints of older loads
     return json.dumps([src.kind, src.columns, src.options, src.customer_source, src.customer_key, src.timezone,
                        *([[dataclasses.asdict(lu) for lu in src.lookups]] if src.lookups else []),
-                       *([src.constants] if src.constants else [])],
+                       *([src.constants] if src.constants else []), *([list(src.features)] if src.features else [])],
                       sort_keys=True, default=str)
 
 
@@ -326,6 +326,10 @@ def _load_file(con: duckdb.DuckDBPyConnection, ws: Workspace, src: SourceConfig,
 
 def _check_mapping(src: SourceConfig, raw: RawRead, path: Path) -> None:
     present = set(raw.columns)
+    for column in src.features:
+        if column not in present:
+            raise CdpError(f"source '{src.name}': feature column {column!r} is not in {path.name} "
+                           f"(columns: {', '.join(raw.columns[:12])}{', ...' if len(raw.columns) > 12 else ''})")
     for canonical, column in src.columns.items():
         if column not in present:
             shown = ", ".join(raw.columns[:12]) + (", ..." if len(raw.columns) > 12 else "")
@@ -370,7 +374,7 @@ def _typed_select(ws: Workspace, src: SourceConfig, raw: RawRead, rel: str,
     country = ws.config.default_country
     latest = (datetime.now() + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
     mapped = set(src.columns.values())
-    unmapped = [c for c in raw.columns if c not in mapped]
+    unmapped = [c for c in raw.columns if c not in mapped and (not src.features or c in src.features)]
     clean = [f"{(nz.missing_identifier if field in nz.IDENTIFIER_FIELDS else nz.blank_to_null)(_q(col))} "
              f"as {_q('__t_' + field)}" for field, col in src.columns.items()]
     clean += [_q(c) for c in unmapped]
@@ -576,6 +580,8 @@ def _typed_expr(kind: str, name: str, type_: str, r: str, tz: str, ts_fmt, date_
         return f"(case when {d} between DATE '1900-01-01' and current_date then {d} end)"
     if type_ == "double":
         return nz.number(r)
+    if (kind, name) == ("sessions", "converted"):  # empty: did not convert; a count or revenue > 0: did
+        return f"(case when {r} is null then false else coalesce({nz.boolean(r)}, {nz.number(r)} > 0) end)"
     if type_ == "boolean":
         return nz.boolean(r)
     if name == "email":
@@ -636,7 +642,7 @@ def _extra_columns(con: duckdb.DuckDBPyConnection, src: SourceConfig, raw: RawRe
     reserved = _reserved(src)
     extra = []
     for c in raw.columns:
-        if c in mapped:
+        if c in mapped or (src.features and c not in src.features):
             continue
         name = "attr_" + c if c in reserved else c
         has_text = con.execute(f"select count(*) from _typed where {_q(name)} is not null and "

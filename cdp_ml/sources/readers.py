@@ -106,7 +106,7 @@ def _extract_paths(con: duckdb.DuckDBPyConnection, src: SourceConfig, raw: RawRe
     name really contains the dot wins over the path.
     """
     paths = {}
-    for column in [*src.columns.values(), *(c for members in src.fallbacks.values() for c in members)]:
+    for column in [*src.columns.values(), *(c for members in src.fallbacks.values() for c in members), *src.features]:
         head = re.match(r"[^.\[]+", column)
         if column in raw.columns or head is None or head.group(0) not in raw.columns or column in paths:
             continue
