@@ -225,6 +225,11 @@ sources:
     resolve(ws)
     with pytest.raises(NotEnoughData, match=r"the first order of a person is on 2019-01-01, not before 2018-"):
         repurchase.train(ws)
+    (tmp_path / "browsing.csv").write_text("session,action,sku,ms\n" + lines.replace("purchase", "detail"))
+    ingest(ws)
+    resolve(ws)
+    with pytest.raises(CdpError, match="the warehouse has no orders and no purchase events; map an orders source"):
+        repurchase.train(ws)
 
 
 def test_a_latin1_export_says_which_option_reads_it(tmp_path):

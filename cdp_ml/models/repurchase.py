@@ -691,7 +691,8 @@ def default_as_of(ws: Workspace) -> date:
             fr.prepare(con, date.max, date.max)  # raises the right 'run resolve / ingest' error
         last = con.execute("select max(ordered_at)::date from person_orders").fetchall()[0][0]
     if last is None:
-        raise CdpError("repurchase: no orders in the warehouse; run `cdp-ml ingest` and `cdp-ml resolve`")
+        raise CdpError("repurchase: the warehouse has no orders and no purchase events; map an orders source (or "
+                       "events with purchases) and run `cdp-ml ingest` and `cdp-ml resolve`")
     return last_completed_week_end(min(last + timedelta(days=1), date.today()))
 
 
