@@ -188,11 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("segments", help="build the week's consented segments and activation files")
-    s.add_argument("--as-of", default=None, help="date, ISO week or 'latest' (the newest scores' date; default: last completed week)")
+    s.add_argument("--as-of", default=None, help="date, ISO week or 'latest' (default: the newest scores' date, at most the last completed week)")
     s.set_defaults(func=cmd_segments)
 
     s = sub.add_parser("report", help="write the weekly marketer report (HTML)")
-    s.add_argument("--as-of", default=None, help="date, ISO week or 'latest' (the newest scores' date; default: last completed week)")
+    s.add_argument("--as-of", default=None, help="date, ISO week or 'latest' (default: the newest scores' date, at most the last completed week)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("refresh", help="run the weekly pipeline of notebooks with papermill")

@@ -261,12 +261,14 @@ sources:
 
 def test_latest_segments_week_is_the_newest_scores_date(tmp_path):
     """On a historical export the models score as of the data's last Monday (2016-06-06), years before the
-    calendar's week: `segments --as-of latest` and `report --as-of latest` use the newest score date."""
-    from cdp_ml.segments.build import latest_scores_date
+    calendar's week: `segments` and `report` (by default, or with --as-of latest) use the newest score date."""
+    from cdp_ml.segments.build import default_as_of, latest_scores_date
+    from cdp_ml.workspace import last_completed_week_end
 
     ws = _workspace(tmp_path, {}, "sources: []\n")
     with pytest.raises(CdpError, match="no conversion_scores or repurchase_scores yet"):
         latest_scores_date(ws)
+    assert default_as_of(ws, None) == last_completed_week_end()  # nothing scored: the calendar's week
     ws.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(ws.warehouse_path))
     con.execute("create table conversion_scores (as_of DATE, person_id VARCHAR, probability DOUBLE)")
@@ -274,7 +276,8 @@ def test_latest_segments_week_is_the_newest_scores_date(tmp_path):
     con.execute("insert into conversion_scores values (DATE '2016-06-06', 'p1', 0.5), (DATE '2016-05-30', 'p1', 0.4)")
     con.execute("insert into repurchase_scores values (DATE '2016-05-30', 'p1', 0.1)")
     con.close()
-    assert latest_scores_date(ws) == date(2016, 6, 6)
+    assert latest_scores_date(ws) == default_as_of(ws, None) == default_as_of(ws, "latest") == date(2016, 6, 6)
+    assert default_as_of(ws, "2016-05-30") == date(2016, 5, 30)
 
 
 def test_ga_revenue_sessions_take_label_and_features_from_json_columns(tmp_path):

@@ -30,7 +30,7 @@ from cdp_ml.privacy.consent import consent_state, ensure_ledger
 from cdp_ml.segments import activation
 from cdp_ml.segments.settings import SegmentDefinition
 from cdp_ml.segments.templates import ANY, ASCENDING, SCORE_TABLE, candidates_sql, default_definitions, visitor_pool_sql
-from cdp_ml.workspace import Workspace, last_completed_week_end
+from cdp_ml.workspace import Workspace, last_completed_week_end, parse_date
 
 REASONS = ("erased", "opted_out", "no_consent", "complaint", "returned", "bought_since_scoring", "filtered")
 MANIFEST = "manifest.json"
@@ -384,14 +384,31 @@ def latest_scores_date(ws: Workspace) -> date:
     return max(dates)
 
 
+def default_as_of(ws: Workspace, as_of: date | str | None) -> date:
+    """The run date of segments and report: given, ``"latest"`` (the newest scores' date), or by default the
+    newest scores' date no later than the last completed week, else that week.
+
+    So `cdp-ml segments` right after `cdp-ml score` builds the week the models scored, also for a historical
+    export whose models score as of its own last Monday; the weekly refresh passes its date explicitly.
+    """
+    if as_of == "latest":
+        return latest_scores_date(ws)
+    if as_of is not None:
+        return parse_date(as_of)
+    calendar = last_completed_week_end()
+    with ws.connect() as con:
+        dates = [d for t in ("repurchase_scores", "conversion_scores") if (d := _snapshot(con, t, calendar))]
+    return max(dates) if dates else calendar
+
+
 def build_segments(ws: Workspace, as_of: date | str | None = None) -> SegmentsResult:
     """Build the week's consented segments and activation files into ``<output_dir>/<ISO week>/``.
 
-    ``as_of``: default the last completed week; ``"latest"`` the newest scores' date (see ``latest_scores_date``).
+    ``as_of``: see ``default_as_of`` (None: the week of the newest scores; ``"latest"``: even a later one).
     """
     from cdp_ml.segments.models import model_status
 
-    as_of = latest_scores_date(ws) if as_of == "latest" else as_of or last_completed_week_end()
+    as_of = default_as_of(ws, as_of)
     week = iso_week(as_of)
     root = ws.segments_dir
     root.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from cdp_ml.errors import CdpError
 from cdp_ml.segments.build import MANIFEST, iso_week, week_folders
 from cdp_ml.segments.models import model_status
 from cdp_ml.segments.templates import ANY
-from cdp_ml.workspace import Workspace, last_completed_week_end
+from cdp_ml.workspace import Workspace
 
 REASON_WORDS = {
     "erased": "erased on request", "opted_out": "objected to profiling or opted out",
@@ -169,11 +169,11 @@ def _not_applicable(ws: Workspace) -> dict[str, str]:
 def write_report(ws: Workspace, as_of: date | str | None = None) -> ReportResult:
     """Write ``<report_dir>/report-<ISO week>.html`` for the week's segments; returns its path and warnings.
 
-    ``as_of`` as for ``build_segments`` (``"latest"``: the week of the newest scores).
+    ``as_of`` as for ``build_segments`` (None: the week of the newest scores, see ``default_as_of``).
     """
-    from cdp_ml.segments.build import latest_scores_date
+    from cdp_ml.segments.build import default_as_of
 
-    as_of = latest_scores_date(ws) if as_of == "latest" else as_of or last_completed_week_end()
+    as_of = default_as_of(ws, as_of)
     week = iso_week(as_of)
     folder = ws.segments_dir / week
     if not (folder / MANIFEST).is_file():
