@@ -47,6 +47,7 @@ def dmy_evidence(expr: str) -> tuple[str, str]:
     month_first = f"count(*) filter (where regexp_full_match({expr}, '\\s*[0-9]{{1,2}}[/.-]0?(1[3-9]|2[0-9]|3[01]){tail}'))"
     return day_first, month_first
 
+
 TRUE_WORDS = ("true", "t", "1", "yes", "y", "ja", "j", "granted", "opt-in", "optin", "on")
 FALSE_WORDS = ("false", "f", "0", "no", "n", "nee", "denied", "revoked", "opt-out", "optout", "off", "withdrawn")
 
