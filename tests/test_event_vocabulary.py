@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from warehouse_queries import rows as _rows
 
 from cdp_ml import CdpError, Workspace
 from cdp_ml.cli import main
@@ -34,11 +35,6 @@ def _ms(ts: str) -> int:
 def _write(root: Path, sources: list[dict], **settings) -> Workspace:
     (root / "cdp_ml.yaml").write_text(yaml.safe_dump({"sources": sources, **settings}), encoding="utf-8")
     return Workspace.open(root)
-
-
-def _rows(ws: Workspace, sql: str, params: list | None = None) -> list[tuple]:
-    with duckdb.connect(str(ws.warehouse_path), read_only=True) as con:
-        return con.execute(sql, params or []).fetchall()
 
 
 def _reconciles(ws: Workspace, source: str) -> None:

@@ -12,6 +12,7 @@ import duckdb
 import pandas as pd
 import pytest
 import yaml
+from warehouse_queries import rows as _rows
 
 from cdp_ml import CdpError, Workspace
 from cdp_ml.cli import main
@@ -56,14 +57,6 @@ def _workspace(root: Path, crm: str = CRM, events: str = EVENTS, extra_sources: 
     }
     (root / "cdp_ml.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     return Workspace.open(root)
-
-
-def _rows(ws: Workspace, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(ws.warehouse_path), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_normalisation_rules_in_sql():

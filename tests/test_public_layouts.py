@@ -22,6 +22,7 @@ from cdp_ml.sources import ingest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from refresh_fixtures import make_workspace  # noqa: E402
+from warehouse_queries import rows as _rows  # noqa: E402
 
 
 def _workspace(root: Path, files: dict[str, str], config: str) -> Workspace:
@@ -30,14 +31,6 @@ def _workspace(root: Path, files: dict[str, str], config: str) -> Workspace:
         (root / name).write_text(text, encoding="utf-8")
     (root / "cdp_ml.yaml").write_text(config, encoding="utf-8")
     return Workspace.open(root)
-
-
-def _rows(ws: Workspace, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(ws.warehouse_path), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_taobao_user_behavior_names_map_to_the_canonical_vocabulary(tmp_path):
