@@ -33,7 +33,7 @@ sources:
 """ + SMALL_MODEL
 
 
-def test_orders_only_invoice_log(tmp_path, monkeypatch):
+def test_orders_only_invoice_log(tmp_path, monkeypatch, capsys):
     from cdp_ml.identity import resolve
     from cdp_ml.sources import ingest
 
@@ -67,6 +67,14 @@ def test_orders_only_invoice_log(tmp_path, monkeypatch):
         con.execute("update orders set quantity = quantity + 1 where order_id = (select min(order_id) from orders)")
     repurchase.train(ws, START + timedelta(weeks=98))
     assert len(fits) == 3
+
+    # the conversion model has nothing to learn from here, and says why (not "run ingest")
+    from cdp_ml.cli import main
+
+    capsys.readouterr()  # MLflow's registration messages above
+    assert main(["--workspace", str(tmp_path), "train", "conversion"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs an events or sessions source and this workspace maps none" in err and "\n" not in err
 
 
 def _count_fits(monkeypatch) -> list[int]:

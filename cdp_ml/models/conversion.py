@@ -379,12 +379,20 @@ def _midnight(d: date) -> datetime:
     return datetime(d.year, d.month, d.day)
 
 
+def _no_activity(ws: Workspace) -> CdpError:
+    """Why there is nothing to learn from: no such source mapped (an orders-only shop), or nothing loaded yet."""
+    if not ws.sources_of("events") and not ws.sources_of("sessions"):
+        return CdpError("conversion intent needs an events or sessions source and this workspace maps none "
+                        "(orders alone feed the repurchase model only)")
+    return CdpError("the warehouse has no events or sessions yet: run `cdp-ml ingest` (and check its quarantine)")
+
+
 def default_as_of(ws: Workspace) -> date:
     """The Monday after the latest event (or session): every event is strictly before it."""
     with ws.connect() as con:
         latest = feats.latest_activity(con, ws.config.conversion)
     if latest is None:
-        raise CdpError("the warehouse has no events or sessions: run `cdp-ml ingest` first")
+        raise _no_activity(ws)
     day = latest.date()
     return day + timedelta(days=7 - day.weekday())
 
@@ -479,7 +487,7 @@ def _check_window(ws: Workspace, cutoff: date, until: date) -> None:
     with ws.connect() as con:
         latest = feats.latest_activity(con, ws.config.conversion)
     if latest is None:
-        raise CdpError("the warehouse has no events or sessions: run `cdp-ml ingest` first")
+        raise _no_activity(ws)
     if _midnight(until) > latest + timedelta(days=1):
         s = ws.config.conversion
         raise CdpError(f"cutoff {cutoff}: the {s.backtest_weeks}-week evaluation window plus its label horizon needs data "
