@@ -10,11 +10,8 @@ import duckdb
 from cdp_ml import engine
 from cdp_ml.errors import CdpError
 from cdp_ml.sources import normalise as nz
+from cdp_ml.sources.kinds import TIME_FIELDS
 from cdp_ml.workspace import SourceConfig, Workspace, last_completed_week_end, parse_date
-
-# canonical timestamp column per referencing kind
-TIME_FIELDS = {"events": "timestamp", "orders": "ordered_at", "sessions": "timestamp",
-               "interactions": "timestamp", "consents": "timestamp"}
 
 
 def resolve_as_of(ws: Workspace, as_of: date | str | None) -> date:

@@ -109,6 +109,9 @@ LINEAGE_COLUMNS = (
 )
 # Kinds whose rows refer to a customer: the staging table records which source/key the reference means.
 REFERENCING_KINDS = ("events", "orders", "sessions", "interactions", "consents")
+# The canonical time field of each referencing kind (what `--as-of latest` reads and `timestamp_offset` moves).
+TIME_FIELDS = {"events": "timestamp", "orders": "ordered_at", "sessions": "timestamp", "interactions": "timestamp",
+               "consents": "timestamp"}
 
 
 def fields(kind: str) -> tuple[Field, ...]:

@@ -25,7 +25,7 @@ import duckdb
 
 from cdp_ml.errors import CdpError
 from cdp_ml.sources import normalise as nz
-from cdp_ml.sources.kinds import EVENT_TYPES, KINDS, LINEAGE_COLUMNS, REFERENCING_KINDS
+from cdp_ml.sources.kinds import EVENT_TYPES, KINDS, LINEAGE_COLUMNS, REFERENCING_KINDS, TIME_FIELDS
 from cdp_ml.sources.readers import RAW, RawRead, read_raw
 
 if TYPE_CHECKING:
@@ -501,11 +501,6 @@ def source_timestamp(ws: Workspace, src: SourceConfig, text: str, month_first: b
     ``month_first`` as ``month_first_columns`` decided for the file."""
     return nz.timestamp(text, src.timezone or ws.config.timezone, src.options.get("timestampformat"), _elapsed(src),
                         month_first, timestamp_year(src))
-
-
-# The time field of each kind that ``timestamp_offset`` moves.
-TIME_FIELDS = {"events": "timestamp", "orders": "ordered_at", "sessions": "timestamp", "interactions": "timestamp",
-               "consents": "timestamp"}
 
 
 def timestamp_offset(src: SourceConfig, raw: RawRead | None = None) -> tuple[str, str] | None:
