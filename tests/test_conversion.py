@@ -211,7 +211,7 @@ def test_audience_build_gives_the_full_builds_rows_and_probabilities(ws, monkeyp
     full_spec, full, full_audience = _audience_frames(
         ws, until, lambda con, s, f, u, since: feats.build_points(con, s, f, u))
     spec, points, audience = _audience_frames(ws, until, feats.build_audience_points)
-    assert spec == replace(full_spec, rows=len(points)) and spec.rows < full_spec.rows / 3  # only the audience's
+    assert spec == replace(full_spec, rows=len(points), population=feats.CANDIDATES_TABLE) and spec.rows < full_spec.rows / 3  # only the audience's
     assert len(points) > 200 and points["known"].sum() > 0 and points["prev_sessions"].gt(0).sum() > 0
     assert points["visitor_decayed_sessions"].gt(0).sum() > 0 and points["person_orders"].gt(0).sum() > 0
     pd.testing.assert_frame_equal(full, points[full.columns], check_exact=False, rtol=1e-12, atol=0)
@@ -229,3 +229,43 @@ def test_audience_build_gives_the_full_builds_rows_and_probabilities(ws, monkeyp
         con.execute(f"drop table {sess.HISTORY_STATE}")
     _, sliced, _ = _audience_frames(ws, until, feats.build_audience_points)
     pd.testing.assert_frame_equal(full, sliced[full.columns], check_exact=False, rtol=1e-12, atol=0)
+
+
+def test_selected_build_fetches_the_full_builds_training_and_evaluation_rows(ws):
+    """Training builds wide rows only for the windows it fetches, deciding the samples on every point's narrow
+    row: each fetched frame (rows, features, labels, kept shares) is the one the full build gives - sampled or
+    not, with a keep predicate and without purchase sessions - and an earlier cutoff (a backtest) leaves the
+    stored session history as it was."""
+    s, f = ws.config.conversion, ws.config.features
+    until = _midnight(conversion.default_as_of(ws))
+    with ws.connect() as con:
+        full_spec = feats.build_points(con, s, f, until)
+        window = feats.Window(until - timedelta(weeks=16), until - timedelta(weeks=4), 7)
+        rows = len(feats.fetch_window(con, full_spec, window))
+        windows = [replace(window, max_rows=rows // 3),
+                   replace(window, max_rows=rows // 4, keep="person_id is null or person_id > 'P'",
+                           without_purchase_sessions=True),
+                   feats.Window(until - timedelta(weeks=4), until - timedelta(days=7), 7)]
+        full = [feats.fetch_window(con, full_spec, w) for w in windows]
+    with ws.connect() as con:
+        spec = feats.build_selected_points(con, s, f, until, windows)
+        selected = [feats.fetch_window(con, spec, w) for w in windows]
+    assert spec == replace(full_spec, rows=spec.rows, population=feats.CANDIDATES_TABLE)
+    assert max(map(len, full)) <= spec.rows < full_spec.rows / 2
+    assert 0 < full[0].attrs["negative_share"] < 1 and full[1]["person_id"].isna().sum() > 0
+    for expected, got in zip(full, selected, strict=True):
+        assert len(expected) > 100 and expected.attrs == got.attrs
+        pd.testing.assert_frame_equal(expected, got, check_exact=False, rtol=1e-12, atol=0)
+    # a backtest's earlier cutoff: its own history, the same rows as a build truncated there
+    with ws.connect() as con:
+        early = until - timedelta(weeks=5)
+        feats.build_points(con, s, f, early)
+        expected = feats.fetch_window(con, full_spec, replace(windows[2], start=early - timedelta(weeks=3),
+                                                              end=early - timedelta(days=7)))
+        stored = con.execute(f"select watermark from {sess.HISTORY_STATE}").fetchall()
+        feats.build_selected_points(con, s, f, early, [replace(windows[2], start=early - timedelta(weeks=3),
+                                                                end=early - timedelta(days=7))])
+        got = feats.fetch_window(con, spec, replace(windows[2], start=early - timedelta(weeks=3),
+                                                    end=early - timedelta(days=7)))
+        assert con.execute(f"select watermark from {sess.HISTORY_STATE}").fetchall() == stored == [(until,)]
+    pd.testing.assert_frame_equal(expected, got, check_exact=False, rtol=1e-12, atol=0)

@@ -149,9 +149,18 @@ def test_changed_events_before_the_watermark_rebuild_the_history(ws):
     _, whole = _history(ws, until)
     pd.testing.assert_frame_equal(rows, whole)
     assert rows["n_cart_adds"].sum() > stored["n_cart_adds"].sum()
-    # an earlier as-of than the stored watermark is rebuilt too (the stored rows describe a later week)
-    earlier, _ = _history(ws, until - timedelta(days=14))
-    assert earlier.mode == "rebuilt" and "before the stored watermark" in earlier.reason
+    # an earlier as-of than the stored watermark (a backtest) gets a history of its own; the stored one stays
+    s, f, earlier_until = ws.config.conversion, ws.config.features, until - timedelta(days=14)
+    with ws.connect() as con:
+        earlier = sess.session_history(con, earlier_until, f.session_gap_minutes, s.purchase_event_types, earlier_until)
+        apart = con.execute("select * exclude (slice) from conv_history_sessions order by device_id, session_no").df()
+    assert earlier.mode == "apart" and "before the stored watermark" in earlier.reason
+    assert 0 < len(apart) < len(rows) and apart["scored_at"].max() < earlier_until
+    assert _history(ws, until)[0].mode == "current"  # the stored history was left as it was
+    _forget_stored(ws)  # ... and it is the history a rebuild to that week stores
+    _, stored_earlier = _history(ws, earlier_until)
+    stored_earlier = stored_earlier[stored_earlier["started_at"].notna()].drop(columns=["anonymous_id", "known_through"])
+    pd.testing.assert_frame_equal(apart, stored_earlier.reset_index(drop=True))
 
 
 def test_erasure_removes_the_person_from_the_stored_history(ws):

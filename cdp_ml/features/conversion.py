@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -54,6 +55,7 @@ _NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYI
 _TEXT_TYPES = ("VARCHAR",)
 
 POINTS_TABLE = "conv_points"
+CANDIDATES_TABLE = "conv_candidates"
 log = logging.getLogger(__name__)  # seconds per feature-building phase (INFO): where a large warehouse spends time
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class PointsSpec:
     categorical: tuple[str, ...]
     label_lag_days: int  # days after a scoring point until its label is known
     rows: int
+    # the relation holding every scoring point's keys and label (fetch's sampling counts there): conv_points
+    # itself, or the narrow candidates when only selected points were built wide
+    population: str = "conv_points"
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -366,60 +371,130 @@ def _event_points_sliced(con: duckdb.DuckDBPyConnection, conversion: ConversionS
     return PointsSpec("events", EVENT_NUMERIC, EVENT_CATEGORICAL, conversion.horizon_days, rows)
 
 
-def build_audience_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
-                          features: FeatureSettings, until: datetime, since: datetime) -> PointsSpec:
-    """Create temp table ``conv_points`` with only the scoring points :func:`fetch_audience` keeps of
-    ``since <= scored_at < until`` - each visitor's latest - each row identical to what :func:`build_points`
-    gives it.
+@dataclass(frozen=True)
+class Window:
+    """Scoring points a caller fetches (the arguments of :func:`fetch`): ``start <= scored_at < end`` with a
+    known label, ``keep`` a SQL predicate, optionally without purchase sessions and hash-sampled to ``max_rows``."""
 
-    Scoring needs the features of one session per visitor, not of the whole history: every session is still
-    found (histories count sessions), but from a narrow projection of the events (:func:`sessions.session_history`:
-    stored in the warehouse and extended each week); the windows over devices and visitors run on those narrow
-    rows with the full build's expressions, and the wide session aggregates, ASOF joins and final columns are
-    built only for the audience's sessions - from each device's events since the start of its first one.
+    start: datetime | None
+    end: datetime
+    horizon_days: int
+    keep: str = "true"
+    without_purchase_sessions: bool = False
+    max_rows: int | None = None
+
+
+@dataclass(frozen=True)
+class Audience:
+    """The retargeting audience a caller fetches (the arguments of :func:`fetch_audience`)."""
+
+    as_of: datetime
+    active_days: int
+    keep: str = "true"
+
+
+def build_selected_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
+                          features: FeatureSettings, until: datetime,
+                          wanted: Sequence[Window | Audience]) -> PointsSpec:
+    """Create temp table ``conv_points`` with only the scoring points that :func:`fetch` and
+    :func:`fetch_audience` return for ``wanted`` - each row identical to what :func:`build_points` gives it.
+
+    Training fetches a sample and a window, scoring one session per visitor: neither needs the wide features of
+    every session. Every session is still found (histories count sessions), but from a narrow projection of the
+    events (:func:`sessions.session_history`: stored in the warehouse and extended each week); labels, device and
+    visitor windows run on those narrow rows with the full build's expressions, and the wide session aggregates,
+    ASOF joins and final columns are built only for the wanted sessions. Sampling decisions (:func:`fetch`'s
+    hash buckets) are taken on the narrow rows of every point (``spec.population``), so a fetch returns exactly
+    the rows it would from the full build.
     """
     kind = input_kind(con, conversion)
     if kind == "sessions":
         return _session_source_points(con, until)
     with duckdb_settings(con, asof_loop_join_threshold="0"):  # see _event_points
-        return _audience_event_points(con, conversion, features, until, since)
+        return _selected_event_points(con, conversion, features, until, wanted)
 
 
-def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
-                           features: FeatureSettings, until: datetime, since: datetime) -> PointsSpec:
+def build_audience_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
+                          features: FeatureSettings, until: datetime, since: datetime) -> PointsSpec:
+    """:func:`build_selected_points` for scoring: the audience of the ``since <= scored_at < until`` window."""
+    days = (until - since).days
+    return build_selected_points(con, conversion, features, until, [Audience(until, days)])
+
+
+def _log_phase(what: str, started: float, cpu: float) -> None:
+    log.info("conversion selected features: %s at %.1fs (%.0f CPU-s)", what, time.perf_counter() - started,
+             time.process_time() - cpu)
+
+
+def _selected_event_points(con: duckdb.DuckDBPyConnection, conversion: ConversionSettings,
+                           features: FeatureSettings, until: datetime,
+                           wanted: Sequence[Window | Audience]) -> PointsSpec:
     started, cpu = time.perf_counter(), time.process_time()
+    starts = [w.start or datetime.min for w in wanted if isinstance(w, Window)]
+    starts += [w.as_of - timedelta(days=w.active_days) for w in wanted if isinstance(w, Audience)]
+    since = min(starts, default=until)
     history = sess.session_history(con, until, features.session_gap_minutes, conversion.purchase_event_types, since)
     slices = history.slices
-    log.info("conversion audience features: session history %s (%d slices) in %.1fs (%.0f CPU-s)", history.mode,
-             slices, time.perf_counter() - started, time.process_time() - cpu)
-    # the points the audience is: each visitor's latest session in the window (fetch_audience's choice, by the same
-    # visitor id and order), purchased since or not
+    _log_phase(f"session history {history.mode} ({slices} slices)", started, cpu)
+    _order_histories(con, features, until, "conv_history_sessions")
+    # every scoring point's keys and label (the next purchase by its device or known person): what fetch's
+    # window filters and sampling read
+    for part, head in sliced_build(con, CANDIDATES_TABLE, slices):
+        con.execute(f"""
+            {head}
+            with s as (
+                select device_id, session_no, session_id, person_id, known, scored_at, purchased_at
+                from conv_history_sessions where slice = $part and scored_at >= $since
+            ), by_device as (
+                select s.*, p.ts as next_device_purchase
+                from s asof left join (select device_id, ts from conv_purchase_events
+                                       where hash(device_id) % $slices = $part) p
+                  on s.device_id = p.device_id and s.scored_at < p.ts
+            ), by_person as (
+                select d.*, q.ts as next_person_purchase
+                from by_device d asof left join conv_purchases q
+                  on 'p:' || {KNOWN_PERSON} = q.k and d.scored_at < q.ts
+            )
+            select device_id, session_no, session_id, person_id, scored_at,
+                   coalesce('p:' || person_id, device_id) as visitor_id,
+                   least(next_device_purchase, next_person_purchase) as next_purchase_at,
+                   purchased_at is not null as session_purchased
+            from by_person
+        """, {"part": part, "slices": slices, "since": since})
+    population = PointsSpec("events", EVENT_NUMERIC, EVENT_CATEGORICAL, conversion.horizon_days, 0, CANDIDATES_TABLE)
+    selections = []
+    for w in wanted:
+        if isinstance(w, Window):
+            where, params, _ = _window_filter(con, population, w.start, w.end, w.horizon_days, w.keep,
+                                              w.without_purchase_sessions, w.max_rows)
+            selections.append((f"select device_id, session_no from {CANDIDATES_TABLE} where {where}", params))
+        else:
+            selections.append((f"""select device_id, session_no from {CANDIDATES_TABLE}
+                                   where scored_at >= ? and scored_at < ?
+                                   qualify row_number() over (partition by visitor_id
+                                                              order by scored_at desc, session_id desc) = 1""",
+                               [w.as_of - timedelta(days=w.active_days), w.as_of]))
+    con.execute("create or replace temp table conv_scored (device_id varchar, session_no bigint)")
+    for sql, params in selections:
+        con.execute(f"insert into conv_scored {sql}", params)
+    con.execute("create or replace temp table conv_scored as select distinct device_id, session_no from conv_scored")
     con.execute("""
-        create or replace temp table conv_scored as
-        select device_id, session_no, started_at
-        from conv_history_sessions
-        where scored_at >= ?
-        qualify row_number() over (partition by coalesce('p:' || person_id, device_id)
-                                   order by scored_at desc, session_id desc) = 1
-    """, [since])
-    # those sessions, whole: each device's events from the start of its first such session on
-    con.execute("""
-        create or replace temp table conv_tails as
-        select device_id, min(started_at) as since from conv_scored group by device_id
+        create or replace temp table conv_spans as
+        select h.device_id, h.session_no, h.session_id, h.person_id, h.known, h.started_at, h.scored_at, h.purchased_at
+        from conv_history_sessions h semi join conv_scored using (device_id, session_no)
     """)
-    sess.build_sessions(con, until, features.session_gap_minutes, conversion.purchase_event_types,
-                        table="conv_tail_sessions", tails="conv_tails")
-    log.info("conversion audience features: recent sessions done at %.1fs (%.0f CPU-s)",
-             time.perf_counter() - started, time.process_time() - cpu)
-    _order_histories(con, features, until, "conv_tail_sessions")
-    # device histories of the devices with a recent session (each with all its sessions), kept for the recent ones
-    con.execute("drop table if exists conv_recent_devices")
+    _log_phase(f"{con.execute('select count(*) from conv_spans').fetchall()[0][0]} points chosen", started, cpu)
+    # the wanted sessions' aggregates, from their own events
+    sess.build_span_sessions(con, until, "conv_spans", conversion.purchase_event_types, "conv_span_sessions")
+    _log_phase("wanted sessions' aggregates", started, cpu)
+    # device histories of the devices with a wanted session (each with all its sessions), kept for the wanted ones
+    con.execute("drop table if exists conv_wanted_devices")
     for part in range(slices):
         con.execute(f"""
-            {"create temp table conv_recent_devices as" if part == 0 else "insert into conv_recent_devices"}
+            {"create temp table conv_wanted_devices as" if part == 0 else "insert into conv_wanted_devices"}
             with s as (
                 select device_id, session_no, started_at, scored_at, known, {DEVICE_HISTORY}
-                from (from conv_history_sessions semi join conv_tails using (device_id)) h
+                from (from conv_history_sessions semi join conv_spans using (device_id)) h
                 where slice = $part
                 {DEVICE_WINDOWS}
             )
@@ -429,9 +504,8 @@ def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: Conversio
             asof left join (select device_id, ts from conv_purchase_events where hash(device_id) % $slices = $part) p
               on h.device_id = p.device_id and h.scored_at < p.ts
         """, {"slices": slices, "part": part})
-    log.info("conversion audience features: device histories done at %.1fs (%.0f CPU-s)",
-             time.perf_counter() - started, time.process_time() - cpu)
-    # every session of the visitors (history keys) of the audience's points: the visitor windows need them all
+    _log_phase("device histories", started, cpu)
+    # every session of the visitors (history keys) of the wanted points: the visitor windows need them all
     con.execute(f"""
         create or replace temp table conv_visits as
         with keyed as (
@@ -447,8 +521,8 @@ def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: Conversio
         left join (select device_id, session_no, recent from scored) s using (device_id, session_no)
     """, {"slices": slices})
     con.execute("drop view conv_history_sessions")
-    # visitor windows over every session of the visitor, kept for the recent ones
-    for part, head in sliced_build(con, "conv_recent_visitors", slices):
+    # visitor windows over every session of the visitor, kept for the wanted ones
+    for part, head in sliced_build(con, "conv_wanted_visitors", slices):
         con.execute(f"""
             {head}
             with visitor as (
@@ -463,31 +537,29 @@ def _audience_event_points(con: duckdb.DuckDBPyConnection, conversion: Conversio
             select * exclude (recent) from decayed where recent
         """, {"part": part})
     con.execute("drop table conv_visits")
-    log.info("conversion audience features: visitor histories done at %.1fs (%.0f CPU-s)",
-             time.perf_counter() - started, time.process_time() - cpu)
-    # the recent sessions' wide rows: the tail build's session aggregates, the whole history's counters
+    _log_phase("visitor histories", started, cpu)
+    # the wanted sessions' wide rows: their aggregates and the whole history's counters
     con.execute(f"""
-        create or replace temp table conv_recent_wide as
+        create or replace temp table conv_wanted_wide as
         select t.* exclude (slice, known, session_no), d.session_no, d.known, {", ".join(f"d.{c}" for c in DEVICE_HISTORY_COLUMNS)},
                d.next_device_purchase, 0 as visitor_slice
-        from conv_tail_sessions t
-        join conv_recent_devices d on d.device_id = t.device_id and d.started_at = t.started_at
+        from conv_span_sessions t
+        join conv_wanted_devices d on d.device_id = t.device_id and d.session_no = t.session_no
     """)
     con.execute(f"""
         create or replace temp table {POINTS_TABLE} as
         with recent as (
             select v.*, w.last_category
-            from conv_recent_visitors v
-            join conv_recent_wide w on w.device_id = v.device_id and w.session_no = v.session_no
-        ), {_points_sql("recent", "conv_recent_wide", "conv_category_history", "conv_order_history", "conv_purchases")}
+            from conv_wanted_visitors v
+            join conv_wanted_wide w on w.device_id = v.device_id and w.session_no = v.session_no
+        ), {_points_sql("recent", "conv_wanted_wide", "conv_category_history", "conv_order_history", "conv_purchases")}
     """)
-    for t in ("conv_scored", "conv_tails", "conv_tail_sessions", "conv_recent_devices", "conv_recent_visitors", "conv_recent_wide",
-              *_HISTORY_TABLES):
+    for t in ("conv_scored", "conv_spans", "conv_span_sessions", "conv_wanted_devices", "conv_wanted_visitors",
+              "conv_wanted_wide", *_HISTORY_TABLES):
         con.execute(f"drop table if exists {t}")
     rows = con.execute(f"select count(*) from {POINTS_TABLE}").fetchall()[0][0]
-    log.info("conversion audience features: %d scoring points at %.1fs (%.0f CPU-s)", rows,
-             time.perf_counter() - started, time.process_time() - cpu)
-    return PointsSpec("events", EVENT_NUMERIC, EVENT_CATEGORICAL, conversion.horizon_days, rows)
+    _log_phase(f"{rows} scoring points", started, cpu)
+    return replace(population, rows=rows)
 
 
 def _relation_columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
@@ -532,6 +604,33 @@ def _label_sql(spec: PointsSpec, horizon_days: int) -> str:
     return f"coalesce(next_purchase_at <= scored_at + interval {int(horizon_days)} day, false)"
 
 
+def _window_filter(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | None, end: datetime,
+                   horizon_days: int, keep: str, without_purchase_sessions: bool,
+                   max_rows: int | None) -> tuple[str, list, tuple[float, float]]:
+    """(SQL predicate, its parameters, kept shares of positives and negatives) of :func:`fetch`'s rows, with the
+    sampling decided on ``spec.population`` (every scoring point, built wide or not)."""
+    label = _label_sql(spec, horizon_days)
+    where = f"({keep}) and scored_at < ?" + (" and scored_at >= ?" if start is not None else "")
+    if without_purchase_sessions:
+        where += " and not session_purchased"
+    if spec.kind == "sessions":
+        where += " and converted is not null"
+    params = [end] + ([start] if start is not None else [])
+    positive_share = negative_share = 1.0
+    if max_rows is not None:
+        rows, positives = con.execute(f"select count(*), coalesce(sum(({label})::integer), 0) "
+                                      f"from {spec.population} where {where}", params).fetchall()[0]
+        if rows > max_rows:
+            kept_positives = min(positives, max_rows // 2)
+            pos_buckets = 10_000 if kept_positives == positives else \
+                max(int(kept_positives / positives * 10_000), 100)
+            neg_buckets = max(int((max_rows - kept_positives) / max(rows - positives, 1) * 10_000), 100)
+            positive_share, negative_share = pos_buckets / 10_000, min(neg_buckets, 10_000) / 10_000
+            bucket = "hash(session_id::varchar) % 10000"
+            where += f" and ((({label}) and {bucket} < {pos_buckets}) or (not ({label}) and {bucket} < {neg_buckets}))"
+    return where, params, (positive_share, negative_share)
+
+
 def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | None, end: datetime,
           horizon_days: int, keep: str = "true", without_purchase_sessions: bool = False,
           max_rows: int | None = None) -> pd.DataFrame:
@@ -549,25 +648,9 @@ def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | No
     ``["negative_share"]`` so calibration can undo the sampling.
     """
     cols = ", ".join(f'"{c}"' for c in spec.features)
+    where, params, (positive_share, negative_share) = _window_filter(
+        con, spec, start, end, horizon_days, keep, without_purchase_sessions, max_rows)
     label = _label_sql(spec, horizon_days)
-    where = f"({keep}) and scored_at < ?" + (" and scored_at >= ?" if start is not None else "")
-    if without_purchase_sessions:
-        where += " and not session_purchased"
-    if spec.kind == "sessions":
-        where += " and converted is not null"
-    params = [end] + ([start] if start is not None else [])
-    positive_share = negative_share = 1.0
-    if max_rows is not None:
-        rows, positives = con.execute(f"select count(*), coalesce(sum(({label})::integer), 0) from {POINTS_TABLE} "
-                                      f"where {where}", params).fetchall()[0]
-        if rows > max_rows:
-            kept_positives = min(positives, max_rows // 2)
-            pos_buckets = 10_000 if kept_positives == positives else \
-                max(int(kept_positives / positives * 10_000), 100)
-            neg_buckets = max(int((max_rows - kept_positives) / max(rows - positives, 1) * 10_000), 100)
-            positive_share, negative_share = pos_buckets / 10_000, min(neg_buckets, 10_000) / 10_000
-            bucket = "hash(session_id::varchar) % 10000"
-            where += f" and ((({label}) and {bucket} < {pos_buckets}) or (not ({label}) and {bucket} < {neg_buckets}))"
     started = time.perf_counter()
     frame = con.execute(f"""
         select session_id, person_id, anonymous_id, scored_at, ({label})::integer as label, {cols}
@@ -578,6 +661,12 @@ def fetch(con: duckdb.DuckDBPyConnection, spec: PointsSpec, start: datetime | No
     log.info("conversion fetch: %d rows (%d positives; kept %.3f of positives, %.3f of negatives) in %.1fs",
              len(frame), int(frame["label"].sum()), positive_share, negative_share, time.perf_counter() - started)
     return frame
+
+
+def fetch_window(con: duckdb.DuckDBPyConnection, spec: PointsSpec, window: Window) -> pd.DataFrame:
+    """:func:`fetch` of a :class:`Window` (as given to :func:`build_selected_points`)."""
+    return fetch(con, spec, window.start, window.end, window.horizon_days, window.keep,
+                 window.without_purchase_sessions, window.max_rows)
 
 
 def fetch_audience(con: duckdb.DuckDBPyConnection, spec: PointsSpec, as_of: datetime, active_days: int,

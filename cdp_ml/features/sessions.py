@@ -126,6 +126,46 @@ def _event_columns(opt: dict[str, str], utm: str) -> str:
                    {opt['referrer']}::varchar as referrer, {utm}::varchar as utm_source""")
 
 
+# A device: the anonymous id, else the person, else the customer reference (events without one are not sessions).
+DEVICE_ID = "coalesce('a:' || anonymous_id, 'p:' || person_id, 'c:' || customer_ref)"
+# What the traffic source needs of the entry URL and referrer: the URL's utm_source ('' when it has none) and the
+# referrer's host, computed before any sort so that none carries whole URLs.
+_SOURCE_PARTS = """utm_source,
+               case when url is null then null when contains(url, 'utm_source=')
+                    then regexp_extract(url, '[?&]utm_source=([^&#]+)', 1) else '' end as url_utm,
+               regexp_replace(regexp_extract(lower(referrer), '^[a-z]+://([^/:?#]+)', 1), '^(www|l|m)\\.', '')
+                   as referrer_host"""
+# A session's aggregates over its events in ``seq`` order (purchase events excluded; parameter ``types`` = the
+# counted types): shared by the full build and the span build, so both compute every column alike.
+_SESSION_AGGREGATES = "count(*) filter (where not is_purchase)::integer as n_events,\n" + ",\n".join(
+    f"count(*) filter (where event_type = '{t}')::integer as {col}" for t, col in COUNTED_TYPES.items()) + """,
+    count(*) filter (where not is_purchase and not list_contains($types::varchar[], event_type))::integer
+        as n_other_events,
+    list_unique(list(product_id) filter (where not is_purchase))::integer as n_products,
+    list_unique(list(category) filter (where not is_purchase))::integer as n_categories,
+    coalesce(sum(value) filter (where event_type = 'add_to_cart'), 0) as cart_value,
+    avg(value) filter (where event_type = 'product_view') as mean_viewed_value,
+    arg_min(channel, seq) filter (where not is_purchase and channel is not null) as channel,
+    arg_min(url_utm, seq) filter (where not is_purchase) as entry_url_utm,
+    arg_min(referrer_host, seq) filter (where not is_purchase) as entry_referrer_host,
+    arg_min(utm_source, seq) filter (where not is_purchase) as entry_utm,
+    arg_min(category, seq) filter (where not is_purchase and category is not null) as first_category,
+    arg_max(category, seq) filter (where not is_purchase and category is not null) as last_category,
+    arg_max(event_type, seq) filter (where not is_purchase) as exit_event_type"""
+# The session row's columns from ``agg`` (keys, SESSION_SPAN, _SESSION_AGGREGATES).
+_SESSION_COLUMNS = f"""{SESSION_ID} as session_id,
+    device_id, session_no,
+    case when device_id like 'a:%' then substr(device_id, 3) end as anonymous_id,
+    * exclude (device_id, session_no, entry_url_utm, entry_referrer_host, entry_utm),
+    (epoch(scored_at) - epoch(started_at))::double as duration_s,
+    case when n_events > 1 then (epoch(scored_at) - epoch(started_at)) / (n_events - 1) end as mean_gap_s,
+    (n_events = 1)::integer as bounce,
+    hour(started_at)::integer as hour,
+    isodow(started_at)::integer as weekday,
+    coalesce(nullif(entry_utm, ''), nullif(entry_url_utm, ''), nullif(entry_referrer_host, ''), 'direct')
+        as traffic_source"""
+
+
 def _slices(con: duckdb.DuckDBPyConnection, until: datetime, since: datetime | None = None,
             events_per_slice: int = EVENTS_PER_SLICE) -> int:
     """Device-hash slices for the staging events in ``[since, until)`` (the person view has the same rows)."""
@@ -137,65 +177,50 @@ def _slices(con: duckdb.DuckDBPyConnection, until: datetime, since: datetime | N
 
 
 def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes: int,
-                   purchase_types: Sequence[str], table: str = "conv_sessions",
-                   tails: str | None = None) -> tuple[int, int]:
+                   purchase_types: Sequence[str], table: str = "conv_sessions") -> tuple[int, int]:
     """Create temp table ``table``: one row per session from events strictly before ``until``.
 
     Also leaves temp table ``conv_purchase_events(device_id, person_id, ts)`` for labelling. Returns the
-    number of sessions and of device slices (column ``slice`` = ``hash(device_id) % slices``). Events are first projected to the narrow columns the aggregates need (the entry
-    URL and referrer are reduced to their traffic-source parts here, so the sorts never carry them), then
-    sessionised in device-hash slices of about ``EVENTS_PER_SLICE`` events: a session never spans devices,
-    so slices are independent and the result does not depend on their number.
-
-    ``tails``: a temp table ``(device_id, since)`` whose ``since`` is the start of one of the device's sessions:
-    only those devices' events from then on are sessionised (the sessions from ``since`` on are exactly those of
-    the whole history; ``session_no`` and ``known`` then count from ``since``), and no purchase table is left.
+    number of sessions and of device slices (column ``slice`` = ``hash(device_id) % slices``). Events are first
+    projected to the narrow columns the aggregates need (the entry URL and referrer are reduced to their
+    traffic-source parts here, so the sorts never carry them), then sessionised in device-hash slices of about
+    ``EVENTS_PER_SLICE`` events: a session never spans devices, so slices are independent and the result does
+    not depend on their number.
     """
     rel, opt, utm = _projection(con)
-    tail_join = f"join {tails} tl on tl.device_id = keyed.device_id and keyed.ts >= tl.since" if tails else ""
-    since = con.execute(f"select min(since) from {tails}").fetchall()[0][0] if tails else None
     # a slice number stored per event lets each slice's scan filter on one small column instead of reading every event
-    slices = _slices(con, until, since) if since is not None or not tails else 1
+    slices = _slices(con, until)
     con.execute(f"""
         create or replace temp table conv_events as
         with ev as (
             select {_event_columns(opt, utm)}
             from {rel}
-            where "timestamp" < ? and "timestamp" >= ? and "timestamp" is not null and event_type is not null
+            where "timestamp" < ? and "timestamp" is not null and event_type is not null
         ), keyed as (
-            select *, coalesce('a:' || anonymous_id, 'p:' || person_id, 'c:' || customer_ref) as device_id
+            select *, {DEVICE_ID} as device_id
             from ev
         )
         select keyed.device_id, ts, event_type, person_id, product_id, category, value, channel,
                list_contains(?::varchar[], event_type) as is_purchase,
                customer_ref is not null as logged_in,
-               utm_source,
-               -- the entry URL's utm_source ('' when the URL has none) and the referrer's host: what the
-               -- traffic source needs of them, computed before the sorts so those never carry whole URLs
-               case when url is null then null when contains(url, 'utm_source=')
-                    then regexp_extract(url, '[?&]utm_source=([^&#]+)', 1) else '' end as url_utm,
-               regexp_replace(regexp_extract(lower(referrer), '^[a-z]+://([^/:?#]+)', 1), '^(www|l|m)\\.', '')
-                   as referrer_host,
+               {_SOURCE_PARTS},
                {TIEBREAK} as tiebreak,
                hash(keyed.device_id) as device_hash,
                (hash(keyed.device_id) % {slices})::integer as slice
-        from keyed {tail_join} where keyed.device_id is not null
-    """, [until, since or datetime.min, _purchase_names(con, purchase_types)])  # as ingest spells them
-    counts = ",\n".join(f"count(*) filter (where event_type = '{t}')::integer as {col}"
-                        for t, col in COUNTED_TYPES.items())
-    known_types = list(COUNTED_TYPES)
+        from keyed where keyed.device_id is not null
+    """, [until, _purchase_names(con, purchase_types)])  # as ingest spells them
     for part, head in sliced_build(con, table, slices):
         con.execute(f"""
             {head}
             with keys as (
                 -- the two window sorts carry only the keys; the event's other columns join back by row id
                 select rowid as event_row, device_hash, device_id, ts, is_purchase, tiebreak, logged_in
-                from conv_events where slice = ?
+                from conv_events where slice = $part
             ), marked as (
                 select event_row, device_hash, device_id,
                        row_number() over w as seq,
                        case when lag(ts) over w is null or lag(is_purchase) over w
-                                 or ts - lag(ts) over w > to_minutes(?::bigint) then 1 else 0 end as new_session,
+                                 or ts - lag(ts) over w > to_minutes($gap::bigint) then 1 else 0 end as new_session,
                        max(logged_in::integer) over w as known
                 -- partitioned on the device's hash first: integer keys sort far faster than long ids
                 from keys window w as (partition by device_hash, device_id order by ts, is_purchase, tiebreak)
@@ -207,53 +232,80 @@ def build_sessions(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes:
             ), numbered as (
                 select e.* exclude (slice), k.seq, k.known, k.session_no
                 from conv_events e join session_keys k on e.rowid = k.event_row
-                where e.slice = ?
+                where e.slice = $part
             ), agg as (
                 select device_id, session_no,
                        {SESSION_SPAN},
-                       count(*) filter (where not is_purchase)::integer as n_events,
-                       {counts},
-                       count(*) filter (where not is_purchase
-                                        and not list_contains(?::varchar[], event_type))::integer as n_other_events,
-                       list_unique(list(product_id) filter (where not is_purchase))::integer as n_products,
-                       list_unique(list(category) filter (where not is_purchase))::integer as n_categories,
-                       coalesce(sum(value) filter (where event_type = 'add_to_cart'), 0) as cart_value,
-                       avg(value) filter (where event_type = 'product_view') as mean_viewed_value,
-                       arg_min(channel, seq) filter (where not is_purchase and channel is not null) as channel,
-                       arg_min(url_utm, seq) filter (where not is_purchase) as entry_url_utm,
-                       arg_min(referrer_host, seq) filter (where not is_purchase) as entry_referrer_host,
-                       arg_min(utm_source, seq) filter (where not is_purchase) as entry_utm,
-                       arg_min(category, seq) filter (where not is_purchase and category is not null)
-                           as first_category,
-                       arg_max(category, seq) filter (where not is_purchase and category is not null)
-                           as last_category,
-                       arg_max(event_type, seq) filter (where not is_purchase) as exit_event_type
+                       {_SESSION_AGGREGATES}
                 from numbered
                 group by device_id, session_no
                 having count(*) filter (where not is_purchase) > 0
             )
-            select {SESSION_ID} as session_id,
-                   device_id, session_no,
-                   case when device_id like 'a:%' then substr(device_id, 3) end as anonymous_id,
-                   * exclude (device_id, session_no, entry_url_utm, entry_referrer_host, entry_utm),
-                   (epoch(scored_at) - epoch(started_at))::double as duration_s,
-                   case when n_events > 1 then (epoch(scored_at) - epoch(started_at)) / (n_events - 1) end
-                       as mean_gap_s,
-                   (n_events = 1)::integer as bounce,
-                   hour(started_at)::integer as hour,
-                   isodow(started_at)::integer as weekday,
-                   coalesce(nullif(entry_utm, ''), nullif(entry_url_utm, ''), nullif(entry_referrer_host, ''),
-                            'direct') as traffic_source,
-                   ?::integer as slice
+            select {_SESSION_COLUMNS},
+                   $part::integer as slice
             from agg
-        """, [part, int(gap_minutes), part, known_types, part])
-    if tails is None:
-        con.execute("""
-            create or replace temp table conv_purchase_events as
-            select device_id, person_id, ts from conv_events where is_purchase
-        """)
+        """, {"part": part, "gap": int(gap_minutes), "types": list(COUNTED_TYPES)})
+    con.execute("""
+        create or replace temp table conv_purchase_events as
+        select device_id, person_id, ts from conv_events where is_purchase
+    """)
     con.execute("drop table conv_events")
     return con.execute(f"select count(*) from {table}").fetchall()[0][0], slices
+
+
+# Sessions per slice of a span build (about two events each on web data): each slice's aggregation fits in memory.
+SPAN_SESSIONS_PER_SLICE = 2_000_000
+
+
+def build_span_sessions(con: duckdb.DuckDBPyConnection, until: datetime, spans: str, purchase_types: Sequence[str],
+                        table: str) -> None:
+    """Create temp table ``table``: the rows :func:`build_sessions` gives the sessions of temp table ``spans``
+    (``device_id, session_no, session_id, person_id, known, started_at, scored_at, purchased_at`` of stored-history
+    sessions before ``until``), aggregated from their own events only.
+
+    A session's non-purchase events are exactly its device's non-purchase events in ``[started_at, scored_at]``:
+    a gap or a purchase separates sessions, and equal-time events sort non-purchase first, so no other session
+    of the device has one in that span. So a few sessions cost a join on their spans instead of sessionising
+    every event; within a session, events are ordered by time and tiebreak as the full build orders them.
+    """
+    rel, opt, utm = _projection(con)
+    n, since = con.execute(f"select count(*), min(started_at) from {spans}").fetchall()[0]
+    slices = max(1, -(-n // SPAN_SESSIONS_PER_SLICE))
+    con.execute(f"""
+        create or replace temp table conv_span_events as
+        with ev as (
+            select {_event_columns(opt, utm)}
+            from {rel}
+            where "timestamp" < $until and "timestamp" >= $since and event_type is not null
+              and not list_contains($purchase::varchar[], lower(event_type))
+        ), keyed as (
+            select *, {DEVICE_ID} as device_id from ev
+        )
+        select keyed.device_id, s.session_no, ts, event_type, product_id, category, value, channel,
+               false as is_purchase, {_SOURCE_PARTS}, {TIEBREAK} as tiebreak,
+               (hash(keyed.device_id) % {slices})::integer as slice
+        from keyed join (select device_id as span_device, session_no, started_at as span_start,
+                                scored_at as span_end from {spans}) s
+          on s.span_device = keyed.device_id and keyed.ts >= s.span_start and keyed.ts <= s.span_end
+    """, {"until": until, "since": since or datetime.min, "purchase": _purchase_names(con, purchase_types)})
+    for part, head in sliced_build(con, table, slices):
+        con.execute(f"""
+            {head}
+            with numbered as (
+                select *, row_number() over (partition by device_id, session_no order by ts, tiebreak) as seq
+                from conv_span_events where slice = $part
+            ), agg as (
+                select device_id, session_no, s.person_id, s.known, s.started_at, s.scored_at, s.purchased_at,
+                       {_SESSION_AGGREGATES}
+                from numbered join (from {spans} where (hash(device_id) % {slices})::integer = $part) s
+                  using (device_id, session_no)
+                group by device_id, session_no, s.person_id, s.known, s.started_at, s.scored_at, s.purchased_at
+            )
+            select {_SESSION_COLUMNS},
+                   $part::integer as slice
+            from agg
+        """, {"part": part, "types": list(COUNTED_TYPES)})
+    con.execute("drop table conv_span_events")
 
 
 # Narrow events are about a quarter of the wide rows' width: larger slices still sort in memory.
@@ -264,6 +316,7 @@ HISTORY_EVENTS_PER_SLICE = 3 * EVENTS_PER_SLICE
 HISTORY_TABLE = "conversion_session_history"
 HISTORY_STATE = "_conversion_session_history_state"
 HISTORY_IDENTITIES = "_conversion_session_history_identities"
+APART_TABLE = "conv_history_apart"  # a history before the stored watermark: built for one run, never stored
 # what a stored history's rows mean: bump when the columns or their rules change, so an old table is rebuilt
 HISTORY_FORMAT = "2"
 _FUNNEL = {"product_view": 1, "add_to_cart": 2, "checkout_start": 3}
@@ -274,7 +327,7 @@ log = logging.getLogger(__name__)
 class HistoryUpdate:
     """How ``session_history`` brought the stored history to ``until``."""
 
-    mode: Literal["current", "extended", "rebuilt"]
+    mode: Literal["current", "extended", "rebuilt", "apart"]
     reason: str  # why a rebuild (or '')
     new_events: int  # events since the watermark (all of them when rebuilt)
     sessions: int  # sessions (re)written
@@ -511,32 +564,52 @@ def session_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes
     watermark are sessionised: each device with new events continues from its last stored session -
     re-sessionised with its events when it may still be open (ended within the gap before the watermark
     without a purchase), else numbered on from it - and the devices whose identifiers identity has since given
-    another person are sessionised again whole. Anything else rebuilds the whole history.
+    another person are sessionised again whole. An ``until`` before the watermark (a backtest) gets a history
+    of its own, built for this connection and never stored. Anything else rebuilds the whole history.
     """
     slices = _slices(con, until, events_per_slice=HISTORY_EVENTS_PER_SLICE)
     settings = _history_settings(con, gap_minutes, purchase_types)
     state = _stored_state(con)
-    reason = ("no stored history" if state is None else "other settings or code" if state[3] != settings
-              else f"as of {until} is before the stored watermark {state[0]}" if until < state[0] else "")
-    if not reason:
-        assert state is not None
-        if _events_digest(con, purchase_types, None, state[0]) != (state[1], state[2]):
-            reason = "events before the watermark changed (re-ingested, erased or expired)"
-    if reason:
-        update = _rebuild_history(con, until, gap_minutes, purchase_types, slices, settings, reason)
+    source = HISTORY_TABLE
+    if state is not None and until < state[0]:
+        # a backtest (or a late re-score) of an earlier week: its own history, the stored one stays for next week
+        update = _history_apart(con, until, gap_minutes, purchase_types, slices,
+                                f"as of {until} is before the stored watermark {state[0]}")
+        source = APART_TABLE
     else:
-        assert state is not None
-        update = _extend_history(con, state[0], until, gap_minutes, purchase_types, slices, settings,
-                                 (state[1], state[2]))
+        reason = "no stored history" if state is None else "other settings or code" if state[3] != settings else ""
+        if not reason:
+            assert state is not None
+            if _events_digest(con, purchase_types, None, state[0]) != (state[1], state[2]):
+                reason = "events before the watermark changed (re-ingested, erased or expired)"
+        if reason:
+            update = _rebuild_history(con, until, gap_minutes, purchase_types, slices, settings, reason)
+        else:
+            assert state is not None
+            update = _extend_history(con, state[0], until, gap_minutes, purchase_types, slices, settings,
+                                     (state[1], state[2]))
     log.info("session history %s%s: %d new events, %d devices re-identified, %d sessions written", update.mode,
              f" ({update.reason})" if update.reason else "", update.new_events, update.reidentified, update.sessions)
     con.execute(f"""
         create or replace temp view conv_history_sessions as
         select * exclude (anonymous_id, known_through), (hash(device_id) % {slices})::integer as slice
-        from {HISTORY_TABLE} where started_at is not null
+        from {source} where started_at is not null
     """)
     _recent_purchases(con, until, since, purchase_types)
     return update
+
+
+def _history_apart(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes: int,
+                    purchase_types: Sequence[str], slices: int, reason: str) -> HistoryUpdate:
+    """Temp table ``APART_TABLE``: the whole history before ``until``, built as a rebuild would, not stored."""
+    _history_events(con, until, purchase_types, slices)
+    events = con.execute("select (select count(*) from conv_history_events) + "
+                         "(select count(*) from conv_history_tiebreak)").fetchall()[0][0]
+    _sessionise_history(con, APART_TABLE, gap_minutes, slices)
+    con.execute("drop table conv_history_events")
+    con.execute("drop table conv_history_tiebreak")
+    sessions = con.execute(f"select count(*) from {APART_TABLE}").fetchall()[0][0]
+    return HistoryUpdate("apart", reason, events, sessions, 0, slices)
 
 
 def _rebuild_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_minutes: int,

@@ -397,19 +397,27 @@ def default_as_of(ws: Workspace) -> date:
     return day + timedelta(days=7 - day.weekday())
 
 
-def _frames(con, ws: Workspace, cutoff: date, until: date) -> tuple[feats.PointsSpec, pd.DataFrame, pd.DataFrame]:
-    """Points from data before ``until``; training rows whose label closes before the cutoff, evaluation rows
-    scored in [cutoff, until - label lag)."""
+def _gate_windows(con, ws: Workspace, cutoff: date, until: date) -> tuple[feats.Window, feats.Window]:
+    """The training window (labels closing before the cutoff; sampled) and the evaluation window (scored in
+    [cutoff, until - label lag)) of a backtest."""
     s = ws.config.conversion
-    spec = feats.build_points(con, s, ws.config.features, _midnight(until))
-    lag = timedelta(days=spec.label_lag_days)
+    lag = timedelta(days=s.horizon_days if feats.input_kind(con, s) == "events" else 0)
     cut = _midnight(cutoff)
     keep = profiling_excluded_sql(con, cutoff)  # persons who objected to profiling are no examples
     retargeting = s.population == "retargeting"
-    train = feats.fetch(con, spec, cut - timedelta(weeks=s.training_weeks) - lag, cut - lag, s.horizon_days, keep,
-                        retargeting, max_rows=s.max_training_rows)
-    evaluation = feats.fetch(con, spec, cut, _midnight(until) - lag, s.horizon_days, keep, retargeting)
-    return spec, train, evaluation
+    return (feats.Window(cut - timedelta(weeks=s.training_weeks) - lag, cut - lag, s.horizon_days, keep, retargeting,
+                         s.max_training_rows),
+            feats.Window(cut, _midnight(until) - lag, s.horizon_days, keep, retargeting))
+
+
+def _frames(con, ws: Workspace, cutoff: date, until: date,
+            also: tuple[feats.Window | feats.Audience, ...] = ()) -> tuple[feats.PointsSpec, pd.DataFrame, pd.DataFrame]:
+    """Points from data before ``until``: the backtest's training and evaluation frames; the points of ``also``
+    are built too (fetched by the caller)."""
+    train_window, evaluation_window = _gate_windows(con, ws, cutoff, until)
+    spec = feats.build_selected_points(con, ws.config.conversion, ws.config.features, _midnight(until),
+                                       [train_window, evaluation_window, *also])
+    return spec, feats.fetch_window(con, spec, train_window), feats.fetch_window(con, spec, evaluation_window)
 
 
 def _evaluate(ws: Workspace, spec: feats.PointsSpec, train: pd.DataFrame, evaluation: pd.DataFrame,
@@ -541,14 +549,15 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
     gate_window_end = as_of - timedelta(days=lag)
     gate_cutoff = gate_window_end - timedelta(weeks=s.backtest_weeks)
     with ws.connect() as con, bounded_memory(con):
-        spec, bt_train, evaluation = _frames(con, ws, gate_cutoff, as_of)
-        final = feats.fetch(con, spec, _midnight(as_of) - timedelta(weeks=s.training_weeks, days=lag),
-                            _midnight(as_of) - timedelta(days=lag), s.horizon_days,
-                            profiling_excluded_sql(con, as_of), s.population == "retargeting",
-                            max_rows=s.max_training_rows)
+        final_window = feats.Window(_midnight(as_of) - timedelta(weeks=s.training_weeks, days=lag),
+                                    _midnight(as_of) - timedelta(days=lag), s.horizon_days,
+                                    profiling_excluded_sql(con, as_of), s.population == "retargeting",
+                                    s.max_training_rows)
         # scoring after training in the same step needs no second feature build: these are its rows
-        audience = feats.fetch_audience(con, spec, _midnight(as_of), s.active_days,
-                                        keep=profiling_excluded_sql(con, as_of))
+        scored = feats.Audience(_midnight(as_of), s.active_days, profiling_excluded_sql(con, as_of))
+        spec, bt_train, evaluation = _frames(con, ws, gate_cutoff, as_of, (final_window, scored))
+        final = feats.fetch_window(con, spec, final_window)
+        audience = feats.fetch_audience(con, spec, scored.as_of, scored.active_days, keep=scored.keep)
         audience.attrs.update(as_of=as_of, kind=spec.kind)
     check_eligible(final, s)
     result = _evaluate(ws, spec, bt_train, evaluation, gate_cutoff, gate_window_end, None)
