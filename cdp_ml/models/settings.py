@@ -25,6 +25,9 @@ class ConversionSettings:
     min_child_samples: int = 200
     early_stopping_metric: Literal["auc", "binary_logloss"] = "auc"  # on the validation slice
     early_stopping_rounds: int = 50  # rounds without improvement before boosting stops
+    # after early stopping, fit the same number of trees again on every training row (the validation and
+    # calibration slices are the latest weeks); calibration stays the early-stopped model's, on unseen rows
+    refit: bool = True
     threads: int = 1  # LightGBM/BLAS threads: threads beyond the free cores spin and slow fitting down many-fold
     validation_share: float = 0.15  # latest training share before calibration: early stopping
     calibration_share: float = 0.15  # latest training share: Platt calibration of the probabilities
