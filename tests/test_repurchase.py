@@ -58,6 +58,15 @@ def test_backtest_writes_one_row_per_track_and_week(ws, tmp_path):
     assert set(result.metrics["model"]) == {"model", "bgnbd", "naive"}
     assert {"roc_auc_1w", "roc_auc_4w", "roc_auc_6w", "pr_auc_6w", "concordance", "precision_top10"} <= set(result.metrics)
     assert "bgnbd" in str(result) and "actual_next_purchases" in str(result)
+    # where the model wins or loses against BG/NBD: every (any) track once per segmentation
+    seg = result.segments
+    assert set(seg["tracks"]) == {"(any)", "categories"}
+    n_any = int(result.metrics.set_index(["tracks", "model"]).loc[("(any)", "model"), "n"])
+    assert (seg[seg["tracks"] == "(any)"].groupby("segmentation")["tracks_in_segment"].sum() == n_any).all()
+    assert list(result.segment_comparison().columns) == [
+        "tracks_in_segment", "bought_4w", "model_roc_auc_4w", "bgnbd_roc_auc_4w",
+        "bought_6w", "model_roc_auc_6w", "bgnbd_roc_auc_6w"]
+    assert "by segment" in str(result)
     # actuals match the orders in the window
     first_any = pred[(pred["category"] == "(any)") & (pred["actual"] == 1)]
     assert first_any["week_start"].min() >= pd.Timestamp(CUTOFF)
@@ -323,3 +332,26 @@ def test_ranking_aucs_equal_scikit_learns():
             assert np.isnan(rm.ranking_aucs(y, score)).all()
             continue
         np.testing.assert_allclose(rm.ranking_aucs(y, score), (roc_auc_score(y, score), average_precision_score(y, score)))
+
+
+def test_segment_table_ranks_within_each_segment():
+    """Segment labels follow the inclusive upper bounds; AUCs and shares are those of the segment's tracks."""
+    from cdp_ml.models import repurchase_metrics as rm
+
+    labels = rm.segment_labels(np.array([0.0, 2.0, 2.1, 4.0, 8.5, 16.0, 100.0]),
+                               rm.SEGMENTS["weeks since last purchase"])
+    assert list(labels) == ["0-2", "0-2", "2-4", "2-4", "8-16", "8-16", "16+"]
+    rng = np.random.default_rng(4)
+    n, horizon = 300, 6
+    bought = rng.random((n, horizon)) < 0.15
+    p_week = rng.random((n, horizon)) / horizon
+    days = rng.integers(1, 15, n).astype(float)
+    table = rm.segment_table({"purchase days": rm.segment_labels(days, rm.SEGMENTS["purchase days"])},
+                             {"model": p_week}, bought, (1, 4))
+    assert list(table["segment"]) == ["1", "2-3", "4-9", "10+"] and table["tracks"].sum() == n
+    row = table[table["segment"] == "4-9"].iloc[0]
+    sel = (days >= 4) & (days <= 9)
+    y = bought[sel, :4].any(axis=1)
+    assert row["tracks"] == sel.sum() and np.isclose(row["bought_4w"], y.mean())
+    assert np.isclose(row["model_roc_auc_4w"], rm.ranking_aucs(y, p_week[sel, :4].sum(axis=1))[0])
+    assert np.isclose(row["model_predicted_4w"], p_week[sel, :4].sum(axis=1).mean())

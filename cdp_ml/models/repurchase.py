@@ -403,12 +403,24 @@ class BacktestResult:
     run_id: str | None = None
     note: str = ""
     phase_seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per phase of this run
+    # per track set and segment (purchase days, recency, age): model vs BG/NBD ranking, see segment_comparison
+    segments: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
     def comparison(self) -> pd.DataFrame:
         keys = [f"roc_auc_{k}w" for k in _weeks(self.horizon_weeks)] + \
                [f"pr_auc_{k}w" for k in _weeks(self.horizon_weeks)] + \
                ["precision_top10", "recall_top10", "concordance", "weekly_calibration_max_error"]
         return self.metrics.set_index(["tracks", "model"])[keys].round(3)
+
+    def segment_comparison(self, tracks: str = "(any)") -> pd.DataFrame:
+        """ROC-AUC of model and BG/NBD within segments of the tracks (k = 4 and H weeks): where the model
+        wins or loses against BG/NBD, by how often, how recently and how long ago a track first bought."""
+        if self.segments.empty or tracks not in set(self.segments["tracks"]):
+            return pd.DataFrame()
+        part = self.segments[self.segments["tracks"] == tracks]
+        keys = [f"{c}_{k}w" for k in sorted({min(4, self.horizon_weeks), self.horizon_weeks})
+                for c in ("bought", "model_roc_auc", "bgnbd_roc_auc")]
+        return part.set_index(["segmentation", "segment"])[["tracks_in_segment", *keys]].round(3)
 
     def top_features(self, n: int = 15) -> pd.DataFrame:
         return self.importance.head(n)
@@ -437,6 +449,10 @@ class BacktestResult:
             lines += ["", self.comparison().to_string(), "", "next purchases per week (predicted vs actual):",
                       self.weekly[["week", "week_start", "actual_next_purchases"]
                                   + [c for c in self.weekly if c.startswith("predicted_")]].to_string(index=False)]
+            segments = self.segment_comparison()
+            if not segments.empty:
+                lines += ["", "(any) tracks by segment (share that bought, ROC-AUC of model and BG/NBD):",
+                          segments.to_string()]
         if self.out:
             lines.append(f"predictions: {self.out}")
         return "\n".join(lines)
@@ -575,9 +591,11 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None, reuse
     first = rm.next_purchase_week(bought)
     within_h = pd.DataFrame({"y": (first > 0).astype(int), "category": category,
                              **{k: f.p_cumulative[:, -1] for k, f in forecasts.items()}})
+    segments = _segments(test, {"model": fc.p_week, "bgnbd": bg.p_week}, bought, sets, weeks)
     result = BacktestResult(cutoff, horizon, len(test), int(test["person_id"].nunique()),
                             window.inputs.categories, info["training_rows"], info["training_positives"],
-                            table, weekly, importance, by_category, within_h, bg_params, out, None, note)
+                            table, weekly, importance, by_category, within_h, bg_params, out, None, note,
+                            segments=segments)
     clock.lap("metrics")
     ev = _Evaluation(result, window.season, lambda: test)
     try:
@@ -586,6 +604,23 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None, reuse
         pass
     clock.lap("store")
     return _Evaluation(_replace(result, phase_seconds=clock.seconds), window.season, lambda: test, final)
+
+
+def _segments(test: pd.DataFrame, models: dict[str, np.ndarray], bought: np.ndarray, sets: dict[str, np.ndarray],
+              weeks: tuple[int, ...]) -> pd.DataFrame:
+    """:func:`~cdp_ml.models.repurchase_metrics.segment_table` of the (any) and the category tracks, by
+    BG/NBD's own inputs: distinct purchase days, weeks since the last and since the first purchase."""
+    values = {"purchase days": test["n_days"], "weeks since last purchase": test["recency_exact"],
+              "weeks since first purchase": test["age_exact"]}
+    parts = []
+    for set_name in ("(any)", "categories"):
+        sel = sets[set_name]
+        if not sel.any():
+            continue
+        labels = {name: rm.segment_labels(v.to_numpy(dtype=float)[sel], rm.SEGMENTS[name]) for name, v in values.items()}
+        table = rm.segment_table(labels, {k: p[sel] for k, p in models.items()}, bought[sel], weeks)
+        parts.append(table.rename(columns={"tracks": "tracks_in_segment"}).assign(tracks=set_name))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def _targets_note(table: pd.DataFrame, horizon: int) -> str:
@@ -645,6 +680,7 @@ def _log_evaluation(r: BacktestResult, prefix: str = "") -> None:
         r.weekly.to_csv(Path(tmp) / "weekly_calibration.csv", index=False)
         r.metrics.to_csv(Path(tmp) / "comparison.csv", index=False)
         r.importance.to_csv(Path(tmp) / "feature_importance.csv", index=False)
+        r.segments.to_csv(Path(tmp) / "segments.csv", index=False)
         mlflow.log_artifacts(tmp, artifact_path=f"{prefix}backtest")
     for name, fig in r.charts().items():
         mlflow.log_figure(fig, f"{prefix}backtest/{name}.png")

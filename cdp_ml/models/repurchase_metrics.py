@@ -181,3 +181,46 @@ def category_calibration_figure(table: pd.DataFrame):
     fig.suptitle("Next purchases per week and category: predicted vs actual")
     fig.tight_layout()
     return fig
+
+
+# Where a model wins or loses against BG/NBD: its ranking within segments of what BG/NBD itself reads
+# (frequency, recency, age of the track). Upper bounds of the segment (weeks / purchase days), inclusive.
+SEGMENTS: dict[str, tuple[tuple[float, str], ...]] = {
+    "purchase days": ((1, "1"), (3, "2-3"), (9, "4-9"), (np.inf, "10+")),
+    "weeks since last purchase": ((2, "0-2"), (4, "2-4"), (8, "4-8"), (16, "8-16"), (np.inf, "16+")),
+    "weeks since first purchase": ((13, "0-13"), (26, "13-26"), (52, "26-52"), (np.inf, "52+")),
+}
+
+
+def segment_labels(values: np.ndarray, bounds: tuple[tuple[float, str], ...]) -> pd.Categorical:
+    """The label of the first segment whose upper bound is at least the value (categories in bound order)."""
+    edges = np.array([b for b, _ in bounds])
+    names = [n for _, n in bounds]
+    codes = np.searchsorted(edges, np.asarray(values, dtype=float), side="left").clip(max=len(edges) - 1)
+    return pd.Categorical.from_codes(codes, categories=names)
+
+
+def segment_table(segments: Mapping[str, pd.Categorical], models: Mapping[str, np.ndarray], bought: np.ndarray,
+                  weeks: tuple[int, ...]) -> pd.DataFrame:
+    """Per segmentation and segment: tracks, share buying within k weeks, and per model the mean predicted
+    share and the ROC-AUC of "buys within k" among the segment's tracks (NaN when all or none buy).
+
+    ``segments``: per segmentation one label per track; ``models``: weekly probabilities (tracks x H).
+    """
+    first = next_purchase_week(bought)
+    rows = []
+    for segmentation, labels in segments.items():
+        for label in labels.categories:
+            sel = np.asarray(labels == label)
+            if not sel.any():
+                continue
+            row: dict[str, object] = {"segmentation": segmentation, "segment": label, "tracks": int(sel.sum())}
+            for k in weeks:
+                y = (first[sel] > 0) & (first[sel] <= k)
+                row[f"bought_{k}w"] = float(y.mean())
+                for name, p_week in models.items():
+                    score = within(p_week[sel], k)
+                    row[f"{name}_predicted_{k}w"] = float(score.mean())
+                    row[f"{name}_roc_auc_{k}w"] = ranking_aucs(y, score)[0]
+            rows.append(row)
+    return pd.DataFrame(rows)
