@@ -591,7 +591,8 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None, reuse
     first = rm.next_purchase_week(bought)
     within_h = pd.DataFrame({"y": (first > 0).astype(int), "category": category,
                              **{k: f.p_cumulative[:, -1] for k, f in forecasts.items()}})
-    segments = _segments(test, {"model": fc.p_week, "bgnbd": bg.p_week}, bought, sets, weeks)
+    segments = _segments(test, {"model": fc.p_week, "bgnbd": bg.p_week}, bought, sets,
+                         tuple(sorted({min(4, horizon), horizon})))
     result = BacktestResult(cutoff, horizon, len(test), int(test["person_id"].nunique()),
                             window.inputs.categories, info["training_rows"], info["training_positives"],
                             table, weekly, importance, by_category, within_h, bg_params, out, None, note,

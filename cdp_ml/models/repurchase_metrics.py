@@ -208,18 +208,23 @@ def segment_table(segments: Mapping[str, pd.Categorical], models: Mapping[str, n
     ``segments``: per segmentation one label per track; ``models``: weekly probabilities (tracks x H).
     """
     first = next_purchase_week(bought)
+    bought_by = {k: (first > 0) & (first <= k) for k in weeks}
+    scores = {(name, k): within(p_week, k) for name, p_week in models.items() for k in weeks}  # once, not per segment
     rows = []
     for segmentation, labels in segments.items():
-        for label in labels.categories:
-            sel = np.asarray(labels == label)
-            if not sel.any():
+        codes = np.asarray(labels.codes)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(labels.categories) + 1))
+        for code, label in enumerate(labels.categories):
+            idx = order[bounds[code]:bounds[code + 1]]
+            if not len(idx):
                 continue
-            row: dict[str, object] = {"segmentation": segmentation, "segment": label, "tracks": int(sel.sum())}
+            row: dict[str, object] = {"segmentation": segmentation, "segment": label, "tracks": len(idx)}
             for k in weeks:
-                y = (first[sel] > 0) & (first[sel] <= k)
+                y = bought_by[k][idx]
                 row[f"bought_{k}w"] = float(y.mean())
-                for name, p_week in models.items():
-                    score = within(p_week[sel], k)
+                for name in models:
+                    score = scores[(name, k)][idx]
                     row[f"{name}_predicted_{k}w"] = float(score.mean())
                     row[f"{name}_roc_auc_{k}w"] = ranking_aucs(y, score)[0]
             rows.append(row)
