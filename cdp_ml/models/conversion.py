@@ -54,7 +54,7 @@ ENGAGEMENT_TIERS = ("n_checkout_starts", "n_cart_adds", "n_product_views")  # he
 class ConversionModel:
     """LightGBM booster + Platt calibration + the feature layout it was trained on (picklable)."""
 
-    threads = 1  # prediction threads: the workspace's ``conversion.threads`` is set where it trains or scores
+    threads = 1  # prediction threads: set where it trains or scores (each row is scored alone: any count, same result)
 
     def __init__(self, booster: lgb.Booster, numeric: tuple[str, ...], categorical: tuple[str, ...],
                  levels: dict[str, list[str]], platt: tuple[float, float], kind: str, horizon_days: int):
@@ -85,7 +85,6 @@ class ConversionModel:
         return out
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
-        # conversion.threads, not LightGBM's default of every core: spare threads spin on a shared machine
         return self.booster.predict(self.matrix(frame), raw_score=True, num_threads=self.threads)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
@@ -147,7 +146,7 @@ def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> C
         levels[col] = sorted(counts.index[:MAX_LEVELS].tolist())
     shell = ConversionModel(None, spec.numeric, spec.categorical, levels, (1.0, 0.0), spec.kind,  # type: ignore[arg-type]
                             spec.label_lag_days)
-    shell.threads = max(s.threads, 1)
+    shell.threads = _cores()  # prediction (Platt, evaluation): each row alone, any thread count gives the same scores
     dtrain = lgb.Dataset(shell.matrix(fit_part), label=fit_part["label"].to_numpy(),
                          categorical_feature=list(spec.categorical), free_raw_data=True)
     dvalid = lgb.Dataset(shell.matrix(val_part), label=val_part["label"].to_numpy(), reference=dtrain)
@@ -183,7 +182,7 @@ def _lgb_params(rows: pd.DataFrame, s: ConversionSettings) -> dict[str, Any]:
         "min_child_samples": s.min_child_samples, "feature_fraction": 0.9, "lambda_l2": 1.0,
         "scale_pos_weight": (len(rows) - pos) / max(pos, 1), "max_cat_to_onehot": 8, "cat_smooth": 20,
         "deterministic": True, "force_col_wise": True, "seed": 7, "verbose": -1,
-        "num_threads": max(s.threads, 1), "max_bin": s.max_bin,
+        "num_threads": _threads(s), "max_bin": s.max_bin,
     }
     if len(rows) > s.rows_per_tree:  # a round costs in proportion to its rows: sample them on large slices
         params.update(bagging_fraction=s.rows_per_tree / len(rows), bagging_freq=1)
@@ -446,7 +445,7 @@ def _evaluate(ws: Workspace, spec: feats.PointsSpec, train: pd.DataFrame, evalua
     probability = model.predict(evaluation)
     log.info("conversion scoring: %d evaluation rows in %.1fs", len(evaluation), time.perf_counter() - started)
     started = time.perf_counter()
-    with threadpool_limits(max(s.threads, 1)):  # BLAS threads beyond the free cores spin, as OpenMP ones do
+    with threadpool_limits(_threads(s)):
         logistic = _logistic_baseline(train, spec)
         p_logistic = logistic.predict_proba(_baseline_frame(evaluation, spec))[:, 1]
     log.info("conversion logistic baseline in %.1fs", time.perf_counter() - started)
@@ -583,7 +582,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
     if champion is not None:
         try:
             old = _load(champion)
-            old.threads = max(s.threads, 1)
+            old.threads = _cores()
             champion_auc = metrics.roc_auc(evaluation["label"], old.predict(evaluation))
             champion_note = f"champion v{champion.version}"
         except CdpError as exc:  # a champion on other features (e.g. another input) cannot be compared
@@ -628,6 +627,11 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _threads(s: ConversionSettings) -> int:
+    """Fitting threads: ``conversion.threads``, 0 for every core (OpenMP threads wait passively, see the top)."""
+    return s.threads or _cores()
+
+
 def _load(version: Any) -> ConversionModel:
     import mlflow
 
@@ -646,9 +650,7 @@ def score(ws: Workspace, as_of: date | None = None, audience: pd.DataFrame | Non
     if champion is None:
         raise CdpError("no champion conversion-intent model in the registry: run `cdp-ml train conversion` first")
     model = _load(champion)
-    # prediction on every core: each row is scored on its own, so the probabilities do not depend on the thread
-    # count (``conversion.threads`` protects fitting, whose spinning threads cost many-fold on a busy machine)
-    model.threads = max(s.threads, _cores())
+    model.threads = _cores()  # each row is scored on its own: the probabilities do not depend on the thread count
     as_of = as_of or default_as_of(ws)
     until = _midnight(as_of)
     if audience is not None and audience.attrs.get("as_of") != as_of:

@@ -28,7 +28,7 @@ class ConversionSettings:
     # after early stopping, fit the same number of trees again on every training row (the validation and
     # calibration slices are the latest weeks); calibration stays the early-stopped model's, on unseen rows
     refit: bool = True
-    threads: int = 1  # LightGBM/BLAS threads: threads beyond the free cores spin and slow fitting down many-fold
+    threads: int = 0  # LightGBM/BLAS threads when fitting; 0: every core this process may use (threads wait passively)
     validation_share: float = 0.15  # latest training share before calibration: early stopping
     calibration_share: float = 0.15  # latest training share: Platt calibration of the probabilities
     # larger training slices are hash-sampled: positives fill at most half (all of them when fewer), negatives
@@ -41,6 +41,8 @@ class ConversionSettings:
     def __post_init__(self) -> None:
         if min(self.max_bin, self.max_training_rows, self.rows_per_tree) < 2:
             raise ValueError("conversion.max_bin, max_training_rows and rows_per_tree must be at least 2")
+        if self.threads < 0:
+            raise ValueError("conversion.threads must be 0 (every core) or more")
 
 
 @dataclass(frozen=True)
