@@ -148,6 +148,8 @@ def test_train_gates_the_champion_and_score_writes_the_audience(ws):
     with ws.connect() as con:
         rescored = con.execute("select person_id from conversion_scores where as_of = ?", [as_of]).df()
     assert not set(objecting) & set(rescored["person_id"].dropna())
+    # ... nor in the audience a retraining fetches (objections as of as-of, not as of its gate's earlier cutoff)
+    assert not set(objecting) & set(conversion.train(ws, as_of).audience["person_id"].dropna())
     assert len(rescored) == len(scores) - int(scores["person_id"].isin(objecting).sum())
 
 

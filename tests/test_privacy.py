@@ -251,8 +251,11 @@ def test_profiling_objection_as_of(tmp_path: Path):
         view = profiling_objections(con, date(2025, 1, 11))
         assert sorted(r[0] for r in con.execute(f"select person_id from {view}").fetchall()) == ["P1", "P2"]
         keep = profiling_excluded_sql(con, date(2025, 1, 11))
+        earlier = profiling_excluded_sql(con, date(2025, 1, 10))  # made later, for an earlier date
         rows = con.execute(f"select person_id from (values ('P1'), ('P3'), (null)) t(person_id) where {keep}").fetchall()
-        assert rows == [("P3",), (None,)]
+        assert rows == [("P3",), (None,)]  # the first predicate still means its own date
+        rows = con.execute(f"select person_id from (values ('P1'), ('P3')) t(person_id) where {earlier}").fetchall()
+        assert rows == [("P1",), ("P3",)]
 
 
 def _write_yaml(root: Path) -> Path:

@@ -19,7 +19,10 @@ OBJECTIONS_VIEW = "profiling_objections"
 
 
 def profiling_objections(con: duckdb.DuckDBPyConnection, as_of: date) -> str:
-    """Create the temp view ``profiling_objections(person_id)`` as of ``as_of``; returns its name.
+    """Create the temp view ``profiling_objections_<date>(person_id)`` as of ``as_of``; returns its name.
+
+    One view per date: a predicate made for one as-of (a training window's) keeps meaning that date when a
+    later call makes another date's (a gate cutoff's) in the same connection.
 
     Model stages exclude these persons from training examples and from scoring::
 
@@ -28,18 +31,19 @@ def profiling_objections(con: duckdb.DuckDBPyConnection, as_of: date) -> str:
 
     Without identity tables (no ``person_consents``) the view is empty.
     """
+    day = date.fromisoformat(str(as_of)[:10]).isoformat()  # a typed date, safe as a literal in a view
+    view = f"{OBJECTIONS_VIEW}_{day.replace('-', '')}"
     if table_exists(con, "person_consents"):
         ensure_ledger(con)
-        day = date.fromisoformat(str(as_of)[:10]).isoformat()  # a typed date, safe as a literal in a view
-        con.execute(f"""create or replace temp view {OBJECTIONS_VIEW} as
+        con.execute(f"""create or replace temp view {view} as
             select person_id from (
                 select person_id, granted from {LEDGER_VIEW}
                 where purpose = 'profiling' and decided_at < DATE '{day}'
                 qualify row_number() over (partition by person_id order by decided_at desc, granted asc) = 1)
             where not granted""")
     else:
-        con.execute(f"create or replace temp view {OBJECTIONS_VIEW} as select null::varchar as person_id where false")
-    return OBJECTIONS_VIEW
+        con.execute(f"create or replace temp view {view} as select null::varchar as person_id where false")
+    return view
 
 
 def profiling_excluded_sql(con: duckdb.DuckDBPyConnection, as_of: date, column: str = "person_id") -> str:
