@@ -69,7 +69,7 @@ class PointsSpec:
     rows: int
     # the relation holding every scoring point's keys and label (fetch's sampling counts there): conv_points
     # itself, or the narrow candidates when only selected points were built wide
-    population: str = "conv_points"
+    population: str = POINTS_TABLE
 
     @property
     def features(self) -> tuple[str, ...]:
