@@ -360,7 +360,7 @@ def _history_events(con: duckdb.DuckDBPyConnection, until: datetime, purchase_ty
             from {rel}
             where "timestamp" < $until and "timestamp" >= $since and "timestamp" is not null and event_type is not null
         ), keyed as (
-            select *, coalesce('a:' || anonymous_id, 'p:' || person_id, 'c:' || customer_ref) as device_id,
+            select *, {DEVICE_ID} as device_id,
                    list_contains($purchase::varchar[], event_type) as is_purchase
             from ev
         )
@@ -378,7 +378,7 @@ def _history_events(con: duckdb.DuckDBPyConnection, until: datetime, purchase_ty
             where "timestamp" < $until and "timestamp" >= $since and "timestamp" is not null
               and list_contains($purchase::varchar[], lower(event_type))
         ), keyed as (
-            select *, coalesce('a:' || anonymous_id, 'p:' || person_id, 'c:' || customer_ref) as device_id from ev
+            select *, {DEVICE_ID} as device_id from ev
         )
         select keyed.device_id, ts, {TIEBREAK} as tiebreak, person_id, customer_ref is not null as logged_in,
                (case event_type {counted} else 0 end)::utinyint as funnel

@@ -418,7 +418,7 @@ class BacktestResult:
         if self.segments.empty or tracks not in set(self.segments["tracks"]):
             return pd.DataFrame()
         part = self.segments[self.segments["tracks"] == tracks]
-        keys = [f"{c}_{k}w" for k in sorted({min(4, self.horizon_weeks), self.horizon_weeks})
+        keys = [f"{c}_{k}w" for k in _segment_weeks(self.horizon_weeks)
                 for c in ("bought", "model_roc_auc", "bgnbd_roc_auc")]
         return part.set_index(["segmentation", "segment"])[["tracks_in_segment", *keys]].round(3)
 
@@ -464,6 +464,11 @@ class BacktestResult:
 
 def _weeks(horizon: int) -> tuple[int, ...]:
     return tuple(sorted({1, min(4, horizon), horizon}))
+
+
+def _segment_weeks(horizon: int) -> tuple[int, ...]:
+    """The k of the segment comparison: the targets' 4 and H weeks."""
+    return tuple(sorted({min(4, horizon), horizon}))
 
 
 @dataclass(frozen=True)
@@ -592,7 +597,7 @@ def _evaluate(ws: Workspace, cutoff: date, horizon: int, out: Path | None, reuse
     within_h = pd.DataFrame({"y": (first > 0).astype(int), "category": category,
                              **{k: f.p_cumulative[:, -1] for k, f in forecasts.items()}})
     segments = _segments(test, {"model": fc.p_week, "bgnbd": bg.p_week}, bought, sets,
-                         tuple(sorted({min(4, horizon), horizon})))
+                         _segment_weeks(horizon))
     result = BacktestResult(cutoff, horizon, len(test), int(test["person_id"].nunique()),
                             window.inputs.categories, info["training_rows"], info["training_positives"],
                             table, weekly, importance, by_category, within_h, bg_params, out, None, note,
