@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from cdp_ml.features.conversion import PointsSpec
 from cdp_ml.models import conversion, metrics
@@ -53,3 +54,14 @@ def test_refit_probabilities_stay_calibrated_without_drift():
     assert abs(p.mean() - y.mean()) < 0.02, (p.mean(), y.mean())
     held_out = conversion.fit(train, SPEC, replace(SETTINGS, refit=False)).predict(later)
     assert metrics.logloss(y, p) < metrics.logloss(y, held_out) + 0.01
+
+
+def test_early_stopping_ignores_improvements_below_min_delta():
+    """On large data the validation AUC creeps up by tiny steps for hundreds of rounds: gains below
+    ``early_stopping_min_delta`` do not extend boosting (and do not move the kept best iteration)."""
+    train = _frame(8000, seed=5, new_regime_from=1.0)
+    every_gain = conversion.fit(train, SPEC, replace(SETTINGS, early_stopping_min_delta=0.0, refit=False))
+    coarse = conversion.fit(train, SPEC, replace(SETTINGS, early_stopping_min_delta=0.01, refit=False))
+    assert coarse.booster.current_iteration() < every_gain.booster.current_iteration()
+    with pytest.raises(ValueError, match="min_delta"):
+        replace(SETTINGS, early_stopping_min_delta=-0.1)

@@ -151,8 +151,9 @@ def fit(train: pd.DataFrame, spec: feats.PointsSpec, s: ConversionSettings) -> C
                          categorical_feature=list(spec.categorical), free_raw_data=True)
     dvalid = lgb.Dataset(shell.matrix(val_part), label=val_part["label"].to_numpy(), reference=dtrain)
     started = time.perf_counter()
+    stop = lgb.early_stopping(s.early_stopping_rounds, verbose=False, min_delta=s.early_stopping_min_delta)
     booster = lgb.train(_lgb_params(fit_part, s), dtrain, num_boost_round=s.n_estimators, valid_sets=[dvalid],
-                        callbacks=[lgb.early_stopping(s.early_stopping_rounds, verbose=False)])
+                        callbacks=[stop])
     shell.booster = _trimmed(booster)
     trees = shell.booster.current_iteration()
     log.info("conversion fit: %d rows, %d trees in %.1fs", len(fit_part), trees, time.perf_counter() - started)

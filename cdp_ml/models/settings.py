@@ -25,6 +25,9 @@ class ConversionSettings:
     min_child_samples: int = 200
     early_stopping_metric: Literal["auc", "binary_logloss"] = "auc"  # on the validation slice
     early_stopping_rounds: int = 50  # rounds without improvement before boosting stops
+    # an improvement smaller than this (in the metric's units) does not count: on large data the validation
+    # AUC creeps up by 1e-5 per round for hundreds of rounds that do not help the next weeks
+    early_stopping_min_delta: float = 0.0001
     # after early stopping, fit the same number of trees again on every training row (the validation and
     # calibration slices are the latest weeks); calibration stays the early-stopped model's, on unseen rows
     refit: bool = True
@@ -43,6 +46,8 @@ class ConversionSettings:
             raise ValueError("conversion.max_bin, max_training_rows and rows_per_tree must be at least 2")
         if self.threads < 0:
             raise ValueError("conversion.threads must be 0 (every core) or more")
+        if self.early_stopping_min_delta < 0:
+            raise ValueError("conversion.early_stopping_min_delta must be 0 or more")
 
 
 @dataclass(frozen=True)
