@@ -68,13 +68,18 @@ def cmd_evaluate(args) -> object:
 def cmd_backtest(args) -> object:
     ws = _ws(args)
     out = Path(args.out) if args.out else None
+    cutoffs = [_date(c.strip()) for given in args.cutoff for c in given.split(",") if c.strip()]
     if args.model == "conversion":
         from cdp_ml.models import conversion
 
-        return conversion.backtest(ws, cutoff=_date(args.cutoff), out=out)
+        if len(cutoffs) > 1:
+            return conversion.backtest_series(ws, cutoffs, out=out)
+        return conversion.backtest(ws, cutoff=cutoffs[0] if cutoffs else None, out=out)
     from cdp_ml.models import repurchase
 
-    return repurchase.backtest(ws, cutoff=_date(args.cutoff), horizon_weeks=args.horizon_weeks, out=out)
+    if len(cutoffs) != 1:
+        raise CdpError("backtest repurchase: give one --cutoff YYYY-MM-DD")
+    return repurchase.backtest(ws, cutoff=cutoffs[0], horizon_weeks=args.horizon_weeks, out=out)
 
 
 def cmd_train(args) -> object:
@@ -172,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("backtest", help="train before a cutoff and evaluate after it")
     s.add_argument("model", choices=["conversion", "repurchase"])
-    s.add_argument("--cutoff", required=True)
+    s.add_argument("--cutoff", required=True, action="append",
+                   help="YYYY-MM-DD; conversion: several (repeated or comma-separated) for one backtest per window")
     s.add_argument("--horizon-weeks", type=int, default=None)
     s.add_argument("--out", default=None, help="per-row predictions (.parquet or .csv)")
     s.set_defaults(func=cmd_backtest)

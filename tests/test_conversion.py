@@ -97,6 +97,32 @@ def test_backtest_on_data_truncated_at_the_cutoff_predicts_exactly_the_same(ws, 
     np.testing.assert_array_equal(model.predict(evaluation), full.predictions["probability"].to_numpy())
 
 
+def test_backtest_series_equals_one_backtest_per_cutoff(ws, tmp_path, capsys):
+    """Several cutoffs share one feature build (a point's row does not depend on how late the build reaches):
+    each window's predictions equal its own backtest's, and the out file keeps every window's rows."""
+    as_of = conversion.default_as_of(ws)
+    cutoffs = [as_of - timedelta(weeks=8), as_of - timedelta(weeks=6)]
+    series = conversion.backtest_series(ws, cutoffs[::-1], out=tmp_path / "series.csv")
+    written = pd.read_csv(tmp_path / "series.csv")
+    assert list(written.columns[:2]) == ["cutoff", "session_id"]
+    for cutoff, result in zip(cutoffs, series.results, strict=True):
+        alone = conversion.backtest(ws, cutoff)
+        assert result.cutoff == cutoff and result.train_rows == alone.train_rows
+        np.testing.assert_array_equal(result.predictions["probability"], alone.predictions["probability"])
+        assert (written["cutoff"] == str(cutoff)).sum() == alone.eval_rows
+    summary = series.summary()
+    assert list(summary.index) == cutoffs
+    assert summary.loc[cutoffs[1], "saved_99"] == series.results[1].savings
+    assert "mean over 2:" in str(series)
+    # the CLI takes the cutoffs repeated or comma-separated; repurchase backtests one cutoff at a time
+    from cdp_ml.cli import main
+
+    argv = ["--workspace", str(ws.root), "backtest", "repurchase", "--cutoff", f"{cutoffs[0]},{cutoffs[1]}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "one --cutoff" in err[0], err
+
+
 def test_eligibility_check_names_the_counts(ws):
     strict = _fast(ws, min_positives=10**6)
     cutoff = conversion.default_as_of(ws) - timedelta(weeks=6)

@@ -18,6 +18,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -346,6 +347,59 @@ class BacktestResult:
 
 
 @dataclass(frozen=True)
+class BacktestSeries:
+    """Backtests at several cutoffs: one window's 99 % point rests on a handful of conversions, the spread
+    over windows shows how much of it is noise."""
+
+    results: tuple[BacktestResult, ...]
+    out: Path | None = None
+
+    def summary(self) -> pd.DataFrame:
+        """One row per cutoff: ranking vs both baselines (with the paired gain interval) and the savings."""
+        rows = []
+        for r in self.results:
+            m, g = r.metrics, r.metrics["lightgbm"]
+            rows.append({
+                "cutoff": r.cutoff, "eval_rows": r.eval_rows, "conversions": r.eval_positives,
+                "roc_auc": g["roc_auc"], "roc_auc_logistic": m["logistic"]["roc_auc"],
+                "roc_auc_heuristic": m["heuristic"]["roc_auc"],
+                **{f"gain_{name}_{end}": g[f"roc_auc_gain_{name}_{end}"]
+                   for name in ("logistic", "heuristic") for end in ("low", "high")},
+                "saved_99": g["audience_reduction_99"], "saved_99_low": g["audience_reduction_99_low"],
+                "saved_99_high": g["audience_reduction_99_high"], "saved_95": g["audience_reduction_95"],
+                "saved_99_logistic": m["logistic"]["audience_reduction_99"], "log_loss": g["log_loss"],
+            })
+        return pd.DataFrame(rows).set_index("cutoff")
+
+    def __str__(self) -> str:
+        t = self.summary()
+        n = len(t)
+        head = (f"  {'cutoff':<11}{'conversions':>12}{'roc_auc':>9}{'logistic':>9}{'heuristic':>10}"
+                f"{'gain over logistic (90%)':>27}{'saved@99%':>11}{'(90% interval)':>16}{'saved@95%':>11}")
+        lines = [f"conversion backtests at {n} cutoffs (each: train before it, evaluate the "
+                 f"{(self.results[0].window_end - self.results[0].cutoff).days // 7} weeks after it)", head]
+        for cutoff, r in t.iterrows():
+            lines.append(f"  {cutoff!s:<11}{int(r.conversions):>12,}{r.roc_auc:>9.4f}{r.roc_auc_logistic:>9.4f}"
+                         f"{r.roc_auc_heuristic:>10.4f}{f'{r.gain_logistic_low:+.4f} .. {r.gain_logistic_high:+.4f}':>27}"
+                         f"{r.saved_99:>11.1%}{f'{r.saved_99_low:.1%}-{r.saved_99_high:.1%}':>16}{r.saved_95:>11.1%}")
+        lines.append(
+            f"  mean over {n}: ROC-AUC {t.roc_auc.mean():.4f} (logistic {t.roc_auc_logistic.mean():.4f}, heuristic "
+            f"{t.roc_auc_heuristic.mean():.4f}); saved {t.saved_99.mean():.1%} of the audience keeping 99% of "
+            f"conversions (windows {t.saved_99.min():.1%}..{t.saved_99.max():.1%}; logistic "
+            f"{t.saved_99_logistic.mean():.1%}), {t.saved_95.mean():.1%} keeping 95%; clearly above logistic in "
+            f"{int((t.gain_logistic_low > 0).sum())} of {n} windows, above the heuristic in "
+            f"{int((t.gain_heuristic_low > 0).sum())} of {n}")
+        if self.out:
+            lines.append(f"  predictions: {self.out}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        text = str(self).splitlines()
+        return f"<pre>{text[0]}</pre>" + self.summary().to_html(float_format="{:.4f}".format) + \
+            f"<pre>{chr(10).join(text[2 + len(self.results):])}</pre>"
+
+
+@dataclass(frozen=True)
 class TrainResult:
     as_of: date
     input: str
@@ -436,7 +490,7 @@ def _frames(con, ws: Workspace, cutoff: date, until: date,
 
 
 def _evaluate(ws: Workspace, spec: feats.PointsSpec, train: pd.DataFrame, evaluation: pd.DataFrame,
-              cutoff: date, window_end: date, out: Path | None) -> BacktestResult:
+              cutoff: date, window_end: date) -> BacktestResult:
     s = ws.config.conversion
     if evaluation.empty or evaluation["label"].nunique() < 2:
         raise CdpError(f"conversion backtest window {cutoff} .. {window_end} has {len(evaluation)} scoring points "
@@ -470,11 +524,9 @@ def _evaluate(ws: Workspace, spec: feats.PointsSpec, train: pd.DataFrame, evalua
     predictions["label"] = y
     predictions["p_logistic"] = p_logistic
     predictions["p_heuristic"] = p_heuristic
-    if out is not None:
-        _write_predictions(predictions, out)
     return BacktestResult(cutoff, window_end, spec.kind, len(train), len(evaluation), int(y.sum()), per_model,
                           heuristic_name, metrics.calibration_table(y, probability), metrics.cumulative_gains(y, probability),
-                          predictions, model, out)
+                          predictions, model)
 
 
 def _write_predictions(predictions: pd.DataFrame, out: Path) -> None:
@@ -521,23 +573,50 @@ def backtest(ws: Workspace, cutoff: date, out: Path | None = None) -> BacktestRe
     """Train strictly before ``cutoff``; predict every scoring point of the ``backtest_weeks`` after it."""
     if cutoff is None:
         raise CdpError("backtest conversion: give --cutoff YYYY-MM-DD")
-    s = ws.config.conversion
-    window_end = cutoff + timedelta(weeks=s.backtest_weeks)
-    with ws.connect() as con:
-        lag = s.horizon_days if feats.input_kind(con, s) == "events" else 0
-    until = window_end + timedelta(days=lag)
-    _check_window(ws, cutoff, until)
-    with ws.connect() as con, bounded_memory(con):
-        spec, train, evaluation = _frames(con, ws, cutoff, until)
-    result = _evaluate(ws, spec, train, evaluation, cutoff, window_end, out)
-    with tracking.run(ws, EXPERIMENT, f"backtest {cutoff}") as run:
-        import mlflow
+    return _backtests(ws, [cutoff], out)[0]
 
-        mlflow.log_params(_params(s, spec))
-        mlflow.log_params({f"data_{k}": v for k, v in tracking.fingerprint(
-            train, time_column="scored_at", id_columns=ID_COLUMNS).items()})
-        _log_backtest(result)
-    return _replace(result, run_id=run.info.run_id)
+
+def backtest_series(ws: Workspace, cutoffs: Sequence[date], out: Path | None = None) -> BacktestSeries:
+    """One backtest per cutoff, from one feature build; ``out`` holds every window's rows with its ``cutoff``."""
+    if not cutoffs:
+        raise CdpError("backtest conversion: give --cutoff YYYY-MM-DD (one or more)")
+    return BacktestSeries(tuple(_backtests(ws, sorted(set(cutoffs)), out)), out)
+
+
+def _backtests(ws: Workspace, cutoffs: Sequence[date], out: Path | None) -> list[BacktestResult]:
+    """Build the scoring points of every cutoff's two windows at once (features are point-in-time, so a later
+    ``until`` changes no row), then fetch, fit, evaluate and log each backtest in turn (one frame pair in memory)."""
+    s = ws.config.conversion
+    with ws.connect() as con:
+        lag = timedelta(days=s.horizon_days if feats.input_kind(con, s) == "events" else 0)
+    ends = {c: c + timedelta(weeks=s.backtest_weeks) for c in cutoffs}
+    for c in cutoffs:
+        _check_window(ws, c, ends[c] + lag)
+    until = max(ends.values()) + lag
+    results, written = [], []
+    with ws.connect() as con, bounded_memory(con):
+        windows = {c: _gate_windows(con, ws, c, ends[c] + lag) for c in cutoffs}
+        spec = feats.build_selected_points(con, s, ws.config.features, _midnight(until),
+                                           [w for pair in windows.values() for w in pair])
+        for c in cutoffs:
+            train = feats.fetch_window(con, spec, windows[c][0])
+            evaluation = feats.fetch_window(con, spec, windows[c][1])
+            result = _evaluate(ws, spec, train, evaluation, c, ends[c])
+            with tracking.run(ws, EXPERIMENT, f"backtest {c}") as run:
+                import mlflow
+
+                mlflow.log_params(_params(s, spec))
+                mlflow.log_params({f"data_{k}": v for k, v in tracking.fingerprint(
+                    train, time_column="scored_at", id_columns=ID_COLUMNS).items()})
+                _log_backtest(result)
+            del train, evaluation
+            if out is not None:
+                written.append(result.predictions if len(cutoffs) == 1 else
+                               result.predictions.assign(cutoff=c)[["cutoff", *result.predictions.columns]])
+            results.append(_replace(result, run_id=run.info.run_id, out=out))
+    if out is not None:
+        _write_predictions(pd.concat(written, ignore_index=True), out)
+    return results
 
 
 def _replace(result: BacktestResult, **changes: Any) -> BacktestResult:
@@ -575,7 +654,7 @@ def train(ws: Workspace, as_of: date | None = None, parent_run_id: str | None = 
         audience = feats.fetch_audience(con, spec, scored.as_of, scored.active_days, keep=scored.keep)
         audience.attrs.update(as_of=as_of, kind=spec.kind)
     check_eligible(final, s)
-    result = _evaluate(ws, spec, bt_train, evaluation, gate_cutoff, gate_window_end, None)
+    result = _evaluate(ws, spec, bt_train, evaluation, gate_cutoff, gate_window_end)
     del bt_train  # memory: the gate's training frame is not needed for the final fit
     model = fit(final, spec, s)
     champion = tracking.champion_version(ws, MODEL_NAME)
