@@ -10,6 +10,12 @@ identity) and its ``cdp_ml.yaml`` instead of generating data, so the timing cove
     .venv/bin/python bench/bench_conversion.py --score-in /tmp/convscore-1m --as-of 2026-11-23 \
         [--history-from 2026-11-16] [--check-full]
 
+    .venv/bin/python bench/bench_conversion.py --train-in /tmp/conv-1m --as-of 2026-11-23 [--history-from 2026-11-16]
+
+The fourth form times ``conversion.train`` (gate backtest + final fit + registration: the 10-minute target)
+in place on a copy you own; ``--history-from`` first scores that earlier as-of (timed apart, needs a
+champion), so the timed training extends the stored session history by a week, as a weekly refresh does.
+
 The third form times ``conversion.score`` in place on a workspace with a champion (use a copy you own: it
 writes ``conversion_scores`` and the stored session history); ``--history-from`` first scores that earlier
 as-of (timed apart), so the timed score extends the stored session history by the weeks between, as a weekly
@@ -156,6 +162,23 @@ def score_in_place(ws: Workspace, as_of: date | None, check_full: bool, history_
     assert np.allclose(ours["probability"], theirs["probability"], rtol=1e-12, atol=0), "probabilities differ"
 
 
+def train_in_place(ws: Workspace, as_of: date | None, history_from: date | None = None) -> None:
+    """Time ``train`` where the workspace is (after an optional earlier score that stores the history)."""
+    as_of = as_of or conversion.default_as_of(ws)
+    if history_from is not None:
+        t0 = time.perf_counter()
+        earlier = conversion.score(ws, history_from)
+        print("BENCH " + json.dumps({"step": f"score {history_from} (stores the session history)",
+                                     "seconds": round(time.perf_counter() - t0, 1), "rows": earlier.visitors,
+                                     "peak_mb": round(peak_mb())}), flush=True)
+    t0 = time.perf_counter()
+    result = conversion.train(ws, as_of)
+    print(result, flush=True)
+    print("BENCH " + json.dumps({"step": "train (features + gate backtest + final fit + register)",
+                                 "seconds": round(time.perf_counter() - t0, 1), "rows": result.train_rows,
+                                 "peak_mb": round(peak_mb())}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--persons", type=int, default=100_000)
@@ -169,18 +192,23 @@ def main() -> None:
     ap.add_argument("--save-frames", help="--backtest-only: also pickle the training and evaluation frames here, "
                                           "so model settings can be compared offline without rebuilding features")
     ap.add_argument("--score-in", help="time `conversion.score` in place on this workspace (one with a champion)")
-    ap.add_argument("--as-of", help="--score-in: the as-of date (default: the Monday after the latest event)")
-    ap.add_argument("--history-from", help="--score-in: first score this earlier as-of, so the timed score extends "
-                                           "the stored session history from there")
+    ap.add_argument("--train-in", help="time `conversion.train` in place on this workspace")
+    ap.add_argument("--as-of", help="--score-in/--train-in: the as-of date (default: the Monday after the latest event)")
+    ap.add_argument("--history-from", help="--score-in/--train-in: first score this earlier as-of, so the timed run "
+                                           "extends the stored session history from there")
     ap.add_argument("--check-full", action="store_true",
                     help="--score-in: also build the full points and compare the audience rows and probabilities")
     args = ap.parse_args()
-    if args.score_in:
+    if args.score_in or args.train_in:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
         for name in ("cdp_ml.features.conversion", "cdp_ml.features.sessions", "cdp_ml.models.conversion"):
             logging.getLogger(name).setLevel(logging.INFO)
-        score_in_place(Workspace.open(args.score_in), date.fromisoformat(args.as_of) if args.as_of else None,
-                       args.check_full, date.fromisoformat(args.history_from) if args.history_from else None)
+        as_of = date.fromisoformat(args.as_of) if args.as_of else None
+        history_from = date.fromisoformat(args.history_from) if args.history_from else None
+        if args.train_in:
+            train_in_place(Workspace.open(args.train_in), as_of, history_from)
+        else:
+            score_in_place(Workspace.open(args.score_in), as_of, args.check_full, history_from)
         return
     # the stages log each phase's seconds (sessions, histories, fetch, fit, scoring, baseline)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -229,7 +257,7 @@ def main() -> None:
         feat_s = time.perf_counter() - t0
         report("features (sessionise + points + fetch)", feat_s, spec.rows)
         t1 = time.perf_counter()
-        bt = conversion._evaluate(ws, spec, train, evaluation, cutoff, window_end, None)
+        bt = conversion._evaluate(ws, spec, train, evaluation, cutoff, window_end)
         fit_s = time.perf_counter() - t1
         print(bt, flush=True)
         report("fit + baselines + evaluation", fit_s, bt.train_rows + bt.eval_rows)
