@@ -181,3 +181,23 @@ def test_erasure_removes_the_person_from_the_stored_history(ws):
     assert left == 0 and dict(result.deleted)[sess.HISTORY_TABLE] > 0
     update, after = _history(ws, until)  # the erased events changed the fingerprint: rebuilt without them
     assert update.mode == "rebuilt" and not ((after["person_id"] == pid) | (after["anonymous_id"] == anon)).any()
+
+
+def test_retention_takes_old_events_out_of_the_history_without_a_rebuild(ws):
+    """Weekly retention deletes old events: only their devices are sessionised again, from the events left (what
+    a rebuild gives them); the fingerprint follows, so the stored history is extended instead of rebuilt."""
+    from cdp_ml.privacy import apply_retention
+
+    until = _until(ws)
+    _, before = _history(ws, until - timedelta(days=7))
+    privacy = replace(ws.config.privacy, retention_days={"anonymous_events": 90, "events": 150})
+    kept = Workspace(ws.root, replace(ws.config, privacy=privacy))
+    result = apply_retention(kept, as_of=(until - timedelta(days=7)).date())
+    assert all(n > 0 for *_, n in result.deleted), str(result)
+    update, rows = _history(ws, until)
+    assert update.mode == "extended" and 0 < update.reidentified < before["device_id"].nunique()
+    assert rows["started_at"].min() > before["started_at"].min()
+    _forget_stored(ws)
+    _, whole = _history(ws, until)
+    pd.testing.assert_frame_equal(rows, whole)
+    assert _history(ws, until)[0].mode == "current"

@@ -316,6 +316,8 @@ HISTORY_EVENTS_PER_SLICE = 3 * EVENTS_PER_SLICE
 HISTORY_TABLE = "conversion_session_history"
 HISTORY_STATE = "_conversion_session_history_state"
 HISTORY_IDENTITIES = "_conversion_session_history_identities"
+# devices whose events before the watermark retention deleted since the history was last brought up to date
+HISTORY_EXPIRED = "_conversion_session_history_expired"
 APART_TABLE = "conv_history_apart"  # a history before the stored watermark: built for one run, never stored
 # what a stored history's rows mean: bump when the columns or their rules change, so an old table is rebuilt
 HISTORY_FORMAT = "2"
@@ -439,11 +441,12 @@ def _sessionise_history(con: duckdb.DuckDBPyConnection, table: str, gap_minutes:
 
 
 def _events_digest(con: duckdb.DuckDBPyConnection, purchase_types: Sequence[str], since: datetime | None,
-                   until: datetime) -> tuple[int, int]:
+                   until: datetime, where: str = "true", params: Sequence[object] = ()) -> tuple[int, int]:
     """(rows, sum of row hashes) of what the history reads of the staging events in ``[since, until)``: time,
     type, source, device columns, and the columns ordering equal-time purchases. Persons come from identity and
     are checked apart (:func:`_changed_identifiers`). Sums add up, so the stored fingerprint is extended by the
-    new week's without reading the old events again."""
+    new week's without reading the old events again (and reduced by the rows retention deletes: ``where``,
+    with positional ``params``)."""
     if not table_exists(con, "events"):
         return 0, 0
     have = set(columns(con, "events"))
@@ -453,13 +456,43 @@ def _events_digest(con: duckdb.DuckDBPyConnection, purchase_types: Sequence[str]
                 if c in have]
     purchase = (f"case when list_contains($purchase::varchar[], lower(event_type)) then hash({', '.join(tiebreak)}) end"
                 if tiebreak else "null")
+    purchase = purchase.replace("$purchase", "?")
     n, total = con.execute(f"""
         select count(*), coalesce(sum(hash({', '.join(keys)}, {purchase})::hugeint), 0)::varchar
         from events
-        where "timestamp" < $until and "timestamp" >= $since and "timestamp" is not null and event_type is not null
-    """, {"until": until, "since": since or datetime.min, "purchase": _purchase_names(con, purchase_types)}
-    ).fetchall()[0]
+        where "timestamp" < ? and "timestamp" >= ? and "timestamp" is not null and event_type is not null
+          and ({where})
+    """, ([_purchase_names(con, purchase_types)] if "?" in purchase else [])
+        + [until, since or datetime.min, *params]).fetchall()[0]
     return int(n), int(total)
+
+
+def expire_events(con: duckdb.DuckDBPyConnection, where: str, params: Sequence[object],
+                  purchase_types: Sequence[str]) -> int:
+    """Call before deleting the staging events matching ``where`` (retention): takes them out of the stored
+    history's fingerprint and marks their devices, so the next update sessionises those devices again from the
+    events left - what a rebuild gives them - instead of rebuilding every device's history each week. Returns
+    the number of devices marked (0 when no history is stored or no deleted event is before its watermark)."""
+    state = _stored_state(con)
+    if state is None or not table_exists(con, "events"):
+        return 0
+    watermark, n, total, settings = state
+    gone = _events_digest(con, purchase_types, None, watermark, where, params)
+    if gone[0] == 0:
+        return 0
+    rel, opt, _ = _projection(con)
+    con.execute(f"create table if not exists {HISTORY_EXPIRED} (device_id varchar)")
+    con.execute(f"""
+        insert into {HISTORY_EXPIRED}
+        select distinct device_id from (
+            select coalesce('a:' || {opt['anonymous_id']}::varchar, 'p:' || person_id::varchar,
+                            'c:' || {opt['customer_ref']}::varchar) as device_id
+            from {rel}
+            where "timestamp" < ? and "timestamp" is not null and event_type is not null and ({where})
+        ) where device_id is not null
+    """, [watermark, *params])
+    con.execute(f"update {HISTORY_STATE} set events = ?, digest = ?", [n - gone[0], str(total - gone[1])])
+    return con.execute(f"select count(distinct device_id) from {HISTORY_EXPIRED}").fetchall()[0][0]
 
 
 # the identifiers whose person the events relation looks up (identity's person_events view)
@@ -621,6 +654,7 @@ def _rebuild_history(con: duckdb.DuckDBPyConnection, until: datetime, gap_minute
     con.execute("drop table conv_history_tiebreak")
     con.execute("begin transaction")
     con.execute(f"create or replace table {HISTORY_TABLE} as from conv_history_new")
+    con.execute(f"drop table if exists {HISTORY_EXPIRED}")  # the rebuild read only the events left
     _save_state(con, until, digest, settings)
     con.execute("commit")
     sessions = con.execute("select count(*) from conv_history_new").fetchall()[0][0]
@@ -632,6 +666,10 @@ def _extend_history(con: duckdb.DuckDBPyConnection, watermark: datetime, until: 
                     purchase_types: Sequence[str], slices: int, settings: str,
                     digest: tuple[int, int]) -> HistoryUpdate:
     affected = _changed_identifiers(con, watermark)
+    if table_exists(con, HISTORY_EXPIRED):  # devices that lost old events to retention: sessionised again whole
+        con.execute(f"""insert into conv_history_affected select distinct device_id from {HISTORY_EXPIRED}
+                        except select device_id from conv_history_affected""")
+        affected = con.execute("select count(*) from conv_history_affected").fetchall()[0][0]
     if until == watermark and not affected:
         con.execute("drop table conv_history_affected")
         return HistoryUpdate("current", "", 0, 0, 0, slices)
@@ -675,6 +713,7 @@ def _extend_history(con: duckdb.DuckDBPyConnection, watermark: datetime, until: 
                     where l.open and h.device_id = l.device_id and h.session_no = l.session_no""")
     con.execute(f"delete from {HISTORY_TABLE} where device_id in (select device_id from conv_history_affected)")
     con.execute(f"insert into {HISTORY_TABLE} from conv_history_new")
+    con.execute(f"drop table if exists {HISTORY_EXPIRED}")
     _save_state(con, until, (digest[0] + new[0], digest[1] + new[1]), settings)
     con.execute("commit")
     sessions = con.execute("select count(*) from conv_history_new").fetchall()[0][0]

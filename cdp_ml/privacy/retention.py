@@ -44,13 +44,13 @@ def apply_retention(ws: Workspace, as_of: date | None = None) -> RetentionResult
                         cutoff DATE, rows_deleted BIGINT)""")
         for kind, days in sorted(ws.config.privacy.retention_days.items()):
             cutoff = as_of - timedelta(days=days)
-            n = _delete_older(con, kind, cutoff)
+            n = _delete_older(con, kind, cutoff, ws.config.conversion.purchase_event_types)
             done.append((kind, cutoff.isoformat(), n))
             con.execute(f"insert into {RETENTION_LOG} values (?, ?, ?, ?, ?)", [datetime.now(), as_of, kind, cutoff, n])
     return RetentionResult(as_of, tuple(done))
 
 
-def _delete_older(con: duckdb.DuckDBPyConnection, kind: str, cutoff: date) -> int:
+def _delete_older(con: duckdb.DuckDBPyConnection, kind: str, cutoff: date, purchase_types: tuple[str, ...]) -> int:
     table = "events" if kind == "anonymous_events" else kind
     if not table_exists(con, table):
         return 0
@@ -61,5 +61,11 @@ def _delete_older(con: duckdb.DuckDBPyConnection, kind: str, cutoff: date) -> in
         who = ", ".join(c for c in ("customer_ref", "email", "phone") if c in columns(con, "consents"))
         where += f""" and rowid not in (select rowid from consents qualify row_number() over (
                       partition by source, {who}, purpose order by "timestamp" desc) = 1)"""
+    con.execute("begin transaction")
+    if table == "events":  # the stored session history drops them too: their devices only, not a rebuild
+        from cdp_ml.features.sessions import expire_events
+
+        expire_events(con, where, [cutoff], purchase_types)
     rows = con.execute(f'delete from "{table}" where {where}', [cutoff]).fetchall()
+    con.execute("commit")
     return int(rows[0][0]) if rows else 0
