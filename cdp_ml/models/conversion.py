@@ -585,38 +585,43 @@ def backtest_series(ws: Workspace, cutoffs: Sequence[date], out: Path | None = N
 
 def _backtests(ws: Workspace, cutoffs: Sequence[date], out: Path | None) -> list[BacktestResult]:
     """Build the scoring points of every cutoff's two windows at once (features are point-in-time, so a later
-    ``until`` changes no row), then fetch, fit, evaluate and log each backtest in turn (one frame pair in memory)."""
+    ``until`` changes no row), then fetch, fit, evaluate and log each backtest in turn."""
     s = ws.config.conversion
     with ws.connect() as con:
         lag = timedelta(days=s.horizon_days if feats.input_kind(con, s) == "events" else 0)
     ends = {c: c + timedelta(weeks=s.backtest_weeks) for c in cutoffs}
     for c in cutoffs:
         _check_window(ws, c, ends[c] + lag)
-    until = max(ends.values()) + lag
-    results, written = [], []
     with ws.connect() as con, bounded_memory(con):
         windows = {c: _gate_windows(con, ws, c, ends[c] + lag) for c in cutoffs}
-        spec = feats.build_selected_points(con, s, ws.config.features, _midnight(until),
+        spec = feats.build_selected_points(con, s, ws.config.features, _midnight(max(ends.values()) + lag),
                                            [w for pair in windows.values() for w in pair])
-        for c in cutoffs:
-            train = feats.fetch_window(con, spec, windows[c][0])
-            evaluation = feats.fetch_window(con, spec, windows[c][1])
-            result = _evaluate(ws, spec, train, evaluation, c, ends[c])
-            with tracking.run(ws, EXPERIMENT, f"backtest {c}") as run:
-                import mlflow
-
-                mlflow.log_params(_params(s, spec))
-                mlflow.log_params({f"data_{k}": v for k, v in tracking.fingerprint(
-                    train, time_column="scored_at", id_columns=ID_COLUMNS).items()})
-                _log_backtest(result)
-            del train, evaluation
-            if out is not None:
-                written.append(result.predictions if len(cutoffs) == 1 else
-                               result.predictions.assign(cutoff=c)[["cutoff", *result.predictions.columns]])
-            results.append(_replace(result, run_id=run.info.run_id, out=out))
+        if len(cutoffs) > 1:  # one frame pair in memory at a time: the connection stays open for the series
+            results = [_logged_backtest(ws, spec, c, ends[c], *(feats.fetch_window(con, spec, w) for w in windows[c]))
+                       for c in cutoffs]
+        else:
+            frames = [feats.fetch_window(con, spec, w) for w in windows[cutoffs[0]]]
+    if len(cutoffs) == 1:  # one window: the warehouse is closed again before the fit, as in every stage
+        results = [_logged_backtest(ws, spec, cutoffs[0], ends[cutoffs[0]], *frames)]
     if out is not None:
-        _write_predictions(pd.concat(written, ignore_index=True), out)
-    return results
+        _write_predictions(results[0].predictions if len(results) == 1 else pd.concat(
+            [r.predictions.assign(cutoff=r.cutoff)[["cutoff", *r.predictions.columns]] for r in results],
+            ignore_index=True), out)
+    return [_replace(r, out=out) for r in results]
+
+
+def _logged_backtest(ws: Workspace, spec: feats.PointsSpec, cutoff: date, window_end: date, train: pd.DataFrame,
+                     evaluation: pd.DataFrame) -> BacktestResult:
+    """One backtest's fit and evaluation, logged as its own MLflow run."""
+    import mlflow
+
+    result = _evaluate(ws, spec, train, evaluation, cutoff, window_end)
+    with tracking.run(ws, EXPERIMENT, f"backtest {cutoff}") as run:
+        mlflow.log_params(_params(ws.config.conversion, spec))
+        mlflow.log_params({f"data_{k}": v for k, v in tracking.fingerprint(
+            train, time_column="scored_at", id_columns=ID_COLUMNS).items()})
+        _log_backtest(result)
+    return _replace(result, run_id=run.info.run_id)
 
 
 def _replace(result: BacktestResult, **changes: Any) -> BacktestResult:
