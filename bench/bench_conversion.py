@@ -121,18 +121,9 @@ def score_in_place(ws: Workspace, as_of: date | None, check_full: bool, history_
     from cdp_ml.privacy.profiling import profiling_excluded_sql
 
     as_of = as_of or conversion.default_as_of(ws)
-    if history_from is not None:  # the previous week's run: stores the session history up to then
-        t0 = time.perf_counter()
-        earlier = conversion.score(ws, history_from)
-        print("BENCH " + json.dumps({"step": f"score {history_from} (stores the session history)",
-                                     "seconds": round(time.perf_counter() - t0, 1), "rows": earlier.visitors,
-                                     "peak_mb": round(peak_mb())}), flush=True)
-    t0 = time.perf_counter()
-    result = conversion.score(ws, as_of)
-    print(result, flush=True)
-    print("BENCH " + json.dumps({"step": "score (audience build + fetch + predict + write)",
-                                 "seconds": round(time.perf_counter() - t0, 1), "rows": result.visitors,
-                                 "peak_mb": round(peak_mb())}), flush=True)
+    _store_history(ws, history_from)
+    _timed("score (audience build + fetch + predict + write)", lambda: conversion.score(ws, as_of),
+           lambda r: r.visitors)
     if not check_full:
         return
     s = ws.config.conversion
@@ -165,18 +156,27 @@ def score_in_place(ws: Workspace, as_of: date | None, check_full: bool, history_
 def train_in_place(ws: Workspace, as_of: date | None, history_from: date | None = None) -> None:
     """Time ``train`` where the workspace is (after an optional earlier score that stores the history)."""
     as_of = as_of or conversion.default_as_of(ws)
+    _store_history(ws, history_from)
+    _timed("train (features + gate backtest + final fit + register)", lambda: conversion.train(ws, as_of),
+           lambda r: r.train_rows)
+
+
+def _store_history(ws: Workspace, history_from: date | None) -> None:
+    """The previous week's run (timed apart): stores the session history up to ``history_from``."""
     if history_from is not None:
-        t0 = time.perf_counter()
-        earlier = conversion.score(ws, history_from)
-        print("BENCH " + json.dumps({"step": f"score {history_from} (stores the session history)",
-                                     "seconds": round(time.perf_counter() - t0, 1), "rows": earlier.visitors,
-                                     "peak_mb": round(peak_mb())}), flush=True)
+        _timed(f"score {history_from} (stores the session history)", lambda: conversion.score(ws, history_from),
+               lambda r: r.visitors, show=False)
+
+
+def _timed(step: str, run, rows, show: bool = True):
+    """Run ``run()``, print its result (``show``) and a BENCH line with seconds, ``rows(result)`` and peak RSS."""
     t0 = time.perf_counter()
-    result = conversion.train(ws, as_of)
-    print(result, flush=True)
-    print("BENCH " + json.dumps({"step": "train (features + gate backtest + final fit + register)",
-                                 "seconds": round(time.perf_counter() - t0, 1), "rows": result.train_rows,
+    result = run()
+    if show:
+        print(result, flush=True)
+    print("BENCH " + json.dumps({"step": step, "seconds": round(time.perf_counter() - t0, 1), "rows": rows(result),
                                  "peak_mb": round(peak_mb())}), flush=True)
+    return result
 
 
 def main() -> None:
