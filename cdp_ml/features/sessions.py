@@ -476,7 +476,7 @@ def expire_events(con: duckdb.DuckDBPyConnection, where: str, params: Sequence[o
     state = _stored_state(con)
     if state is None or not table_exists(con, "events"):
         return 0
-    watermark, n, total, settings = state
+    watermark, n, total, _ = state
     gone = _events_digest(con, purchase_types, None, watermark, where, params)
     if gone[0] == 0:
         return 0
