@@ -201,3 +201,16 @@ def test_retention_takes_old_events_out_of_the_history_without_a_rebuild(ws):
     _, whole = _history(ws, until)
     pd.testing.assert_frame_equal(rows, whole)
     assert _history(ws, until)[0].mode == "current"
+    # the marks name devices (cookie ids, persons) until the next update: an erasure finds them there too
+    from cdp_ml.privacy import forget
+
+    apply_retention(kept, as_of=until.date())
+    with ws.connect() as con:
+        pid, anon = con.execute(f"""select person_id, anonymous_id from {sess.HISTORY_EXPIRED}
+                                    where person_id is not null and anonymous_id is not null
+                                    order by 1, 2 limit 1""").fetchall()[0]
+    assert forget(ws, person_id=pid).exit_code == 0
+    with ws.connect() as con:
+        left = con.execute(f"select count(*) from {sess.HISTORY_EXPIRED} where person_id = ? or anonymous_id = ?",
+                           [pid, anon]).fetchall()[0][0]
+    assert left == 0

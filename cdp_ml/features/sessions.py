@@ -317,6 +317,7 @@ HISTORY_TABLE = "conversion_session_history"
 HISTORY_STATE = "_conversion_session_history_state"
 HISTORY_IDENTITIES = "_conversion_session_history_identities"
 # devices whose events before the watermark retention deleted since the history was last brought up to date
+# (with the history's own identifying columns, so an erasure finds a person's rows here as in the history)
 HISTORY_EXPIRED = "_conversion_session_history_expired"
 APART_TABLE = "conv_history_apart"  # a history before the stored watermark: built for one run, never stored
 # what a stored history's rows mean: bump when the columns or their rules change, so an old table is rebuilt
@@ -481,15 +482,16 @@ def expire_events(con: duckdb.DuckDBPyConnection, where: str, params: Sequence[o
     if gone[0] == 0:
         return 0
     rel, opt, _ = _projection(con)
-    con.execute(f"create table if not exists {HISTORY_EXPIRED} (device_id varchar)")
+    con.execute(f"create table if not exists {HISTORY_EXPIRED} (device_id varchar, anonymous_id varchar, "
+                f"person_id varchar)")
     con.execute(f"""
         insert into {HISTORY_EXPIRED}
-        select distinct device_id from (
-            select coalesce('a:' || {opt['anonymous_id']}::varchar, 'p:' || person_id::varchar,
-                            'c:' || {opt['customer_ref']}::varchar) as device_id
+        select distinct {DEVICE_ID} as device_id, anonymous_id, person_id from (
+            select {opt['anonymous_id']}::varchar as anonymous_id, person_id::varchar as person_id,
+                   {opt['customer_ref']}::varchar as customer_ref
             from {rel}
             where "timestamp" < ? and "timestamp" is not null and event_type is not null and ({where})
-        ) where device_id is not null
+        ) where {DEVICE_ID} is not null
     """, [watermark, *params])
     con.execute(f"update {HISTORY_STATE} set events = ?, digest = ?", [n - gone[0], str(total - gone[1])])
     return con.execute(f"select count(distinct device_id) from {HISTORY_EXPIRED}").fetchall()[0][0]
