@@ -40,8 +40,10 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -168,7 +170,7 @@ def _store_history(ws: Workspace, history_from: date | None) -> None:
                lambda r: r.visitors, show=False)
 
 
-def _timed(step: str, run, rows, show: bool = True):
+def _timed(step: str, run: Callable[[], Any], rows: Callable[[Any], int], show: bool = True) -> Any:
     """Run ``run()``, print its result (``show``) and a BENCH line with seconds, ``rows(result)`` and peak RSS."""
     t0 = time.perf_counter()
     result = run()

@@ -455,16 +455,16 @@ def _events_digest(con: duckdb.DuckDBPyConnection, purchase_types: Sequence[str]
             if c in have]
     tiebreak = [f'"{c}"' for c in ("product_id", "category", "value", "channel", "url", "referrer", "attributes")
                 if c in have]
-    purchase = (f"case when list_contains($purchase::varchar[], lower(event_type)) then hash({', '.join(tiebreak)}) end"
+    # positional parameters (``where`` brings its own): the purchase names bind first, when the hash uses them
+    purchase = (f"case when list_contains(?::varchar[], lower(event_type)) then hash({', '.join(tiebreak)}) end"
                 if tiebreak else "null")
-    purchase = purchase.replace("$purchase", "?")
+    names = [_purchase_names(con, purchase_types)] if tiebreak else []
     n, total = con.execute(f"""
         select count(*), coalesce(sum(hash({', '.join(keys)}, {purchase})::hugeint), 0)::varchar
         from events
         where "timestamp" < ? and "timestamp" >= ? and "timestamp" is not null and event_type is not null
           and ({where})
-    """, ([_purchase_names(con, purchase_types)] if "?" in purchase else [])
-        + [until, since or datetime.min, *params]).fetchall()[0]
+    """, [*names, until, since or datetime.min, *params]).fetchall()[0]
     return int(n), int(total)
 
 
@@ -486,12 +486,14 @@ def expire_events(con: duckdb.DuckDBPyConnection, where: str, params: Sequence[o
                 f"person_id varchar)")
     con.execute(f"""
         insert into {HISTORY_EXPIRED}
-        select distinct {DEVICE_ID} as device_id, anonymous_id, person_id from (
-            select {opt['anonymous_id']}::varchar as anonymous_id, person_id::varchar as person_id,
-                   {opt['customer_ref']}::varchar as customer_ref
-            from {rel}
-            where "timestamp" < ? and "timestamp" is not null and event_type is not null and ({where})
-        ) where {DEVICE_ID} is not null
+        select distinct device_id, anonymous_id, person_id from (
+            select {DEVICE_ID} as device_id, anonymous_id, person_id from (
+                select {opt['anonymous_id']}::varchar as anonymous_id, person_id::varchar as person_id,
+                       {opt['customer_ref']}::varchar as customer_ref
+                from {rel}
+                where "timestamp" < ? and "timestamp" is not null and event_type is not null and ({where})
+            )
+        ) where device_id is not null
     """, [watermark, *params])
     con.execute(f"update {HISTORY_STATE} set events = ?, digest = ?", [n - gone[0], str(total - gone[1])])
     return con.execute(f"select count(distinct device_id) from {HISTORY_EXPIRED}").fetchall()[0][0]

@@ -382,21 +382,25 @@ class BacktestSeries:
             lines.append(f"  {cutoff!s:<11}{int(r.conversions):>12,}{r.roc_auc:>9.4f}{r.roc_auc_logistic:>9.4f}"
                          f"{r.roc_auc_heuristic:>10.4f}{f'{r.gain_logistic_low:+.4f} .. {r.gain_logistic_high:+.4f}':>27}"
                          f"{r.saved_99:>11.1%}{f'{r.saved_99_low:.1%}-{r.saved_99_high:.1%}':>16}{r.saved_95:>11.1%}")
-        lines.append(
-            f"  mean over {n}: ROC-AUC {t.roc_auc.mean():.4f} (logistic {t.roc_auc_logistic.mean():.4f}, heuristic "
-            f"{t.roc_auc_heuristic.mean():.4f}); saved {t.saved_99.mean():.1%} of the audience keeping 99% of "
-            f"conversions (windows {t.saved_99.min():.1%}..{t.saved_99.max():.1%}; logistic "
-            f"{t.saved_99_logistic.mean():.1%}), {t.saved_95.mean():.1%} keeping 95%; clearly above logistic in "
-            f"{int((t.gain_logistic_low > 0).sum())} of {n} windows, above the heuristic in "
-            f"{int((t.gain_heuristic_low > 0).sum())} of {n}")
+        lines.append(self._means(t))
         if self.out:
             lines.append(f"  predictions: {self.out}")
         return "\n".join(lines)
 
+    @staticmethod
+    def _means(t: pd.DataFrame) -> str:
+        n = len(t)
+        return (f"  mean over {n}: ROC-AUC {t.roc_auc.mean():.4f} (logistic {t.roc_auc_logistic.mean():.4f}, heuristic "
+                f"{t.roc_auc_heuristic.mean():.4f}); saved {t.saved_99.mean():.1%} of the audience keeping 99% of "
+                f"conversions (windows {t.saved_99.min():.1%}..{t.saved_99.max():.1%}; logistic "
+                f"{t.saved_99_logistic.mean():.1%}), {t.saved_95.mean():.1%} keeping 95%; clearly above logistic in "
+                f"{int((t.gain_logistic_low > 0).sum())} of {n} windows, above the heuristic in "
+                f"{int((t.gain_heuristic_low > 0).sum())} of {n}")
+
     def _repr_html_(self) -> str:
-        text = str(self).splitlines()
-        return f"<pre>{text[0]}</pre>" + self.summary().to_html(float_format="{:.4f}".format) + \
-            f"<pre>{chr(10).join(text[2 + len(self.results):])}</pre>"
+        t = self.summary()
+        return (f"<pre>conversion backtests at {len(t)} cutoffs</pre>" + t.to_html(float_format="{:.4f}".format)
+                + f"<pre>{self._means(t)}</pre>")
 
 
 @dataclass(frozen=True)
